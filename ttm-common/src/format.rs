@@ -1,0 +1,159 @@
+//! TOA-family option layouts: `[kind][len][port be16][address]`.
+
+/// Address family of the client address an option carries.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AddrFamily {
+    /// 4-byte IPv4 address after the port.
+    Ipv4 = 4,
+    /// 16-byte IPv6 address after the port.
+    Ipv6 = 6,
+}
+
+impl AddrFamily {
+    /// Length of an option of this family: kind + len + port + address.
+    pub const fn option_len(self) -> u8 {
+        match self {
+            AddrFamily::Ipv4 => 2 + 2 + 4,
+            AddrFamily::Ipv6 => 2 + 2 + 16,
+        }
+    }
+}
+
+/// One option layout the decoder accepts. The bytes after kind and length are
+/// always the client port (big endian) followed by the client address.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OptionFormat {
+    /// TCP option kind (e.g. 254).
+    pub kind: u8,
+    /// Total option length including kind and length bytes (8 or 20).
+    pub len: u8,
+    /// `AddrFamily` as u8 (kept raw so the struct is plain old data).
+    pub family: u8,
+    /// Explicit padding; always zero.
+    pub _pad: u8,
+}
+
+impl OptionFormat {
+    /// A layout for `family` under option `kind` with the family's natural length.
+    pub const fn new(kind: u8, family: AddrFamily) -> Self {
+        OptionFormat {
+            kind,
+            len: family.option_len(),
+            family: family as u8,
+            _pad: 0,
+        }
+    }
+
+    /// The address family, or `None` for an invalid (e.g. zeroed) entry.
+    #[inline(always)]
+    pub fn family(&self) -> Option<AddrFamily> {
+        match self.family {
+            4 if self.len == AddrFamily::Ipv4.option_len() => Some(AddrFamily::Ipv4),
+            6 if self.len == AddrFamily::Ipv6.option_len() => Some(AddrFamily::Ipv6),
+            _ => None,
+        }
+    }
+}
+
+/// The common TOA layout for an IPv4 client: kind 254, length 8.
+pub const TOA_V4: OptionFormat = OptionFormat::new(254, AddrFamily::Ipv4);
+/// The common TOA layout for an IPv6 client: kind 254, length 20.
+pub const TOA_V6: OptionFormat = OptionFormat::new(254, AddrFamily::Ipv6);
+
+/// How many layouts the kernel side checks per option.
+pub const MAX_FORMATS: usize = 4;
+
+/// The layouts in force, in priority order. Shared with the kernel through
+/// the config map, so it is fixed-size plain data.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FormatTable {
+    /// Entries `0..count` are in use.
+    pub formats: [OptionFormat; MAX_FORMATS],
+    /// Number of entries in use (at most `MAX_FORMATS`).
+    pub count: u32,
+}
+
+impl FormatTable {
+    /// A table with no formats: nothing is decoded.
+    pub const EMPTY: FormatTable = FormatTable {
+        formats: [OptionFormat {
+            kind: 0,
+            len: 0,
+            family: 0,
+            _pad: 0,
+        }; MAX_FORMATS],
+        count: 0,
+    };
+
+    /// The default: kind 254 with length 8 (IPv4 client) or 20 (IPv6 client).
+    pub const DEFAULT: FormatTable = FormatTable {
+        formats: [TOA_V4, TOA_V6, TOA_V4, TOA_V4],
+        count: 2,
+    };
+
+    /// Builds a table from `formats`; `None` if there are more than
+    /// `MAX_FORMATS` or one of them is invalid.
+    pub fn from_slice(formats: &[OptionFormat]) -> Option<FormatTable> {
+        if formats.len() > MAX_FORMATS || formats.iter().any(|f| f.family().is_none()) {
+            return None;
+        }
+        let mut table = FormatTable::EMPTY;
+        table.formats[..formats.len()].copy_from_slice(formats);
+        table.count = formats.len() as u32;
+        Some(table)
+    }
+
+    /// Index of the first format with this kind and length.
+    #[inline(always)]
+    pub fn find(&self, kind: u8, len: u8) -> Option<usize> {
+        (0..MAX_FORMATS).find(|&i| {
+            (i as u32) < self.count && self.formats[i].kind == kind && self.formats[i].len == len
+        })
+    }
+
+    /// True if some format uses option `kind` (with whatever length).
+    #[inline(always)]
+    pub fn has_kind(&self, kind: u8) -> bool {
+        (0..MAX_FORMATS).any(|i| (i as u32) < self.count && self.formats[i].kind == kind)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_table_matches_kind_254_by_length() {
+        let t = FormatTable::DEFAULT;
+        assert_eq!(t.find(254, 8), Some(0));
+        assert_eq!(t.find(254, 20), Some(1));
+        assert_eq!(t.find(254, 4), None);
+        assert_eq!(t.find(253, 8), None);
+        assert!(t.has_kind(254));
+        assert!(!t.has_kind(253));
+    }
+
+    #[test]
+    fn entries_past_count_are_ignored() {
+        let t = FormatTable::from_slice(&[OptionFormat::new(200, AddrFamily::Ipv4)]).unwrap();
+        assert_eq!(t.count, 1);
+        assert_eq!(t.find(200, 8), Some(0));
+        // the unused slots are zeroed, and kind 0 never matches
+        assert_eq!(t.find(0, 0), None);
+    }
+
+    #[test]
+    fn invalid_tables_are_refused() {
+        let bad = OptionFormat {
+            kind: 254,
+            len: 9,
+            family: 4,
+            _pad: 0,
+        };
+        assert!(FormatTable::from_slice(&[bad]).is_none());
+        assert!(FormatTable::from_slice(&[TOA_V4; MAX_FORMATS + 1]).is_none());
+    }
+}

@@ -1,0 +1,26 @@
+//! Types and pure logic shared by ttm's kernel programs and its user-space agent.
+//!
+//! Everything here is `no_std` and host-testable: the TOA option formats
+//! ([`format`]), the TCP option walker that finds the client address
+//! ([`parser`]), the per-connection record ([`record`]) and the layout of the
+//! maps both sides share ([`maps`]).
+#![cfg_attr(not(test), no_std)]
+
+pub mod addr;
+pub mod format;
+pub mod maps;
+pub mod parser;
+pub mod record;
+
+pub use addr::Addr16;
+pub use format::{AddrFamily, FormatTable, OptionFormat};
+pub use maps::{Config, Counter, TrustKey};
+pub use parser::{decode_client, find_client, find_option, ClientAddr, Located, Malformed, OptionBytes, Scan, Walk, WalkState};
+pub use record::{ClientFamily, PeerRecord};
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: all are #[repr(C)] plain data with explicit padding, valid for any bit pattern.
+    unsafe impl aya::Pod for crate::PeerRecord {}
+    unsafe impl aya::Pod for crate::Config {}
+}

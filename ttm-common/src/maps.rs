@@ -1,0 +1,146 @@
+//! Names and value types of the maps the kernel programs and user space share.
+//!
+//! Owners: the sockops program writes `RECORDS`, `PEER_STORAGE` and `STATS`;
+//! the daemon writes `CONFIG` and `TRUSTED_LBS` before attaching and reads the
+//! rest; `ttm lookup`/`ttm stats` read the pinned copies.
+
+use crate::addr::Addr16;
+use crate::format::FormatTable;
+use crate::parser::Malformed;
+
+/// Cookie-keyed LRU hash of [`crate::PeerRecord`], for user-space lookups.
+pub const RECORDS: &str = "RECORDS";
+/// Per-socket storage of [`crate::PeerRecord`], for the in-kernel hooks.
+pub const PEER_STORAGE: &str = "PEER_STORAGE";
+/// LPM trie of trusted LB networks ([`TrustKey`] → `u8` 1).
+pub const TRUSTED_LBS: &str = "TRUSTED_LBS";
+/// One-entry array holding the [`Config`].
+pub const CONFIG: &str = "CONFIG";
+/// Per-CPU array of `u64` counters indexed by [`Counter`].
+pub const STATS: &str = "STATS";
+
+/// Default capacity of `RECORDS` (live connections tracked for lookups).
+pub const DEFAULT_RECORDS_CAPACITY: u32 = 65_536;
+/// Capacity of `TRUSTED_LBS`.
+pub const TRUSTED_LBS_CAPACITY: u32 = 1_024;
+
+/// Key of the trusted-LB trie: an LPM prefix over a 16-byte address (IPv4
+/// networks are stored v4-mapped, with their prefix length plus 96).
+pub type TrustKey = Addr16;
+
+/// Decoder settings, written by the daemon before it attaches the programs.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Config {
+    /// Option layouts accepted, in priority order.
+    pub formats: FormatTable,
+    /// Non-zero: decode options from any peer (`--trust-any`, unsafe).
+    pub trust_any: u32,
+}
+
+impl Config {
+    /// A config that decodes nothing (what the kernel sees before the daemon writes it).
+    pub const DISABLED: Config = Config {
+        formats: FormatTable::EMPTY,
+        trust_any: 0,
+    };
+}
+
+/// Counters kept in `STATS`, one slot each, summed over CPUs by user space.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Counter {
+    /// Passively opened connections whose handshake completed.
+    ConnectionsSeen = 0,
+    /// Connections with a decoded, trusted option (a record was stored).
+    Decoded = 1,
+    /// Trusted peer, well-formed options, no configured option present.
+    NoOption = 2,
+    /// Peer outside the trusted LB networks: options ignored.
+    Untrusted = 3,
+    /// Malformed: an option length of 0 or 1.
+    MalformedLengthTooShort = 4,
+    /// Malformed: an option running past the end of the header.
+    MalformedPastEnd = 5,
+    /// Malformed: a kind byte without its length byte.
+    MalformedTruncated = 6,
+    /// Malformed: a configured kind with an unconfigured length.
+    MalformedUnexpectedLength = 7,
+    /// Records removed because their socket closed.
+    RecordsRemoved = 8,
+    /// Records the LRU map evicted before their socket closed (map too small).
+    RecordsEvicted = 9,
+    /// Socket storage could not be allocated (memory pressure).
+    StorageFailed = 10,
+    /// Cookie map insert failed.
+    MapInsertFailed = 11,
+    /// The handshake-completing segment was not available to parse.
+    NoHeader = 12,
+}
+
+impl Counter {
+    /// Number of counters; the size of `STATS`.
+    pub const COUNT: u32 = 13;
+
+    /// Every counter, in index order.
+    pub const ALL: [Counter; Counter::COUNT as usize] = [
+        Counter::ConnectionsSeen,
+        Counter::Decoded,
+        Counter::NoOption,
+        Counter::Untrusted,
+        Counter::MalformedLengthTooShort,
+        Counter::MalformedPastEnd,
+        Counter::MalformedTruncated,
+        Counter::MalformedUnexpectedLength,
+        Counter::RecordsRemoved,
+        Counter::RecordsEvicted,
+        Counter::StorageFailed,
+        Counter::MapInsertFailed,
+        Counter::NoHeader,
+    ];
+
+    /// The counter for a malformed-option reason.
+    #[inline(always)]
+    pub const fn malformed(reason: Malformed) -> Counter {
+        match reason {
+            Malformed::LengthTooShort => Counter::MalformedLengthTooShort,
+            Malformed::PastEnd => Counter::MalformedPastEnd,
+            Malformed::Truncated => Counter::MalformedTruncated,
+            Malformed::UnexpectedLength => Counter::MalformedUnexpectedLength,
+        }
+    }
+
+    /// Stable snake_case name used by `ttm stats` and its JSON.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Counter::ConnectionsSeen => "connections_seen",
+            Counter::Decoded => "decoded",
+            Counter::NoOption => "no_option",
+            Counter::Untrusted => "untrusted",
+            Counter::MalformedLengthTooShort => "malformed_length_too_short",
+            Counter::MalformedPastEnd => "malformed_past_end",
+            Counter::MalformedTruncated => "malformed_truncated",
+            Counter::MalformedUnexpectedLength => "malformed_unexpected_length",
+            Counter::RecordsRemoved => "records_removed",
+            Counter::RecordsEvicted => "records_evicted",
+            Counter::StorageFailed => "storage_failed",
+            Counter::MapInsertFailed => "map_insert_failed",
+            Counter::NoHeader => "no_header",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_are_indexed_in_order_with_unique_names() {
+        for (i, c) in Counter::ALL.iter().enumerate() {
+            assert_eq!(*c as u32, i as u32);
+            for other in &Counter::ALL[i + 1..] {
+                assert_ne!(c.name(), other.name());
+            }
+        }
+    }
+}

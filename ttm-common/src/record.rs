@@ -1,0 +1,142 @@
+//! The per-connection record: who the client really is.
+
+use crate::addr::{is_v4_mapped, Addr16};
+use crate::format::AddrFamily;
+
+/// Which address families the client and the LB→RS connection use.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClientFamily {
+    /// IPv4 client carried over an IPv4 LB→RS connection.
+    FourToFour = 1,
+    /// IPv6 client carried over an IPv4 LB→RS connection.
+    SixToFour = 2,
+    /// IPv4 client carried over an IPv6 LB→RS connection.
+    FourToSix = 3,
+    /// IPv6 client carried over an IPv6 LB→RS connection.
+    SixToSix = 4,
+}
+
+impl ClientFamily {
+    /// Combines the option's family with the family of the kernel's peer.
+    #[inline(always)]
+    pub fn of(client: AddrFamily, peer: &Addr16) -> ClientFamily {
+        match (client, is_v4_mapped(peer)) {
+            (AddrFamily::Ipv4, true) => ClientFamily::FourToFour,
+            (AddrFamily::Ipv6, true) => ClientFamily::SixToFour,
+            (AddrFamily::Ipv4, false) => ClientFamily::FourToSix,
+            (AddrFamily::Ipv6, false) => ClientFamily::SixToSix,
+        }
+    }
+
+    /// Parses the raw byte stored in a [`PeerRecord`].
+    pub fn from_raw(raw: u8) -> Option<ClientFamily> {
+        match raw {
+            1 => Some(ClientFamily::FourToFour),
+            2 => Some(ClientFamily::SixToFour),
+            3 => Some(ClientFamily::FourToSix),
+            4 => Some(ClientFamily::SixToSix),
+            _ => None,
+        }
+    }
+
+    /// The operator-facing name: `4to4`, `6to4`, `4to6`, `6to6`.
+    pub fn name(self) -> &'static str {
+        match self {
+            ClientFamily::FourToFour => "4to4",
+            ClientFamily::SixToFour => "6to4",
+            ClientFamily::FourToSix => "4to6",
+            ClientFamily::SixToSix => "6to6",
+        }
+    }
+}
+
+/// What ttm knows about one accepted connection. Written once by the sockops
+/// program when the handshake completes; read by user space (cookie map) and
+/// by the cgroup hooks (socket storage). Never overwritten afterwards.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PeerRecord {
+    /// The real client, from the option. IPv4 v4-mapped.
+    pub client_addr: Addr16,
+    /// The kernel's peer: the load balancer's address.
+    pub peer_addr: Addr16,
+    /// The socket's local address.
+    pub local_addr: Addr16,
+    /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC) when the handshake completed.
+    pub established_ns: u64,
+    /// Client port, host byte order.
+    pub client_port: u16,
+    /// Kernel peer port, host byte order.
+    pub peer_port: u16,
+    /// Local port, host byte order.
+    pub local_port: u16,
+    /// [`ClientFamily`] as u8.
+    pub client_family: u8,
+    /// Index of the matching layout in the `FormatTable` in force.
+    pub format_index: u8,
+    /// Option kind that carried the client.
+    pub option_kind: u8,
+    /// Option length that carried the client.
+    pub option_len: u8,
+    /// Explicit padding; always zero.
+    pub _pad: [u8; 6],
+}
+
+impl PeerRecord {
+    /// An all-zero record (used as the socket-storage initial value).
+    pub const ZERO: PeerRecord = PeerRecord {
+        client_addr: [0; 16],
+        peer_addr: [0; 16],
+        local_addr: [0; 16],
+        established_ns: 0,
+        client_port: 0,
+        peer_port: 0,
+        local_port: 0,
+        client_family: 0,
+        format_index: 0,
+        option_kind: 0,
+        option_len: 0,
+        _pad: [0; 6],
+    };
+
+    /// True once the record holds a decoded client.
+    #[inline(always)]
+    pub fn is_set(&self) -> bool {
+        self.client_family != 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::addr::v4_mapped;
+
+    #[test]
+    fn record_layout_is_stable() {
+        // Shared with the kernel: a size change is a compatibility change.
+        assert_eq!(core::mem::size_of::<PeerRecord>(), 72);
+        assert_eq!(core::mem::align_of::<PeerRecord>(), 8);
+    }
+
+    #[test]
+    fn family_combines_option_and_peer() {
+        let v4_peer = v4_mapped([10, 0, 2, 1]);
+        let mut v6_peer = [0u8; 16];
+        v6_peer[15] = 1;
+        assert_eq!(ClientFamily::of(AddrFamily::Ipv4, &v4_peer), ClientFamily::FourToFour);
+        assert_eq!(ClientFamily::of(AddrFamily::Ipv6, &v4_peer), ClientFamily::SixToFour);
+        assert_eq!(ClientFamily::of(AddrFamily::Ipv4, &v6_peer), ClientFamily::FourToSix);
+        assert_eq!(ClientFamily::of(AddrFamily::Ipv6, &v6_peer), ClientFamily::SixToSix);
+        for f in [
+            ClientFamily::FourToFour,
+            ClientFamily::SixToFour,
+            ClientFamily::FourToSix,
+            ClientFamily::SixToSix,
+        ] {
+            assert_eq!(ClientFamily::from_raw(f as u8), Some(f));
+        }
+        assert_eq!(ClientFamily::from_raw(0), None);
+        assert!(!PeerRecord::ZERO.is_set());
+    }
+}

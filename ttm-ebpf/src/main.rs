@@ -1,0 +1,18 @@
+//! ttm's kernel side: thin adapters from kernel contexts to ttm-common logic.
+#![no_std]
+#![no_main]
+
+mod counters;
+mod maps;
+mod packet;
+mod sockops;
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

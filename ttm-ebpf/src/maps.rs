@@ -1,0 +1,39 @@
+//! The maps this object owns. Names match `ttm_common::maps`.
+
+use aya_ebpf::{
+    btf_maps::{Array, LpmTrie, LruHashMap, PerCpuArray, SkStorage},
+    macros::btf_map,
+};
+use ttm_common::{
+    maps::{DEFAULT_RECORDS_CAPACITY, TRUSTED_LBS_CAPACITY},
+    Config, Counter, PeerRecord, TrustKey,
+};
+
+/// Socket cookie → record. Written by sockops at handshake completion,
+/// removed by sockops at close; read by user space (`ttm lookup`).
+/// Capacity is set by the daemon at load (`--max-records`).
+#[btf_map]
+pub static RECORDS: LruHashMap<u64, PeerRecord, { DEFAULT_RECORDS_CAPACITY as usize }> =
+    LruHashMap::new();
+
+/// Per-socket record, freed with the socket. Written by sockops; read by
+/// sockops at close (and by the cgroup hooks).
+#[btf_map]
+pub static PEER_STORAGE: SkStorage<PeerRecord> = SkStorage::new();
+
+/// Trusted load-balancer networks. Written by the daemon; read by sockops.
+#[btf_map]
+pub static TRUSTED_LBS: LpmTrie<TrustKey, u8, { TRUSTED_LBS_CAPACITY as usize }> = LpmTrie::new();
+
+/// Decoder settings (slot 0). Written by the daemon; read by sockops.
+#[btf_map]
+pub static CONFIG: Array<Config, 1> = Array::new();
+
+/// Per-CPU counters indexed by `Counter`. Written by every program; summed by user space.
+#[btf_map]
+pub static STATS: PerCpuArray<u64, { Counter::COUNT as usize }> = PerCpuArray::new();
+
+/// Per-CPU scratch space where sockops builds a record (the BPF stack is too
+/// small to hold it beside the option walk). Owned by sockops only.
+#[btf_map]
+pub static SCRATCH: PerCpuArray<PeerRecord, 1> = PerCpuArray::new();

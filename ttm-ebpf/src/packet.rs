@@ -1,0 +1,52 @@
+//! Bounds-checked access to the TCP option area of the segment a sockops
+//! callback carries.
+
+use ttm_common::OptionBytes;
+
+/// Fixed TCP header length; options start here.
+const TCP_FIXED_HEADER: usize = 20;
+
+/// The option bytes of one TCP header in packet memory.
+pub struct TcpOptions {
+    /// First option byte (packet pointer as an integer).
+    start: usize,
+    /// End of the packet data the kernel exposes.
+    data_end: usize,
+    /// Option area length from the header's data offset (0..=40).
+    len: usize,
+}
+
+impl TcpOptions {
+    /// Reads the data offset of the header at `data` and returns its option
+    /// area, or `None` if even the fixed header is not readable.
+    #[inline(always)]
+    pub fn of_header(data: usize, data_end: usize) -> Option<TcpOptions> {
+        if data + TCP_FIXED_HEADER > data_end {
+            return None;
+        }
+        // SAFETY: byte 12 lies inside the 20 bytes checked above.
+        let data_offset = unsafe { *((data + 12) as *const u8) } >> 4;
+        let header_len = (data_offset as usize) * 4;
+        let len = header_len.saturating_sub(TCP_FIXED_HEADER);
+        Some(TcpOptions {
+            start: data + TCP_FIXED_HEADER,
+            data_end,
+            len,
+        })
+    }
+}
+
+impl OptionBytes for TcpOptions {
+    #[inline(always)]
+    fn byte(&self, i: usize) -> Option<u8> {
+        if i >= self.len {
+            return None;
+        }
+        let p = self.start + i;
+        if p + 1 > self.data_end {
+            return None;
+        }
+        // SAFETY: `p` is inside [data, data_end), checked just above.
+        Some(unsafe { *(p as *const u8) })
+    }
+}

@@ -1,0 +1,249 @@
+//! The sockops decoder: on the segment that completes a passive handshake,
+//! find the TOA option, check the peer is a trusted LB, store the record.
+
+use core::ptr;
+
+use aya_ebpf::{
+    bindings::{
+        bpf_sock_ops, BPF_ANY, BPF_SK_STORAGE_GET_F_CREATE, BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB,
+        BPF_SOCK_OPS_STATE_CB, BPF_SOCK_OPS_STATE_CB_FLAG, BPF_TCP_CLOSE,
+    },
+    btf_maps::lpm_trie::Key,
+    helpers::{bpf_get_socket_cookie, bpf_ktime_get_ns, generated::bpf_sk_storage_get},
+    macros::sock_ops,
+    programs::SockOpsContext,
+};
+use ttm_common::{
+    addr::{v4_mapped, Addr16},
+    decode_client, parser::MAX_OPTION_BYTES, ClientAddr, ClientFamily, Config, Counter, PeerRecord, Walk, WalkState,
+};
+
+use crate::{
+    counters::bump,
+    maps::{CONFIG, PEER_STORAGE, RECORDS, SCRATCH, TRUSTED_LBS},
+    packet::TcpOptions,
+};
+
+const AF_INET: u32 = 2;
+
+/// Always returns 1 ("continue"): ttm observes, it never changes a verdict.
+#[sock_ops]
+pub fn ttm_sockops(ctx: SockOpsContext) -> u32 {
+    match ctx.op() {
+        BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB => on_passive_established(&ctx),
+        BPF_SOCK_OPS_STATE_CB => {
+            if ctx.arg(1) == BPF_TCP_CLOSE {
+                on_close(&ctx);
+            }
+        }
+        _ => {}
+    }
+    1
+}
+
+/// The socket's (kernel peer, peer port, local, local port), host-order ports.
+#[inline(always)]
+fn four_tuple(ctx: &SockOpsContext) -> (Addr16, u16, Addr16, u16) {
+    let (peer, local) = if ctx.family() == AF_INET {
+        (
+            v4_mapped(ctx.remote_ip4().to_ne_bytes()),
+            v4_mapped(ctx.local_ip4().to_ne_bytes()),
+        )
+    } else {
+        // SAFETY: context fields, each read with its own constant offset as
+        // the verifier requires.
+        unsafe {
+            let ops = ctx.ops;
+            (
+                words_to_addr([
+                    ptr::read_volatile(&(*ops).remote_ip6[0]),
+                    ptr::read_volatile(&(*ops).remote_ip6[1]),
+                    ptr::read_volatile(&(*ops).remote_ip6[2]),
+                    ptr::read_volatile(&(*ops).remote_ip6[3]),
+                ]),
+                words_to_addr([
+                    ptr::read_volatile(&(*ops).local_ip6[0]),
+                    ptr::read_volatile(&(*ops).local_ip6[1]),
+                    ptr::read_volatile(&(*ops).local_ip6[2]),
+                    ptr::read_volatile(&(*ops).local_ip6[3]),
+                ]),
+            )
+        }
+    };
+    // remote_port holds the network-order port in its upper half; local_port is host order.
+    let peer_port = u32::from_be(ctx.remote_port()) as u16;
+    (peer, peer_port, local, ctx.local_port() as u16)
+}
+
+/// IPv6 words as the kernel stores them (network order) to bytes.
+#[inline(always)]
+fn words_to_addr(w: [u32; 4]) -> Addr16 {
+    let mut a = [0u8; 16];
+    let mut k = 0;
+    while k < 4 {
+        let b = w[k].to_ne_bytes();
+        a[k * 4] = b[0];
+        a[k * 4 + 1] = b[1];
+        a[k * 4 + 2] = b[2];
+        a[k * 4 + 3] = b[3];
+        k += 1;
+    }
+    a
+}
+
+#[inline(always)]
+fn is_trusted(peer: &Addr16) -> bool {
+    TRUSTED_LBS.get(&Key::new(128, *peer)).is_some()
+}
+
+#[inline(always)]
+fn on_passive_established(ctx: &SockOpsContext) {
+    bump(Counter::ConnectionsSeen);
+    let Some(config) = CONFIG.get(0) else { return };
+    let (peer, peer_port, local, local_port) = four_tuple(ctx);
+    if config.trust_any == 0 && !is_trusted(&peer) {
+        bump(Counter::Untrusted);
+        return;
+    }
+    let ops: *mut bpf_sock_ops = ctx.ops;
+    // SAFETY: reading context fields; the verifier types them as packet pointers.
+    let (data, data_end) = unsafe {
+        (
+            (*ops).__bindgen_anon_3.skb_data as usize,
+            (*ops).__bindgen_anon_4.skb_data_end as usize,
+        )
+    };
+    let Some(options) = TcpOptions::of_header(data, data_end) else {
+        bump(Counter::NoHeader);
+        return;
+    };
+    match walk_options(&options, config) {
+        Walk::Found(located) => match decode_client(&options, located, &config.formats) {
+            Some(client) => store(ctx, config, &client, peer, peer_port, local, local_port),
+            None => bump(Counter::MalformedPastEnd),
+        },
+        Walk::NotFound => bump(Counter::NoOption),
+        Walk::Malformed(reason) => bump(Counter::malformed(reason)),
+    }
+}
+
+/// Runs the shared option walk for at most `MAX_OPTION_BYTES` steps, unrolled
+/// so the verifier sees straight-line code (each step advances ≥ 1 byte).
+#[inline(always)]
+fn walk_options(options: &TcpOptions, config: &Config) -> Walk {
+    let mut walk = WalkState::default();
+    macro_rules! step {
+        () => {
+            if let Some(outcome) = walk.step(options, &config.formats) {
+                return outcome;
+            }
+        };
+    }
+    macro_rules! step8 {
+        () => {
+            step!(); step!(); step!(); step!(); step!(); step!(); step!(); step!();
+        };
+    }
+    const _: () = assert!(MAX_OPTION_BYTES == 40);
+    step8!();
+    step8!();
+    step8!();
+    step8!();
+    step8!();
+    walk.finish()
+}
+
+#[inline(always)]
+fn store(
+    ctx: &SockOpsContext,
+    config: &Config,
+    client: &ClientAddr,
+    peer: Addr16,
+    peer_port: u16,
+    local: Addr16,
+    local_port: u16,
+) {
+    let Some(record) = SCRATCH.get_ptr_mut(0) else { return };
+    // SAFETY: the per-CPU scratch slot is ours until the program returns.
+    let record = unsafe { &mut *record };
+    record.client_addr = client.addr;
+    record.peer_addr = peer;
+    record.local_addr = local;
+    // SAFETY: helper without preconditions.
+    record.established_ns = unsafe { bpf_ktime_get_ns() };
+    record.client_port = client.port;
+    record.peer_port = peer_port;
+    record.local_port = local_port;
+    record.client_family = ClientFamily::of(client.family, &peer) as u8;
+    record.format_index = client.format_index;
+    let (kind, len) = match config.formats.formats.get(client.format_index as usize) {
+        Some(f) => (f.kind, f.len),
+        None => (0, 0),
+    };
+    record.option_kind = kind;
+    record.option_len = len;
+    record._pad = [0; 6];
+
+    // SAFETY: `sk` is a context field; null-checked below.
+    let sk = unsafe { (*ctx.ops).__bindgen_anon_2.sk };
+    if sk.is_null() {
+        bump(Counter::StorageFailed);
+        return;
+    }
+    // SAFETY: our SK_STORAGE map, a valid socket, an initial value of the map's value size.
+    let slot = unsafe {
+        bpf_sk_storage_get(
+            ptr::from_ref(&PEER_STORAGE).cast_mut().cast(),
+            sk.cast(),
+            ptr::from_mut(record).cast(),
+            BPF_SK_STORAGE_GET_F_CREATE as u64,
+        )
+    }
+    .cast::<PeerRecord>();
+    if slot.is_null() {
+        bump(Counter::StorageFailed);
+        return;
+    }
+    // SAFETY: non-null storage for this socket.
+    if unsafe { (*slot).established_ns } != record.established_ns {
+        // A record already existed: it is never overwritten.
+        return;
+    }
+    // SAFETY: helper valid in sockops.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.ops.cast()) };
+    if RECORDS.insert(cookie, &*record, BPF_ANY as u64).is_err() {
+        bump(Counter::MapInsertFailed);
+    }
+    // Ask for state callbacks so the cookie entry goes when the socket closes.
+    let _ = ctx.set_cb_flags((ctx.cb_flags() | BPF_SOCK_OPS_STATE_CB_FLAG) as i32);
+    bump(Counter::Decoded);
+}
+
+#[inline(always)]
+fn on_close(ctx: &SockOpsContext) {
+    // SAFETY: context field, null-checked.
+    let sk = unsafe { (*ctx.ops).__bindgen_anon_2.sk };
+    if sk.is_null() {
+        return;
+    }
+    // SAFETY: lookup without create in our SK_STORAGE map.
+    let slot = unsafe {
+        bpf_sk_storage_get(
+            ptr::from_ref(&PEER_STORAGE).cast_mut().cast(),
+            sk.cast(),
+            ptr::null_mut(),
+            0,
+        )
+    }
+    .cast::<PeerRecord>();
+    // SAFETY: null-checked storage pointer.
+    if slot.is_null() || !unsafe { (*slot).is_set() } {
+        return;
+    }
+    // SAFETY: helper valid in sockops.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.ops.cast()) };
+    match RECORDS.remove(cookie) {
+        Ok(()) => bump(Counter::RecordsRemoved),
+        Err(_) => bump(Counter::RecordsEvicted),
+    }
+}

@@ -1,0 +1,132 @@
+//! Facts about the host the daemon needs before it loads anything:
+//! privileges, bpffs, the cgroup v2 mount. Each failure says what to do.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+/// `statfs` magic of bpffs.
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+/// `statfs` magic of cgroup v2.
+const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
+
+const CAP_NET_ADMIN: u32 = 12;
+const CAP_SYS_ADMIN: u32 = 21;
+const CAP_BPF: u32 = 39;
+
+/// A host precondition that is not met.
+#[derive(Debug, thiserror::Error)]
+pub enum HostError {
+    /// Missing privileges.
+    #[error("missing privileges: ttm needs CAP_BPF (or CAP_SYS_ADMIN) and CAP_NET_ADMIN — run as root or grant them (e.g. AmbientCapabilities= in the systemd unit)")]
+    NotPrivileged,
+    /// bpffs is not mounted where the pins go.
+    #[error("{0} is not on a bpf filesystem — mount it with `mount -t bpf bpf /sys/fs/bpf` or pass --pin-dir on a bpffs mount")]
+    NoBpffs(PathBuf),
+    /// No cgroup v2 hierarchy is mounted.
+    #[error("no cgroup v2 mount found in /proc/self/mountinfo — mount one with `mount -t cgroup2 none /sys/fs/cgroup/unified` or pass --cgroup")]
+    NoCgroup2,
+    /// The cgroup path is wrong.
+    #[error("cannot attach to cgroup {0}: not a cgroup v2 directory — pass the cgroup2 mount or a directory below it")]
+    NotCgroup2(PathBuf),
+}
+
+fn fs_magic(path: &Path) -> Option<i64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: valid C string and out-pointer.
+    if unsafe { libc::statfs(c.as_ptr(), &mut st) } != 0 {
+        return None;
+    }
+    Some(st.f_type as i64)
+}
+
+/// Checks the effective capabilities of this process.
+pub fn check_privileges() -> Result<(), HostError> {
+    let status = fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let eff = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .unwrap_or(0);
+    let has = |cap: u32| eff & (1u64 << cap) != 0;
+    if (has(CAP_BPF) || has(CAP_SYS_ADMIN)) && has(CAP_NET_ADMIN) {
+        Ok(())
+    } else {
+        Err(HostError::NotPrivileged)
+    }
+}
+
+/// Checks that `dir`'s nearest existing ancestor is on bpffs.
+pub fn check_bpffs(dir: &Path) -> Result<(), HostError> {
+    let mut probe = dir;
+    while !probe.exists() {
+        probe = match probe.parent() {
+            Some(p) => p,
+            None => break,
+        };
+    }
+    match fs_magic(probe) {
+        Some(BPF_FS_MAGIC) => Ok(()),
+        _ => Err(HostError::NoBpffs(dir.to_path_buf())),
+    }
+}
+
+/// The mount point of the cgroup v2 hierarchy, from `/proc/self/mountinfo`.
+pub fn cgroup2_mount() -> Result<PathBuf, HostError> {
+    let info = fs::read_to_string("/proc/self/mountinfo").map_err(|_| HostError::NoCgroup2)?;
+    parse_cgroup2_mount(&info).ok_or(HostError::NoCgroup2)
+}
+
+/// Finds the first cgroup2 mount point in mountinfo text.
+pub fn parse_cgroup2_mount(mountinfo: &str) -> Option<PathBuf> {
+    mountinfo.lines().find_map(|line| {
+        let (pre, post) = line.split_once(" - ")?;
+        if post.split_whitespace().next()? != "cgroup2" {
+            return None;
+        }
+        pre.split_whitespace().nth(4).map(PathBuf::from)
+    })
+}
+
+/// Checks that `path` is a cgroup v2 directory.
+pub fn check_cgroup2(path: &Path) -> Result<(), HostError> {
+    match fs_magic(path) {
+        Some(CGROUP2_SUPER_MAGIC) if path.is_dir() => Ok(()),
+        _ => Err(HostError::NotCgroup2(path.to_path_buf())),
+    }
+}
+
+/// CLOCK_MONOTONIC in nanoseconds, the clock of `bpf_ktime_get_ns`.
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid out-pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    (ts.tv_sec as u64) * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_cgroup2_in_hybrid_mountinfo() {
+        let info = "\
+35 25 0:30 / /sys/fs/cgroup rw,nosuid - tmpfs tmpfs rw,mode=755
+36 35 0:31 / /sys/fs/cgroup/unified rw,nosuid,nodev - cgroup2 cgroup2 rw
+37 35 0:32 / /sys/fs/cgroup/cpu rw - cgroup cgroup rw,cpu
+";
+        assert_eq!(parse_cgroup2_mount(info), Some(PathBuf::from("/sys/fs/cgroup/unified")));
+        assert_eq!(parse_cgroup2_mount("35 25 0:30 / /x rw - tmpfs tmpfs rw\n"), None);
+    }
+
+    #[test]
+    fn a_plain_directory_is_not_a_cgroup() {
+        let err = check_cgroup2(Path::new("/tmp")).unwrap_err();
+        assert!(err.to_string().contains("not a cgroup v2 directory"));
+        assert!(check_bpffs(Path::new("/tmp/ttm-not-bpffs")).is_err());
+    }
+}

@@ -1,0 +1,15 @@
+//! The ttm agent's library: loading and attaching the decoder, reading its
+//! records and counters. The `ttm` binary is a thin CLI over it.
+
+pub mod daemon;
+pub mod host;
+pub mod pins;
+pub mod records;
+pub mod stats;
+pub mod trust;
+
+/// The compiled kernel programs, embedded so that one file is the whole product.
+pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/ttm"));
+
+/// Name of the sockops program inside [`EBPF_OBJECT`].
+pub const SOCKOPS_PROGRAM: &str = "ttm_sockops";

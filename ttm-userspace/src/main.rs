@@ -1,0 +1,174 @@
+//! `ttm`: recover the real client address behind full-NAT load balancers.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context as _, Result};
+use clap::{Parser, Subcommand};
+use ttm::daemon::{Daemon, DaemonConfig};
+use ttm::pins::{PinDir, DEFAULT_PIN_DIR};
+use ttm::records::{PeerInfo, RecordStore};
+use ttm::trust::TrustedLbs;
+use ttm_common::{format::FormatTable, maps::DEFAULT_RECORDS_CAPACITY};
+
+#[derive(Parser)]
+#[command(name = "ttm", version, about = "Recover the real client address behind full-NAT layer-4 load balancers, with eBPF")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Load and attach the decoder, pin its maps, run until SIGINT/SIGTERM.
+    Daemon {
+        /// Trusted load-balancer network (CIDR or address; repeatable, comma lists allowed).
+        /// Options are decoded only from peers inside these networks.
+        #[arg(long, value_name = "CIDR")]
+        trust: Vec<String>,
+        /// Decode options from any peer. UNSAFE: any client can then choose its own address.
+        #[arg(long)]
+        trust_any: bool,
+        /// cgroup v2 directory whose sockets are decoded (default: the cgroup2 root, every socket).
+        #[arg(long, value_name = "PATH")]
+        cgroup: Option<PathBuf>,
+        /// bpffs directory for the pinned maps.
+        #[arg(long, value_name = "DIR", default_value = DEFAULT_PIN_DIR)]
+        pin_dir: PathBuf,
+        /// Capacity of the connection map (live decoded connections).
+        #[arg(long, value_name = "N", default_value_t = DEFAULT_RECORDS_CAPACITY)]
+        max_records: u32,
+    },
+    /// Print the real client of one connection on this host.
+    Lookup {
+        /// Socket cookie (SO_COOKIE) of the accepted connection.
+        #[arg(long, conflicts_with_all = ["local", "peer"], required_unless_present_all = ["local", "peer"])]
+        cookie: Option<u64>,
+        /// The socket's local address, IP:PORT.
+        #[arg(long, requires = "peer")]
+        local: Option<SocketAddr>,
+        /// The kernel's peer address (the load balancer), IP:PORT.
+        #[arg(long, requires = "local")]
+        peer: Option<SocketAddr>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        /// bpffs directory of the running daemon.
+        #[arg(long, value_name = "DIR", default_value = DEFAULT_PIN_DIR)]
+        pin_dir: PathBuf,
+    },
+    /// Print the decoder's counters.
+    Stats {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        /// bpffs directory of the running daemon.
+        #[arg(long, value_name = "DIR", default_value = DEFAULT_PIN_DIR)]
+        pin_dir: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    match run(Cli::parse()) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("ttm: error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<ExitCode> {
+    match cli.command {
+        Command::Daemon {
+            trust,
+            trust_any,
+            cgroup,
+            pin_dir,
+            max_records,
+        } => {
+            let config = DaemonConfig {
+                trust: TrustedLbs::parse(&trust)?,
+                trust_any,
+                cgroup,
+                pins: PinDir::new(pin_dir),
+                max_records,
+                formats: FormatTable::DEFAULT,
+            };
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("starting the async runtime")?;
+            runtime.block_on(async {
+                let daemon = Daemon::start(&config)?;
+                daemon.run_until_signal().await
+            })?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Lookup {
+            cookie,
+            local,
+            peer,
+            json,
+            pin_dir,
+        } => {
+            let store = RecordStore::open(&PinDir::new(pin_dir))?;
+            let found = match (cookie, local, peer) {
+                (Some(c), _, _) => store.by_cookie(c)?,
+                (None, Some(l), Some(p)) => store.by_tuple(l, p)?,
+                _ => unreachable!("clap requires --cookie or --local with --peer"),
+            };
+            match found {
+                Some(info) => {
+                    print_info(&info, json)?;
+                    Ok(ExitCode::SUCCESS)
+                }
+                None => {
+                    if json {
+                        println!("{}", serde_json::json!({"error": "not_found"}));
+                    } else {
+                        eprintln!("no record: the connection is unknown, closed, came from an untrusted peer, or carried no option");
+                    }
+                    Ok(ExitCode::from(1))
+                }
+            }
+        }
+        Command::Stats { json, pin_dir } => {
+            let pins = PinDir::new(pin_dir);
+            let stats = ttm::stats::read(&ttm::stats::open(&pins)?)?;
+            let live = RecordStore::open(&pins)?.len();
+            if json {
+                let mut v = stats.to_json();
+                v["live_records"] = live.into();
+                println!("{v}");
+            } else {
+                for (name, total) in &stats.counters {
+                    println!("{name:<30} {total}");
+                }
+                println!("{:<30} {live}", "live_records");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn print_info(info: &PeerInfo, json: bool) -> Result<()> {
+    if json {
+        println!("{}", serde_json::to_string(info)?);
+    } else {
+        println!(
+            "client {} ({}) via load balancer {} to {}, option kind {} len {}, age {:.3}s, cookie {}",
+            info.client,
+            info.family,
+            info.kernel_peer,
+            info.local,
+            info.option_kind,
+            info.option_len,
+            info.age.as_secs_f64(),
+            info.cookie
+        );
+    }
+    Ok(())
+}

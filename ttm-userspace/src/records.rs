@@ -1,0 +1,192 @@
+//! Reading decoded connections from the pinned cookie map.
+
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::time::Duration;
+
+use aya::maps::{HashMap, Map, MapData, MapError};
+use serde::Serialize;
+use ttm_common::{maps, ClientFamily, PeerRecord};
+
+use crate::host::monotonic_ns;
+use crate::pins::PinDir;
+
+/// Errors opening or reading the record map.
+#[derive(Debug, thiserror::Error)]
+pub enum RecordsError {
+    /// The pinned map is not there: no daemon is running on this pin directory.
+    #[error("cannot open {path}: {source} — is `ttm daemon` running (with the same --pin-dir)?")]
+    NotPinned {
+        /// Pin path tried.
+        path: String,
+        /// Underlying error.
+        source: MapError,
+    },
+    /// Reading the map failed.
+    #[error("reading the record map: {0}")]
+    Read(#[from] MapError),
+}
+
+/// A decoded connection, as user space presents it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct PeerInfo {
+    /// Socket cookie of the connection on the real server.
+    pub cookie: u64,
+    /// The real client, from the option.
+    pub client: SocketAddr,
+    /// `4to4`, `6to4`, ...
+    pub family: &'static str,
+    /// The kernel's peer (the load balancer).
+    pub kernel_peer: SocketAddr,
+    /// The socket's local address.
+    pub local: SocketAddr,
+    /// Option kind that carried the client.
+    pub option_kind: u8,
+    /// Option length that carried the client.
+    pub option_len: u8,
+    /// Time since the handshake completed.
+    #[serde(serialize_with = "as_secs_f64")]
+    pub age: Duration,
+}
+
+fn as_secs_f64<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_f64(d.as_secs_f64())
+}
+
+/// Converts a 16-byte address (IPv4 v4-mapped) to an `IpAddr`.
+pub fn to_ip(addr: &[u8; 16]) -> IpAddr {
+    let v6 = Ipv6Addr::from(*addr);
+    match v6.to_ipv4_mapped() {
+        Some(v4) => IpAddr::V4(v4),
+        None => IpAddr::V6(v6),
+    }
+}
+
+/// Normalises `::ffff:a.b.c.d` to `a.b.c.d` so either spelling matches.
+pub fn canonical(addr: SocketAddr) -> SocketAddr {
+    match addr.ip() {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => SocketAddr::new(IpAddr::V4(v4), addr.port()),
+            None => addr,
+        },
+        IpAddr::V4(_) => addr,
+    }
+}
+
+impl PeerInfo {
+    /// Builds the presentation of `record` at time `now_ns` (CLOCK_MONOTONIC).
+    pub fn from_record(cookie: u64, record: &PeerRecord, now_ns: u64) -> PeerInfo {
+        PeerInfo {
+            cookie,
+            client: SocketAddr::new(to_ip(&record.client_addr), record.client_port),
+            family: ClientFamily::from_raw(record.client_family).map_or("unknown", ClientFamily::name),
+            kernel_peer: SocketAddr::new(to_ip(&record.peer_addr), record.peer_port),
+            local: SocketAddr::new(to_ip(&record.local_addr), record.local_port),
+            option_kind: record.option_kind,
+            option_len: record.option_len,
+            age: Duration::from_nanos(now_ns.saturating_sub(record.established_ns)),
+        }
+    }
+}
+
+/// The pinned cookie → record map.
+pub struct RecordStore {
+    map: HashMap<MapData, u64, PeerRecord>,
+}
+
+impl RecordStore {
+    /// Opens the map the daemon pinned under `pins`.
+    pub fn open(pins: &PinDir) -> Result<RecordStore, RecordsError> {
+        let path = pins.map(maps::RECORDS);
+        let data = MapData::from_pin(&path).map_err(|source| RecordsError::NotPinned {
+            path: path.display().to_string(),
+            source,
+        })?;
+        let map = HashMap::try_from(Map::LruHashMap(data))?;
+        Ok(RecordStore { map })
+    }
+
+    /// Wraps an already open map (the daemon's own handle).
+    pub fn from_map(map: HashMap<MapData, u64, PeerRecord>) -> RecordStore {
+        RecordStore { map }
+    }
+
+    /// The record of the connection with socket cookie `cookie`.
+    pub fn by_cookie(&self, cookie: u64) -> Result<Option<PeerInfo>, RecordsError> {
+        match self.map.get(&cookie, 0) {
+            Ok(r) => Ok(Some(PeerInfo::from_record(cookie, &r, monotonic_ns()))),
+            Err(MapError::KeyNotFound) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// The record of the connection whose local address is `local` and whose
+    /// kernel peer (the LB) is `peer`.
+    pub fn by_tuple(&self, local: SocketAddr, peer: SocketAddr) -> Result<Option<PeerInfo>, RecordsError> {
+        let (local, peer) = (canonical(local), canonical(peer));
+        let now = monotonic_ns();
+        for entry in self.map.iter() {
+            let (cookie, record) = match entry {
+                Ok(e) => e,
+                // An entry removed while we iterate is simply gone.
+                Err(MapError::KeyNotFound) => continue,
+                Err(e) => return Err(e.into()),
+            };
+            let info = PeerInfo::from_record(cookie, &record, now);
+            if info.local == local && info.kernel_peer == peer {
+                return Ok(Some(info));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Number of live records.
+    pub fn len(&self) -> usize {
+        self.map.keys().filter(Result::is_ok).count()
+    }
+
+    /// True if there is no record.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ttm_common::addr::v4_mapped;
+
+    #[test]
+    fn record_is_presented_with_plain_v4_addresses() {
+        let record = PeerRecord {
+            client_addr: v4_mapped([10, 0, 1, 2]),
+            peer_addr: v4_mapped([10, 0, 2, 1]),
+            local_addr: v4_mapped([10, 0, 2, 2]),
+            established_ns: 1_000,
+            client_port: 40_000,
+            peer_port: 50_000,
+            local_port: 8080,
+            client_family: ClientFamily::FourToFour as u8,
+            format_index: 0,
+            option_kind: 254,
+            option_len: 8,
+            _pad: [0; 6],
+        };
+        let info = PeerInfo::from_record(7, &record, 2_500_001_000);
+        assert_eq!(info.client, "10.0.1.2:40000".parse().unwrap());
+        assert_eq!(info.kernel_peer, "10.0.2.1:50000".parse().unwrap());
+        assert_eq!(info.local, "10.0.2.2:8080".parse().unwrap());
+        assert_eq!(info.family, "4to4");
+        assert_eq!(info.age, Duration::from_millis(2_500));
+        let json = serde_json::to_value(&info).unwrap();
+        assert_eq!(json["client"], "10.0.1.2:40000");
+        assert_eq!(json["age"], 2.5);
+    }
+
+    #[test]
+    fn mapped_and_plain_spellings_match() {
+        let a: SocketAddr = "[::ffff:10.0.2.2]:8080".parse().unwrap();
+        assert_eq!(canonical(a), "10.0.2.2:8080".parse().unwrap());
+        let b: SocketAddr = "[2001:db8::1]:80".parse().unwrap();
+        assert_eq!(canonical(b), b);
+    }
+}

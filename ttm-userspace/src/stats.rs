@@ -1,0 +1,52 @@
+//! Reading the per-CPU counters.
+
+use aya::maps::{Map, MapData, PerCpuArray};
+use serde::Serialize;
+use ttm_common::{maps, Counter};
+
+use crate::pins::PinDir;
+use crate::records::RecordsError;
+
+/// Counter totals summed over CPUs, in `Counter` order.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Stats {
+    /// (name, total) for every counter.
+    pub counters: Vec<(&'static str, u64)>,
+}
+
+impl Stats {
+    /// Total of `counter`.
+    pub fn get(&self, counter: Counter) -> u64 {
+        self.counters[counter as usize].1
+    }
+
+    /// The counters as a JSON object `{name: total}`.
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::Value::Object(
+            self.counters
+                .iter()
+                .map(|(k, v)| ((*k).to_string(), serde_json::Value::from(*v)))
+                .collect(),
+        )
+    }
+}
+
+/// Reads `STATS` from an open map.
+pub fn read(map: &PerCpuArray<MapData, u64>) -> Result<Stats, RecordsError> {
+    let mut counters = Vec::with_capacity(Counter::ALL.len());
+    for counter in Counter::ALL {
+        let per_cpu = map.get(&(counter as u32), 0)?;
+        counters.push((counter.name(), per_cpu.iter().sum()));
+    }
+    Ok(Stats { counters })
+}
+
+/// Opens the pinned `STATS` map under `pins`.
+pub fn open(pins: &PinDir) -> Result<PerCpuArray<MapData, u64>, RecordsError> {
+    let path = pins.map(maps::STATS);
+    let data = MapData::from_pin(&path).map_err(|source| RecordsError::NotPinned {
+        path: path.display().to_string(),
+        source,
+    })?;
+    Ok(PerCpuArray::try_from(Map::PerCpuArray(data))?)
+}
