@@ -1,1 +1,285 @@
-fn main(){}
+//! `ttm-lab`: builds and removes the full-NAT lab, runs the lab's test
+//! server and clients, and runs the end-to-end demo.
+
+use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::fd::AsRawFd as _;
+use std::process::{Command, ExitCode};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{bail, Context as _, Result};
+use clap::{Parser, Subcommand};
+use ttm_lab::lab::{self, Lab};
+use ttm_lab::process::{place, Guarded};
+use ttm_lab::TtmDaemon;
+
+#[derive(Parser)]
+#[command(name = "ttm-lab", about = "ttm's full-NAT veth lab")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Build the lab (namespaces, NAT, cgroups, option writer) and leave it up.
+    Up,
+    /// Remove everything the lab created.
+    Down,
+    /// Lab server: accept COUNT connections, report each as JSON, echo data,
+    /// hold the sockets until stdin closes.
+    Serve {
+        #[arg(long, default_value = "0.0.0.0:8080")]
+        listen: SocketAddr,
+        #[arg(long, default_value_t = 1)]
+        count: usize,
+    },
+    /// Lab client: open COUNT concurrent connections that each send their own
+    /// address and check the echo.
+    Connect {
+        #[arg(long)]
+        to: SocketAddr,
+        #[arg(long, default_value_t = 1)]
+        count: usize,
+        /// Extra bytes each connection round-trips after the address line.
+        #[arg(long, default_value_t = 0)]
+        payload: usize,
+    },
+    /// The end-to-end demo: lab up, ttm daemon, connections, what ttm recovered, lab down.
+    Demo {
+        #[arg(long, default_value_t = 5)]
+        connections: usize,
+    },
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("ttm-lab: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Cmd::Up => {
+            let lab = Lab::up()?;
+            std::mem::forget(lab);
+            println!(
+                "lab up: client {} ({}) → VIP {} → LB {} → real server {} ({}); cgroups under {}/{}",
+                lab::CLIENT_IP,
+                lab::CLIENT_NS,
+                lab::VIP,
+                lab::LB_IP,
+                lab::RS_IP,
+                lab::RS_NS,
+                lab::cgroup2_root()?.display(),
+                lab::CGROUP_DIR
+            );
+            Ok(())
+        }
+        Cmd::Down => {
+            Lab::down_quietly();
+            println!("lab down");
+            Ok(())
+        }
+        Cmd::Serve { listen, count } => serve(listen, count),
+        Cmd::Connect { to, count, payload } => connect(to, count, payload),
+        Cmd::Demo { connections } => demo(connections),
+    }
+}
+
+/// SO_COOKIE of a socket.
+fn socket_cookie(s: &TcpStream) -> Result<u64> {
+    let mut cookie: u64 = 0;
+    let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
+    // SAFETY: valid fd and out-pointers of the right size.
+    let rc = unsafe {
+        libc::getsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_COOKIE,
+            (&mut cookie as *mut u64).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        bail!("SO_COOKIE: {}", std::io::Error::last_os_error());
+    }
+    Ok(cookie)
+}
+
+fn serve(listen: SocketAddr, count: usize) -> Result<()> {
+    let listener = TcpListener::bind(listen).with_context(|| format!("binding {listen}"))?;
+    println!("listening {listen}");
+    let held: Arc<Mutex<Vec<TcpStream>>> = Arc::default();
+    let out = Arc::new(Mutex::new(std::io::stdout()));
+    let mut workers = Vec::new();
+    for _ in 0..count {
+        let (stream, peer) = listener.accept()?;
+        held.lock().expect("lock").push(stream.try_clone()?);
+        let out = out.clone();
+        workers.push(std::thread::spawn(move || -> Result<()> {
+            let cookie = socket_cookie(&stream)?;
+            let local = stream.local_addr()?;
+            let mut reader = BufReader::new(stream.try_clone()?);
+            let mut claimed = String::new();
+            reader.read_line(&mut claimed)?;
+            let mut w = &stream;
+            w.write_all(claimed.as_bytes())?;
+            let line = serde_json::json!({
+                "cookie": cookie,
+                "peer": peer.to_string(),
+                "local": local.to_string(),
+                "claimed": claimed.trim(),
+            });
+            writeln!(out.lock().expect("lock"), "{line}")?;
+            // Echo whatever follows until the client is done.
+            let mut buf = [0u8; 65536];
+            loop {
+                let n = reader.read(&mut buf)?;
+                if n == 0 {
+                    break;
+                }
+                w.write_all(&buf[..n])?;
+            }
+            Ok(())
+        }));
+    }
+    for w in workers {
+        if let Err(e) = w.join().expect("worker panicked") {
+            eprintln!("ttm-lab serve: connection failed: {e:#}");
+        }
+    }
+    println!("done");
+    // Hold the sockets open until told to finish, so records stay live.
+    let mut sink = String::new();
+    let _ = std::io::stdin().read_to_string(&mut sink);
+    drop(held);
+    Ok(())
+}
+
+fn connect(to: SocketAddr, count: usize, payload: usize) -> Result<()> {
+    let out = Arc::new(Mutex::new(std::io::stdout()));
+    let workers: Vec<_> = (0..count)
+        .map(|_| {
+            let out = out.clone();
+            std::thread::spawn(move || -> Result<()> {
+                let mut s = TcpStream::connect_timeout(&to, Duration::from_secs(10))?;
+                s.set_read_timeout(Some(Duration::from_secs(20)))?;
+                let local = s.local_addr()?;
+                s.write_all(format!("{local}\n").as_bytes())?;
+                let mut reader = BufReader::new(s.try_clone()?);
+                let mut echo = String::new();
+                reader.read_line(&mut echo)?;
+                let mut ok = echo.trim() == local.to_string();
+                let mut sent = 0;
+                let chunk: Vec<u8> = (0..65536u32).map(|i| (i % 251) as u8).collect();
+                while ok && sent < payload {
+                    let n = chunk.len().min(payload - sent);
+                    s.write_all(&chunk[..n])?;
+                    let mut back = vec![0u8; n];
+                    reader.read_exact(&mut back)?;
+                    ok = back == chunk[..n];
+                    sent += n;
+                }
+                s.shutdown(std::net::Shutdown::Write)?;
+                let line = serde_json::json!({"local": local.to_string(), "ok": ok, "bytes": sent});
+                writeln!(out.lock().expect("lock"), "{line}")?;
+                Ok(())
+            })
+        })
+        .collect();
+    let mut failed = 0;
+    for w in workers {
+        if let Err(e) = w.join().expect("worker panicked") {
+            eprintln!("ttm-lab connect: {e:#}");
+            failed += 1;
+        }
+    }
+    if failed > 0 {
+        bail!("{failed} of {count} connections failed");
+    }
+    Ok(())
+}
+
+/// A lab helper (`ttm-lab serve|connect ...`) placed in `cgroup` and `netns`.
+pub fn helper(cgroup: &std::path::Path, netns: &str, args: &[&str]) -> Result<Guarded> {
+    let mut cmd = Command::new(std::env::current_exe()?);
+    cmd.args(args);
+    place(&mut cmd, cgroup, netns);
+    Guarded::spawn(cmd)
+}
+
+fn demo(connections: usize) -> Result<()> {
+    println!("== building the full-NAT lab");
+    let lab = Lab::up()?;
+    println!(
+        "   client {} → VIP {} (LB: DNAT to {}, SNAT to {}) → real server {}",
+        lab::CLIENT_IP,
+        lab::VIP,
+        lab::RS_IP,
+        lab::LB_IP,
+        lab::RS_IP
+    );
+    let pin_dir = std::path::PathBuf::from("/sys/fs/bpf/ttm-demo");
+    println!(
+        "== starting: ttm daemon --trust {} --cgroup {} --pin-dir {}",
+        lab::LB_NET,
+        lab.rs_cgroup().display(),
+        pin_dir.display()
+    );
+    let daemon = TtmDaemon::start(lab::LB_NET, &lab.rs_cgroup(), &pin_dir, &[])?;
+    let total = connections + 1;
+    let mut server = helper(&lab.rs_cgroup(), lab::RS_NS, &["serve", "--listen", "0.0.0.0:8080", "--count", &total.to_string()])?;
+    server.wait_for(Duration::from_secs(10), |l| l.starts_with("listening"))?;
+    let target = format!("{}:8080", lab::VIP);
+    println!("== {connections} connections from the client through the LB, 1 without the option");
+    let mut clients = helper(&lab.client_cgroup(), lab::CLIENT_NS, &["connect", "--to", &target, "--count", &connections.to_string()])?;
+    let mut plain = helper(&lab.plain_cgroup(), lab::CLIENT_NS, &["connect", "--to", &target, "--count", "1"])?;
+    if !clients.wait(Duration::from_secs(30))?.success() || !plain.wait(Duration::from_secs(30))?.success() {
+        bail!("lab clients failed");
+    }
+    println!();
+    println!("{:<24} {:<24} {:<24} verdict", "kernel peer (LB)", "ttm recovered client", "client's true address");
+    let mut recovered = 0;
+    for _ in 0..total {
+        let line = server.line(Duration::from_secs(10))?;
+        let v: serde_json::Value = serde_json::from_str(&line)?;
+        let peer = v["peer"].as_str().unwrap_or_default().to_string();
+        let local = v["local"].as_str().unwrap_or_default().to_string();
+        let truth = v["claimed"].as_str().unwrap_or_default().to_string();
+        let (code, out) = daemon.cli(&["lookup", "--local", &local, "--peer", &peer, "--json"])?;
+        let client = if code == 0 {
+            let r: serde_json::Value = serde_json::from_str(&out)?;
+            r["client"].as_str().unwrap_or_default().to_string()
+        } else {
+            "(no record)".to_string()
+        };
+        let verdict = if client == truth {
+            recovered += 1;
+            "recovered"
+        } else if code == 1 {
+            "no option: app sees the LB"
+        } else {
+            "MISMATCH"
+        };
+        println!("{peer:<24} {client:<24} {truth:<24} {verdict}");
+    }
+    println!();
+    let (_, stats) = daemon.cli(&["stats"])?;
+    println!("== ttm stats\n{stats}");
+    server.close_stdin();
+    let _ = server.wait(Duration::from_secs(10));
+    drop(daemon);
+    drop(lab);
+    println!("== lab torn down");
+    if recovered != connections {
+        bail!("recovered {recovered} of {connections} client addresses");
+    }
+    println!("ttm recovered {recovered}/{connections} real client addresses behind the full-NAT LB");
+    Ok(())
+}

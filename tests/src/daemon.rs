@@ -1,0 +1,78 @@
+//! Runs the real `ttm daemon` binary for a test or the demo.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{bail, Context as _, Result};
+
+use crate::process::Guarded;
+
+/// Path of the `ttm` binary: `$TTM_BIN`, else beside the running executable
+/// in the cargo target directory.
+pub fn ttm_bin() -> Result<PathBuf> {
+    if let Some(p) = std::env::var_os("TTM_BIN") {
+        return Ok(PathBuf::from(p));
+    }
+    let exe = std::env::current_exe()?;
+    for dir in exe.ancestors().skip(1).take(3) {
+        let candidate = dir.join("ttm");
+        if candidate.is_file() {
+            return Ok(candidate);
+        }
+    }
+    bail!("ttm binary not found — build it with `cargo build -p ttm-userspace` or set TTM_BIN")
+}
+
+/// A running `ttm daemon`; stopped with SIGTERM on drop.
+pub struct TtmDaemon {
+    process: Guarded,
+    /// Its pin directory.
+    pub pin_dir: PathBuf,
+}
+
+impl TtmDaemon {
+    /// Starts `ttm daemon --trust <trust> --cgroup <cgroup> --pin-dir <pin_dir>`
+    /// plus `extra`, and waits until it reports ready.
+    pub fn start(trust: &str, cgroup: &Path, pin_dir: &Path, extra: &[&str]) -> Result<TtmDaemon> {
+        let mut cmd = Command::new(ttm_bin()?);
+        cmd.args(["daemon", "--trust", trust, "--cgroup"])
+            .arg(cgroup)
+            .arg("--pin-dir")
+            .arg(pin_dir)
+            .args(extra)
+            .stderr(Stdio::inherit());
+        let process = Guarded::spawn(cmd)?;
+        process
+            .wait_for(Duration::from_secs(60), |l| l.contains("ttm: ready"))
+            .context("ttm daemon did not become ready")?;
+        Ok(TtmDaemon {
+            process,
+            pin_dir: pin_dir.to_path_buf(),
+        })
+    }
+
+    /// Runs a `ttm` subcommand against this daemon's pins; returns (exit code, stdout).
+    pub fn cli(&self, args: &[&str]) -> Result<(i32, String)> {
+        let out = Command::new(ttm_bin()?)
+            .args(args)
+            .arg("--pin-dir")
+            .arg(&self.pin_dir)
+            .output()?;
+        Ok((out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned()))
+    }
+
+    /// Stops the daemon with SIGTERM and returns its exit status.
+    pub fn stop(mut self) -> Result<std::process::ExitStatus> {
+        self.process.signal(libc::SIGTERM);
+        self.process.wait(Duration::from_secs(20))
+    }
+}
+
+impl Drop for TtmDaemon {
+    fn drop(&mut self) {
+        self.process.signal(libc::SIGTERM);
+        let _ = self.process.wait(Duration::from_secs(20));
+        ttm::daemon::remove_pins(&ttm::pins::PinDir::new(&self.pin_dir));
+    }
+}

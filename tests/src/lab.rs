@@ -1,0 +1,184 @@
+//! Namespaces, veths, NAT rules and cgroups of the lab, behind a guard.
+
+use std::fs;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use anyhow::{bail, Context as _, Result};
+
+use crate::writer;
+
+/// Client namespace.
+pub const CLIENT_NS: &str = "ttm-lab-client";
+/// Load-balancer namespace.
+pub const LB_NS: &str = "ttm-lab-lb";
+/// Real-server namespace.
+pub const RS_NS: &str = "ttm-lab-rs";
+/// The client's address.
+pub const CLIENT_IP: &str = "10.0.1.2";
+/// The virtual IP clients connect to (the LB's client-side address).
+pub const VIP: &str = "10.0.1.1";
+/// The LB's address on the real-server side: what the RS sees as peer.
+pub const LB_IP: &str = "10.0.2.1";
+/// The real server's address.
+pub const RS_IP: &str = "10.0.2.2";
+/// The network the real server must trust.
+pub const LB_NET: &str = "10.0.2.0/24";
+/// Directory under the cgroup2 mount holding the lab's cgroups.
+pub const CGROUP_DIR: &str = "ttm-lab";
+
+/// Runs `cmd`, failing with its stderr.
+pub fn run(cmd: &mut Command) -> Result<()> {
+    let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
+    if !out.status.success() {
+        bail!("{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(())
+}
+
+fn ip(args: &[&str]) -> Result<()> {
+    run(Command::new("ip").args(args))
+}
+
+fn in_ns(ns: &str, args: &[&str]) -> Result<()> {
+    run(Command::new("ip").args(["netns", "exec", ns]).args(args))
+}
+
+/// The cgroup v2 mount point.
+pub fn cgroup2_root() -> Result<PathBuf> {
+    ttm::host::cgroup2_mount().context("the lab needs cgroup v2")
+}
+
+/// The running lab. `Drop` tears everything down, also after a panic.
+pub struct Lab {
+    cgroups: PathBuf,
+}
+
+impl Lab {
+    /// Tears down leftovers of an earlier run, then builds the lab and
+    /// attaches the option writer to the client cgroup.
+    pub fn up() -> Result<Lab> {
+        Lab::down_quietly();
+        let cgroups = cgroup2_root()?.join(CGROUP_DIR);
+        let lab = Lab { cgroups };
+        lab.build().context("building the lab")?;
+        Ok(lab)
+    }
+
+    /// Handle on a lab that `ttm-lab up` built earlier (no teardown on drop).
+    pub fn existing() -> Result<std::mem::ManuallyDrop<Lab>> {
+        let cgroups = cgroup2_root()?.join(CGROUP_DIR);
+        if !Path::new("/run/netns").join(RS_NS).exists() || !cgroups.exists() {
+            bail!("the lab is not up — run `cargo xtask lab up`");
+        }
+        Ok(std::mem::ManuallyDrop::new(Lab { cgroups }))
+    }
+
+    fn build(&self) -> Result<()> {
+        for ns in [CLIENT_NS, LB_NS, RS_NS] {
+            ip(&["netns", "add", ns])?;
+            in_ns(ns, &["ip", "link", "set", "lo", "up"])?;
+        }
+        ip(&["link", "add", "ttm-c0", "netns", CLIENT_NS, "type", "veth", "peer", "ttm-l0", "netns", LB_NS])?;
+        ip(&["link", "add", "ttm-l1", "netns", LB_NS, "type", "veth", "peer", "ttm-r0", "netns", RS_NS])?;
+        in_ns(CLIENT_NS, &["ip", "addr", "add", &format!("{CLIENT_IP}/24"), "dev", "ttm-c0"])?;
+        in_ns(CLIENT_NS, &["ip", "link", "set", "ttm-c0", "up"])?;
+        in_ns(CLIENT_NS, &["ip", "route", "add", "default", "via", VIP])?;
+        in_ns(LB_NS, &["ip", "addr", "add", &format!("{VIP}/24"), "dev", "ttm-l0"])?;
+        in_ns(LB_NS, &["ip", "addr", "add", &format!("{LB_IP}/24"), "dev", "ttm-l1"])?;
+        in_ns(LB_NS, &["ip", "link", "set", "ttm-l0", "up"])?;
+        in_ns(LB_NS, &["ip", "link", "set", "ttm-l1", "up"])?;
+        in_ns(LB_NS, &["sysctl", "-qw", "net.ipv4.ip_forward=1"])?;
+        in_ns(RS_NS, &["ip", "addr", "add", &format!("{RS_IP}/24"), "dev", "ttm-r0"])?;
+        in_ns(RS_NS, &["ip", "link", "set", "ttm-r0", "up"])?;
+        in_ns(RS_NS, &["ip", "route", "add", "default", "via", LB_IP])?;
+        // Full-NAT: the VIP goes to the real server, and the source becomes the LB.
+        let rules = format!(
+            "table ip ttm_lab {{
+               chain pre {{
+                 type nat hook prerouting priority dstnat; policy accept;
+                 ip daddr {VIP} tcp dport != 22 dnat to {RS_IP}
+               }}
+               chain post {{
+                 type nat hook postrouting priority srcnat; policy accept;
+                 ct status dnat ip daddr {RS_IP} snat to {LB_IP}
+               }}
+             }}\n"
+        );
+        let mut nft = Command::new("ip")
+            .args(["netns", "exec", LB_NS, "nft", "-f", "-"])
+            .stdin(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("running nft (install nftables)")?;
+        nft.stdin.take().context("nft stdin")?.write_all(rules.as_bytes())?;
+        let out = nft.wait_with_output()?;
+        if !out.status.success() {
+            bail!("nft failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        for cg in [self.client_cgroup(), self.rs_cgroup(), self.plain_cgroup()] {
+            fs::create_dir_all(&cg).with_context(|| format!("creating cgroup {}", cg.display()))?;
+        }
+        writer::attach(&self.client_cgroup()).context("attaching the option writer")?;
+        Ok(())
+    }
+
+    /// cgroup of client processes (the option writer acts on their sockets).
+    pub fn client_cgroup(&self) -> PathBuf {
+        self.cgroups.join("client")
+    }
+
+    /// cgroup of client processes whose connections carry no option.
+    pub fn plain_cgroup(&self) -> PathBuf {
+        self.cgroups.join("plain")
+    }
+
+    /// cgroup of real-server processes (ttm attaches here in tests).
+    pub fn rs_cgroup(&self) -> PathBuf {
+        self.cgroups.join("rs")
+    }
+
+    /// Sets a sysctl inside the real server's namespace.
+    pub fn rs_sysctl(&self, setting: &str) -> Result<()> {
+        in_ns(RS_NS, &["sysctl", "-qw", setting])
+    }
+
+    /// Removes everything the lab creates; missing pieces are fine.
+    pub fn down_quietly() {
+        for ns in [CLIENT_NS, LB_NS, RS_NS] {
+            let _ = Command::new("ip").args(["netns", "del", ns]).stderr(Stdio::null()).status();
+        }
+        if let Ok(root) = cgroup2_root() {
+            let dir = root.join(CGROUP_DIR);
+            for sub in ["client", "plain", "rs"] {
+                let cg = dir.join(sub);
+                kill_cgroup(&cg);
+                let _ = fs::remove_dir(&cg);
+            }
+            let _ = fs::remove_dir(&dir);
+        }
+    }
+}
+
+/// Kills every process left in cgroup `cg` and waits briefly for it to empty.
+fn kill_cgroup(cg: &Path) {
+    for _ in 0..50 {
+        let procs = fs::read_to_string(cg.join("cgroup.procs")).unwrap_or_default();
+        let pids: Vec<i32> = procs.lines().filter_map(|l| l.trim().parse().ok()).collect();
+        if pids.is_empty() {
+            return;
+        }
+        for pid in pids {
+            // SAFETY: plain kill(2).
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        Lab::down_quietly();
+    }
+}

@@ -1,0 +1,95 @@
+//! Loads the test-only option writer and attaches it to a cgroup with a
+//! legacy (non-link) attachment, which lasts until the cgroup is removed, so
+//! a lab built by `ttm-lab up` keeps working after the process exits.
+
+use std::fs::File;
+use std::os::fd::{AsFd, AsRawFd};
+use std::path::Path;
+
+use anyhow::{bail, Context as _, Result};
+use aya::maps::Array;
+use aya::programs::SockOps;
+use aya::Ebpf;
+
+static WRITER_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/toa-writer"));
+
+/// What the writer puts into the third ACK; mirrors lab-ebpf's `WriterConfig`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct WriterConfig {
+    /// Option kind; 0 disables the writer.
+    pub kind: u8,
+    /// Option length.
+    pub len: u8,
+    /// Non-zero: claim `claim_addr:claim_port` instead of the socket's own address.
+    pub claim: u8,
+    /// Padding.
+    pub _pad: u8,
+    /// Claimed port.
+    pub claim_port: u16,
+    /// Padding.
+    pub _pad2: u16,
+    /// Claimed IPv4 address.
+    pub claim_addr: [u8; 4],
+}
+
+// SAFETY: repr(C) plain data with explicit padding.
+unsafe impl aya::Pod for WriterConfig {}
+
+impl WriterConfig {
+    /// The common TOA layout carrying the connecting socket's own address.
+    pub const TOA_V4: WriterConfig = WriterConfig {
+        kind: 254,
+        len: 8,
+        claim: 0,
+        _pad: 0,
+        claim_port: 0,
+        _pad2: 0,
+        claim_addr: [0; 4],
+    };
+}
+
+const BPF_PROG_ATTACH: libc::c_long = 8;
+const BPF_CGROUP_SOCK_OPS: u32 = 3;
+const BPF_F_ALLOW_MULTI: u32 = 2;
+
+#[repr(C)]
+struct ProgAttachAttr {
+    target_fd: u32,
+    attach_bpf_fd: u32,
+    attach_type: u32,
+    attach_flags: u32,
+    replace_bpf_fd: u32,
+}
+
+/// Loads the writer with the default config and attaches it to `cgroup`.
+pub fn attach(cgroup: &Path) -> Result<()> {
+    let mut ebpf = Ebpf::load(WRITER_OBJECT).context("loading the option writer")?;
+    let mut config: Array<_, WriterConfig> =
+        Array::try_from(ebpf.map_mut("WRITER_CONFIG").context("WRITER_CONFIG missing")?)?;
+    config.set(0, WriterConfig::TOA_V4, 0)?;
+    let program: &mut SockOps = ebpf.program_mut("toa_writer").context("toa_writer missing")?.try_into()?;
+    program.load().context("verifier rejected the option writer")?;
+    let cg = File::open(cgroup).with_context(|| format!("opening {}", cgroup.display()))?;
+    let prog_fd = program.fd()?.as_fd().as_raw_fd();
+    let attr = ProgAttachAttr {
+        target_fd: cg.as_raw_fd() as u32,
+        attach_bpf_fd: prog_fd as u32,
+        attach_type: BPF_CGROUP_SOCK_OPS,
+        attach_flags: BPF_F_ALLOW_MULTI,
+        replace_bpf_fd: 0,
+    };
+    // SAFETY: bpf(BPF_PROG_ATTACH) with a correctly sized attribute.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_PROG_ATTACH,
+            &attr as *const ProgAttachAttr,
+            std::mem::size_of::<ProgAttachAttr>(),
+        )
+    };
+    if rc != 0 {
+        bail!("BPF_PROG_ATTACH to {}: {}", cgroup.display(), std::io::Error::last_os_error());
+    }
+    Ok(())
+}
