@@ -4,14 +4,14 @@
 use std::io::{BufRead as _, BufReader, Read as _, Write as _};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsRawFd as _;
-use std::process::{Command, ExitCode};
+use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{bail, Context as _, Result};
 use clap::{Parser, Subcommand};
 use ttm_lab::lab::{self, Lab};
-use ttm_lab::process::{place, Guarded};
+use ttm_lab::process::{spawn_in, Guarded};
 use ttm_lab::TtmDaemon;
 
 #[derive(Parser)]
@@ -206,12 +206,9 @@ fn connect(to: SocketAddr, count: usize, payload: usize) -> Result<()> {
     Ok(())
 }
 
-/// A lab helper (`ttm-lab serve|connect ...`) placed in `cgroup` and `netns`.
-pub fn helper(cgroup: &std::path::Path, netns: &str, args: &[&str]) -> Result<Guarded> {
-    let mut cmd = Command::new(std::env::current_exe()?);
-    cmd.args(args);
-    place(&mut cmd, cgroup, netns);
-    Guarded::spawn(cmd)
+/// This binary as a lab helper (`serve|connect ...`) in `cgroup` and `netns`.
+fn helper(cgroup: &std::path::Path, netns: &str, args: &[&str]) -> Result<Guarded> {
+    spawn_in(&std::env::current_exe()?, cgroup, netns, args)
 }
 
 fn demo(connections: usize) -> Result<()> {

@@ -41,6 +41,20 @@ pub fn place(cmd: &mut Command, cgroup: &Path, netns: &str) {
     }
 }
 
+/// Spawns `program args` inside `cgroup` and `netns`.
+pub fn spawn_in(program: &Path, cgroup: &Path, netns: &str, args: &[&str]) -> Result<Guarded> {
+    let mut cmd = Command::new(program);
+    cmd.args(args);
+    place(&mut cmd, cgroup, netns);
+    Guarded::spawn(cmd)
+}
+
+/// Serialises lab tests inside one test binary (they share namespace names).
+pub fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// A child process killed on drop, with its stdout read line by line.
 pub struct Guarded {
     child: Child,

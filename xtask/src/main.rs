@@ -1,1 +1,99 @@
-fn main(){}
+//! Developer and CI actions for ttm. Every command first brings a fresh
+//! machine up to what it needs (see `bootstrap`), printing one line per step
+//! it takes.
+
+mod bootstrap;
+
+use std::process::{Command, ExitCode};
+
+use anyhow::{bail, Context as _, Result};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "xtask", about = "Build, lab, demo and tests for ttm")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install what a fresh machine lacks (apt packages, rust-src, bpf-linker, bpffs).
+    Bootstrap,
+    /// Build the ttm binary (with its eBPF object) and the lab tools.
+    Build {
+        /// Build with the release profile.
+        #[arg(long)]
+        release: bool,
+    },
+    /// Bring the full-NAT veth lab up or down.
+    Lab {
+        #[arg(value_parser = ["up", "down"])]
+        action: String,
+    },
+    /// The end-to-end demo: lab, ttm daemon, client connections, recovered addresses.
+    Demo,
+    /// Unit tests and the lab integration tests (needs root).
+    Test,
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    bootstrap::ensure()?;
+    match cli.command {
+        Cmd::Bootstrap => Ok(()),
+        Cmd::Build { release } => build(release),
+        Cmd::Lab { action } => {
+            build(false)?;
+            cargo(&["run", "--quiet", "-p", "ttm-tests", "--bin", "ttm-lab", "--", &action])
+        }
+        Cmd::Demo => {
+            build(false)?;
+            require_root("the demo builds network namespaces")?;
+            cargo(&["run", "--quiet", "-p", "ttm-tests", "--bin", "ttm-lab", "--", "demo"])
+        }
+        Cmd::Test => {
+            require_root("the integration tests build network namespaces")?;
+            build(false)?;
+            // Lab tests move processes between cgroups and namespaces: one at a time.
+            cargo(&["test", "--", "--test-threads=1"])
+        }
+    }
+}
+
+fn build(release: bool) -> Result<()> {
+    let mut args = vec!["build", "-p", "ttm-userspace", "-p", "ttm-tests", "--bins"];
+    if release {
+        args.push("--release");
+    }
+    cargo(&args)
+}
+
+fn require_root(why: &str) -> Result<()> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("run as root: {why}");
+    }
+    Ok(())
+}
+
+fn cargo(args: &[&str]) -> Result<()> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = Command::new(&cargo)
+        .args(args)
+        .status()
+        .with_context(|| format!("running cargo {}", args.join(" ")))?;
+    if !status.success() {
+        bail!("cargo {} failed ({status})", args.join(" "));
+    }
+    Ok(())
+}

@@ -1,0 +1,124 @@
+//! The world each lab test builds: lab, ttm daemon, server and clients.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::MutexGuard;
+use std::time::Duration;
+
+use ttm::pins::PinDir;
+use ttm::records::RecordStore;
+use ttm::stats::Stats;
+use ttm_lab::lab::{self, Lab};
+use ttm_lab::process::{serial, spawn_in, Guarded};
+use ttm_lab::TtmDaemon;
+
+/// Pin directory the tests' daemons use.
+pub const PIN_DIR: &str = "/sys/fs/bpf/ttm-test";
+
+/// Path of the lab helper binary.
+pub fn lab_bin() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_ttm-lab"))
+}
+
+/// One accepted connection as the real server saw it.
+#[derive(Debug)]
+pub struct Accepted {
+    pub cookie: u64,
+    /// The kernel's peer (the LB after SNAT).
+    pub peer: SocketAddr,
+    pub local: SocketAddr,
+    /// What the client said its own address is (its getsockname).
+    pub claimed: SocketAddr,
+}
+
+/// Lab + daemon, torn down in that order... daemon first (field order).
+pub struct World {
+    pub daemon: TtmDaemon,
+    pub lab: Lab,
+    _serial: MutexGuard<'static, ()>,
+}
+
+impl World {
+    /// Builds the lab and starts ttm trusting the LB network.
+    pub fn new() -> World {
+        World::trusting(lab::LB_NET)
+    }
+
+    /// Builds the lab and starts ttm trusting `trust`.
+    pub fn trusting(trust: &str) -> World {
+        let serial = serial();
+        let lab = Lab::up().expect("bring the lab up");
+        let daemon = TtmDaemon::start(trust, &lab.rs_cgroup(), Path::new(PIN_DIR), &[]).expect("start ttm daemon");
+        World {
+            daemon,
+            lab,
+            _serial: serial,
+        }
+    }
+
+    /// Starts the lab server in the real server's cgroup and namespace.
+    pub fn serve(&self, count: usize) -> Guarded {
+        let server = spawn_in(
+            lab_bin(),
+            &self.lab.rs_cgroup(),
+            lab::RS_NS,
+            &["serve", "--listen", "0.0.0.0:8080", "--count", &count.to_string()],
+        )
+        .expect("spawn lab server");
+        server
+            .wait_for(Duration::from_secs(10), |l| l.starts_with("listening"))
+            .expect("server listening");
+        server
+    }
+
+    /// Runs `count` concurrent client connections from `cgroup` through the
+    /// LB, each round-tripping `payload` bytes; asserts they all worked.
+    pub fn connect(&self, cgroup: &Path, count: usize, payload: usize) {
+        let target = format!("{}:8080", lab::VIP);
+        let mut client = spawn_in(
+            lab_bin(),
+            cgroup,
+            lab::CLIENT_NS,
+            &["connect", "--to", &target, "--count", &count.to_string(), "--payload", &payload.to_string()],
+        )
+        .expect("spawn lab clients");
+        let mut ok = 0;
+        for _ in 0..count {
+            let line = client.line(Duration::from_secs(30)).expect("client report");
+            let v: serde_json::Value = serde_json::from_str(&line).expect("client JSON");
+            assert_eq!(v["ok"], true, "echo through the LB failed: {line}");
+            assert_eq!(v["bytes"].as_u64(), Some(payload as u64), "{line}");
+            ok += 1;
+        }
+        assert!(client.wait(Duration::from_secs(30)).expect("client exit").success());
+        assert_eq!(ok, count);
+    }
+
+    /// Reads `n` accepted-connection reports from the server.
+    pub fn accepted(&self, server: &Guarded, n: usize) -> Vec<Accepted> {
+        (0..n)
+            .map(|_| {
+                let line = server.line(Duration::from_secs(30)).expect("server report");
+                let v: serde_json::Value = serde_json::from_str(&line).expect("server JSON");
+                let addr = |k: &str| v[k].as_str().expect(k).parse::<SocketAddr>().expect(k);
+                Accepted {
+                    cookie: v["cookie"].as_u64().expect("cookie"),
+                    peer: addr("peer"),
+                    local: addr("local"),
+                    claimed: addr("claimed"),
+                }
+            })
+            .collect()
+    }
+
+    /// The daemon's record map.
+    pub fn records(&self) -> RecordStore {
+        RecordStore::open(&PinDir::new(PIN_DIR)).expect("open pinned records")
+    }
+
+    /// The daemon's counters.
+    pub fn stats(&self) -> Stats {
+        ttm::stats::read(&ttm::stats::open(&PinDir::new(PIN_DIR)).expect("open pinned stats")).expect("read stats")
+    }
+}

@@ -1,0 +1,66 @@
+//! Starting and stopping `ttm daemon`: refusals, and a clean exit.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::{World, PIN_DIR};
+use ttm_lab::daemon::ttm_bin;
+
+fn ttm(args: &[&str]) -> (i32, String) {
+    let out = Command::new(ttm_bin().expect("ttm binary")).args(args).output().expect("run ttm");
+    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+fn ttm_programs_loaded() -> usize {
+    aya::programs::loaded_programs()
+        .filter_map(Result::ok)
+        .filter(|p| p.name_as_str() == Some(ttm::SOCKOPS_PROGRAM))
+        .count()
+}
+
+#[test]
+fn stopping_the_daemon_leaves_no_attachments_or_pins() {
+    let world = World::new();
+    assert_eq!(ttm_programs_loaded(), 1, "exactly our program is loaded while running");
+    let server = world.serve(1);
+    world.connect(&world.lab.client_cgroup(), 1, 0);
+    let _ = world.accepted(&server, 1);
+    let World { daemon, lab, .. } = world;
+    let status = daemon.stop().expect("daemon exits");
+    assert!(status.success(), "clean exit on SIGTERM: {status}");
+    assert!(!Path::new(PIN_DIR).exists(), "pins removed");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while ttm_programs_loaded() != 0 {
+        assert!(Instant::now() < deadline, "sockops program still loaded after stop");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (code, err) = ttm(&["stats", "--pin-dir", PIN_DIR]);
+    assert_eq!(code, 2);
+    assert!(err.contains("is `ttm daemon` running"), "{err}");
+    drop(lab);
+}
+
+#[test]
+fn daemon_refuses_to_start_without_trusted_networks() {
+    let (code, err) = ttm(&["daemon", "--pin-dir", "/sys/fs/bpf/ttm-refuse"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("--trust CIDR"), "{err}");
+    assert!(!Path::new("/sys/fs/bpf/ttm-refuse").exists());
+}
+
+#[test]
+fn daemon_rejects_a_path_that_is_not_a_cgroup() {
+    let (code, err) = ttm(&["daemon", "--trust", "10.0.2.0/24", "--cgroup", "/tmp", "--pin-dir", "/sys/fs/bpf/ttm-refuse"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("not a cgroup v2 directory"), "{err}");
+}
+
+#[test]
+fn daemon_rejects_a_malformed_network() {
+    let (code, err) = ttm(&["daemon", "--trust", "10.0.2.0/33"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("invalid trusted network \"10.0.2.0/33\""), "{err}");
+}

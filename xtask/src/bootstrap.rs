@@ -1,0 +1,111 @@
+//! Brings a fresh machine up to what building and testing ttm need.
+//! Idempotent: each check is cheap, and a line is printed only for a step taken.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use anyhow::{bail, Context as _, Result};
+
+/// The bpf-linker version known to build and work here (newer ones need a newer LLVM).
+const BPF_LINKER_VERSION: &str = "0.10.4";
+/// Commands the lab needs, with the Debian package providing each.
+const APT_COMMANDS: [(&str, &str); 3] = [("nft", "nftables"), ("ip", "iproute2"), ("sysctl", "procps")];
+
+/// Runs every step.
+pub fn ensure() -> Result<()> {
+    apt_packages()?;
+    nightly_rust_src()?;
+    bpf_linker()?;
+    bpffs()?;
+    Ok(())
+}
+
+fn have(cmd: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {cmd}")])
+        .stdout(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}
+
+fn run(what: &str, cmd: &mut Command) -> Result<()> {
+    println!("bootstrap: {what}");
+    let status = cmd.status().with_context(|| format!("{what}: running {cmd:?}"))?;
+    if !status.success() {
+        bail!("{what} failed ({status}): {cmd:?}");
+    }
+    Ok(())
+}
+
+fn apt_packages() -> Result<()> {
+    let missing: Vec<&str> = APT_COMMANDS
+        .iter()
+        .filter(|(cmd, _)| !have(cmd))
+        .map(|(_, pkg)| *pkg)
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    run(
+        "apt-get update",
+        Command::new("apt-get").args(["update", "-qq"]).env("DEBIAN_FRONTEND", "noninteractive"),
+    )?;
+    run(
+        &format!("installing {}", missing.join(" ")),
+        Command::new("apt-get")
+            .args(["install", "-y", "-qq", "--no-install-recommends"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )
+}
+
+fn nightly_rust_src() -> Result<()> {
+    let toolchains = Command::new("rustup").args(["toolchain", "list"]).output().context("running rustup")?;
+    if !String::from_utf8_lossy(&toolchains.stdout).lines().any(|l| l.starts_with("nightly")) {
+        run(
+            "installing the nightly toolchain (the eBPF crates need -Z build-std)",
+            Command::new("rustup").args(["toolchain", "install", "nightly", "--profile", "minimal"]),
+        )?;
+    }
+    let installed = Command::new("rustup")
+        .args(["component", "list", "--toolchain", "nightly", "--installed"])
+        .output()
+        .context("running rustup")?;
+    if !String::from_utf8_lossy(&installed.stdout).lines().any(|l| l.starts_with("rust-src")) {
+        run(
+            "adding rust-src to nightly",
+            Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]),
+        )?;
+    }
+    Ok(())
+}
+
+fn bpf_linker() -> Result<()> {
+    let version = Command::new("bpf-linker").arg("--version").output();
+    if let Ok(out) = version {
+        if String::from_utf8_lossy(&out.stdout).contains(BPF_LINKER_VERSION) {
+            return Ok(());
+        }
+    }
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    run(
+        &format!("installing bpf-linker {BPF_LINKER_VERSION} (about a minute)"),
+        Command::new(cargo).args(["install", &format!("bpf-linker@{BPF_LINKER_VERSION}"), "--locked", "--force"]),
+    )
+}
+
+fn bpffs() -> Result<()> {
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
+    if mounts.lines().any(|l| {
+        let mut f = l.split_whitespace();
+        let (_, point, kind) = (f.next(), f.next(), f.next());
+        point == Some("/sys/fs/bpf") && kind == Some("bpf")
+    }) {
+        return Ok(());
+    }
+    if !Path::new("/sys/fs/bpf").is_dir() {
+        bail!("/sys/fs/bpf does not exist: this kernel lacks bpffs support");
+    }
+    run("mounting bpffs on /sys/fs/bpf", Command::new("mount").args(["-t", "bpf", "bpf", "/sys/fs/bpf"]))
+}
