@@ -101,8 +101,10 @@ pub enum Scan {
 /// Progress of an option walk, advanced one option at a time by [`WalkState::step`].
 ///
 /// The host drives it in a loop ([`find_option`]); the kernel side calls
-/// `step` a fixed [`MAX_OPTION_BYTES`] times, unrolled, which the verifier
-/// checks in linear time where a data-dependent loop would not converge.
+/// `step` a fixed [`MAX_OPTION_BYTES`] times, unrolled, keeping the state in a
+/// map value between steps so the verifier sees one state per step (linear
+/// verification) where a data-dependent loop would not converge.
+#[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct WalkState {
     /// Offset of the next option's kind byte.

@@ -6,7 +6,7 @@ use aya_ebpf::{
 };
 use ttm_common::{
     maps::{DEFAULT_RECORDS_CAPACITY, TRUSTED_LBS_CAPACITY},
-    Config, Counter, PeerRecord, TrustKey,
+    Config, Counter, PeerRecord, TrustKey, WalkState,
 };
 
 /// Socket cookie → record. Written by sockops at handshake completion,
@@ -37,3 +37,8 @@ pub static STATS: PerCpuArray<u64, { Counter::COUNT as usize }> = PerCpuArray::n
 /// small to hold it beside the option walk). Owned by sockops only.
 #[btf_map]
 pub static SCRATCH: PerCpuArray<PeerRecord, 1> = PerCpuArray::new();
+
+/// Per-CPU home of the option walk between steps. Re-reading it from map
+/// memory at each step keeps verifier states from multiplying. Owned by sockops.
+#[btf_map]
+pub static WALK: PerCpuArray<WalkState, 1> = PerCpuArray::new();

@@ -20,7 +20,7 @@ use ttm_common::{
 
 use crate::{
     counters::bump,
-    maps::{CONFIG, PEER_STORAGE, RECORDS, SCRATCH, TRUSTED_LBS},
+    maps::{CONFIG, PEER_STORAGE, RECORDS, SCRATCH, TRUSTED_LBS, WALK},
     packet::TcpOptions,
 };
 
@@ -123,20 +123,38 @@ fn on_passive_established(ctx: &SockOpsContext) {
             None => bump(Counter::MalformedPastEnd),
         },
         Walk::NotFound => bump(Counter::NoOption),
-        Walk::Malformed(reason) => bump(Counter::malformed(reason)),
+        Walk::Malformed(reason) => {
+            bump(Counter::malformed(reason));
+            // Rare and worth an operator's attention: a trusted LB sent a broken header.
+            aya_log_ebpf::warn!(
+                ctx,
+                "malformed TCP options from trusted LB {:i} port {} (reason {}): connection not decoded; see `ttm stats`",
+                peer,
+                peer_port,
+                reason as u8
+            );
+        }
     }
 }
 
 /// Runs the shared option walk for at most `MAX_OPTION_BYTES` steps, unrolled
-/// so the verifier sees straight-line code (each step advances ≥ 1 byte).
+/// (each step advances ≥ 1 byte). Between steps the state lives in the `WALK`
+/// map: the verifier then sees one bounded state per step instead of one per
+/// path, which keeps verification linear.
 #[inline(always)]
 fn walk_options(options: &TcpOptions, config: &Config) -> Walk {
-    let mut walk = WalkState::default();
+    let Some(slot) = WALK.get_ptr_mut(0) else {
+        return Walk::NotFound;
+    };
+    // SAFETY (all accesses below): the per-CPU slot is ours until the program returns.
+    unsafe { ptr::write_volatile(slot, WalkState::default()) };
     macro_rules! step {
         () => {
+            let mut walk = unsafe { ptr::read_volatile(slot) };
             if let Some(outcome) = walk.step(options, &config.formats) {
                 return outcome;
             }
+            unsafe { ptr::write_volatile(slot, walk) };
         };
     }
     macro_rules! step8 {
@@ -150,7 +168,7 @@ fn walk_options(options: &TcpOptions, config: &Config) -> Walk {
     step8!();
     step8!();
     step8!();
-    walk.finish()
+    unsafe { ptr::read_volatile(slot) }.finish()
 }
 
 #[inline(always)]
