@@ -7,8 +7,8 @@
 
 use aya_ebpf::{
     bindings::{
-        BPF_SOCK_OPS_HDR_OPT_LEN_CB, BPF_SOCK_OPS_TCP_CONNECT_CB,
-        BPF_SOCK_OPS_WRITE_HDR_OPT_CB, BPF_SOCK_OPS_WRITE_HDR_OPT_CB_FLAG,
+        BPF_SOCK_OPS_HDR_OPT_LEN_CB, BPF_SOCK_OPS_TCP_CONNECT_CB, BPF_SOCK_OPS_WRITE_HDR_OPT_CB,
+        BPF_SOCK_OPS_WRITE_HDR_OPT_CB_FLAG,
     },
     btf_maps::Array,
     helpers::generated::{bpf_reserve_hdr_opt, bpf_store_hdr_opt},
@@ -43,7 +43,9 @@ const MAX_LEN: usize = 20;
 
 #[sock_ops]
 pub fn toa_writer(ctx: SockOpsContext) -> u32 {
-    let Some(cfg) = WRITER_CONFIG.get(0) else { return 1 };
+    let Some(cfg) = WRITER_CONFIG.get(0) else {
+        return 1;
+    };
     if cfg.kind == 0 || !(cfg.len == 8 || cfg.len == 20) {
         return 1;
     }
@@ -61,7 +63,8 @@ pub fn toa_writer(ctx: SockOpsContext) -> u32 {
             if !is_syn(&ctx) {
                 write_option(&ctx, cfg);
                 // Only the first non-SYN segment (the third handshake ACK) carries it.
-                let _ = ctx.set_cb_flags((ctx.cb_flags() & !BPF_SOCK_OPS_WRITE_HDR_OPT_CB_FLAG) as i32);
+                let _ =
+                    ctx.set_cb_flags((ctx.cb_flags() & !BPF_SOCK_OPS_WRITE_HDR_OPT_CB_FLAG) as i32);
             }
         }
         _ => {}

@@ -59,7 +59,10 @@ impl TtmDaemon {
             .arg("--pin-dir")
             .arg(&self.pin_dir)
             .output()?;
-        Ok((out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned()))
+        Ok((
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        ))
     }
 
     /// Stops the daemon with SIGTERM and returns its exit status.

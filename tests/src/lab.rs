@@ -32,7 +32,10 @@ pub const CGROUP_DIR: &str = "ttm-lab";
 pub fn run(cmd: &mut Command) -> Result<()> {
     let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
     if !out.status.success() {
-        bail!("{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr).trim());
+        bail!(
+            "{cmd:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
     }
     Ok(())
 }
@@ -80,17 +83,42 @@ impl Lab {
             ip(&["netns", "add", ns])?;
             in_ns(ns, &["ip", "link", "set", "lo", "up"])?;
         }
-        ip(&["link", "add", "ttm-c0", "netns", CLIENT_NS, "type", "veth", "peer", "ttm-l0", "netns", LB_NS])?;
-        ip(&["link", "add", "ttm-l1", "netns", LB_NS, "type", "veth", "peer", "ttm-r0", "netns", RS_NS])?;
-        in_ns(CLIENT_NS, &["ip", "addr", "add", &format!("{CLIENT_IP}/24"), "dev", "ttm-c0"])?;
+        ip(&[
+            "link", "add", "ttm-c0", "netns", CLIENT_NS, "type", "veth", "peer", "ttm-l0", "netns",
+            LB_NS,
+        ])?;
+        ip(&[
+            "link", "add", "ttm-l1", "netns", LB_NS, "type", "veth", "peer", "ttm-r0", "netns",
+            RS_NS,
+        ])?;
+        in_ns(
+            CLIENT_NS,
+            &[
+                "ip",
+                "addr",
+                "add",
+                &format!("{CLIENT_IP}/24"),
+                "dev",
+                "ttm-c0",
+            ],
+        )?;
         in_ns(CLIENT_NS, &["ip", "link", "set", "ttm-c0", "up"])?;
         in_ns(CLIENT_NS, &["ip", "route", "add", "default", "via", VIP])?;
-        in_ns(LB_NS, &["ip", "addr", "add", &format!("{VIP}/24"), "dev", "ttm-l0"])?;
-        in_ns(LB_NS, &["ip", "addr", "add", &format!("{LB_IP}/24"), "dev", "ttm-l1"])?;
+        in_ns(
+            LB_NS,
+            &["ip", "addr", "add", &format!("{VIP}/24"), "dev", "ttm-l0"],
+        )?;
+        in_ns(
+            LB_NS,
+            &["ip", "addr", "add", &format!("{LB_IP}/24"), "dev", "ttm-l1"],
+        )?;
         in_ns(LB_NS, &["ip", "link", "set", "ttm-l0", "up"])?;
         in_ns(LB_NS, &["ip", "link", "set", "ttm-l1", "up"])?;
         in_ns(LB_NS, &["sysctl", "-qw", "net.ipv4.ip_forward=1"])?;
-        in_ns(RS_NS, &["ip", "addr", "add", &format!("{RS_IP}/24"), "dev", "ttm-r0"])?;
+        in_ns(
+            RS_NS,
+            &["ip", "addr", "add", &format!("{RS_IP}/24"), "dev", "ttm-r0"],
+        )?;
         in_ns(RS_NS, &["ip", "link", "set", "ttm-r0", "up"])?;
         in_ns(RS_NS, &["ip", "route", "add", "default", "via", LB_IP])?;
         // Full-NAT: the VIP goes to the real server, and the source becomes the LB.
@@ -112,7 +140,10 @@ impl Lab {
             .stderr(Stdio::piped())
             .spawn()
             .context("running nft (install nftables)")?;
-        nft.stdin.take().context("nft stdin")?.write_all(rules.as_bytes())?;
+        nft.stdin
+            .take()
+            .context("nft stdin")?
+            .write_all(rules.as_bytes())?;
         let out = nft.wait_with_output()?;
         if !out.status.success() {
             bail!("nft failed: {}", String::from_utf8_lossy(&out.stderr));
@@ -147,7 +178,10 @@ impl Lab {
     /// Removes everything the lab creates; missing pieces are fine.
     pub fn down_quietly() {
         for ns in [CLIENT_NS, LB_NS, RS_NS] {
-            let _ = Command::new("ip").args(["netns", "del", ns]).stderr(Stdio::null()).status();
+            let _ = Command::new("ip")
+                .args(["netns", "del", ns])
+                .stderr(Stdio::null())
+                .status();
         }
         if let Ok(root) = cgroup2_root() {
             let dir = root.join(CGROUP_DIR);
@@ -165,7 +199,10 @@ impl Lab {
 fn kill_cgroup(cg: &Path) {
     for _ in 0..50 {
         let procs = fs::read_to_string(cg.join("cgroup.procs")).unwrap_or_default();
-        let pids: Vec<i32> = procs.lines().filter_map(|l| l.trim().parse().ok()).collect();
+        let pids: Vec<i32> = procs
+            .lines()
+            .filter_map(|l| l.trim().parse().ok())
+            .collect();
         if pids.is_empty() {
             return;
         }

@@ -231,17 +231,46 @@ fn demo(connections: usize) -> Result<()> {
     );
     let daemon = TtmDaemon::start(lab::LB_NET, &lab.rs_cgroup(), &pin_dir, &[])?;
     let total = connections + 1;
-    let mut server = helper(&lab.rs_cgroup(), lab::RS_NS, &["serve", "--listen", "0.0.0.0:8080", "--count", &total.to_string()])?;
+    let mut server = helper(
+        &lab.rs_cgroup(),
+        lab::RS_NS,
+        &[
+            "serve",
+            "--listen",
+            "0.0.0.0:8080",
+            "--count",
+            &total.to_string(),
+        ],
+    )?;
     server.wait_for(Duration::from_secs(10), |l| l.starts_with("listening"))?;
     let target = format!("{}:8080", lab::VIP);
     println!("== {connections} connections from the client through the LB, 1 without the option");
-    let mut clients = helper(&lab.client_cgroup(), lab::CLIENT_NS, &["connect", "--to", &target, "--count", &connections.to_string()])?;
-    let mut plain = helper(&lab.plain_cgroup(), lab::CLIENT_NS, &["connect", "--to", &target, "--count", "1"])?;
-    if !clients.wait(Duration::from_secs(30))?.success() || !plain.wait(Duration::from_secs(30))?.success() {
+    let mut clients = helper(
+        &lab.client_cgroup(),
+        lab::CLIENT_NS,
+        &[
+            "connect",
+            "--to",
+            &target,
+            "--count",
+            &connections.to_string(),
+        ],
+    )?;
+    let mut plain = helper(
+        &lab.plain_cgroup(),
+        lab::CLIENT_NS,
+        &["connect", "--to", &target, "--count", "1"],
+    )?;
+    if !clients.wait(Duration::from_secs(30))?.success()
+        || !plain.wait(Duration::from_secs(30))?.success()
+    {
         bail!("lab clients failed");
     }
     println!();
-    println!("{:<24} {:<24} {:<24} verdict", "kernel peer (LB)", "ttm recovered client", "client's true address");
+    println!(
+        "{:<24} {:<24} {:<24} verdict",
+        "kernel peer (LB)", "ttm recovered client", "client's true address"
+    );
     let mut recovered = 0;
     for _ in 0..total {
         let line = server.line(Duration::from_secs(10))?;
@@ -277,6 +306,8 @@ fn demo(connections: usize) -> Result<()> {
     if recovered != connections {
         bail!("recovered {recovered} of {connections} client addresses");
     }
-    println!("ttm recovered {recovered}/{connections} real client addresses behind the full-NAT LB");
+    println!(
+        "ttm recovered {recovered}/{connections} real client addresses behind the full-NAT LB"
+    );
     Ok(())
 }

@@ -12,8 +12,14 @@ use anyhow::{bail, Context as _, Result};
 /// Makes `cmd` join `cgroup` and then network namespace `netns` before exec.
 /// (cgroup first: the socket's cgroup decides which sockops programs run.)
 pub fn place(cmd: &mut Command, cgroup: &Path, netns: &str) {
-    let procs = CString::new(cgroup.join("cgroup.procs").to_string_lossy().as_bytes().to_vec())
-        .expect("cgroup path has no NUL");
+    let procs = CString::new(
+        cgroup
+            .join("cgroup.procs")
+            .to_string_lossy()
+            .as_bytes()
+            .to_vec(),
+    )
+    .expect("cgroup path has no NUL");
     let ns = CString::new(format!("/run/netns/{netns}")).expect("netns name has no NUL");
     // SAFETY: only async-signal-safe calls between fork and exec.
     unsafe {
@@ -121,7 +127,10 @@ impl Guarded {
             }
             if Instant::now() > deadline {
                 let _ = self.child.kill();
-                bail!("pid {} did not exit within {timeout:?}; killed", self.child.id());
+                bail!(
+                    "pid {} did not exit within {timeout:?}; killed",
+                    self.child.id()
+                );
             }
             std::thread::sleep(Duration::from_millis(10));
         }

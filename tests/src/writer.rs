@@ -65,11 +65,18 @@ struct ProgAttachAttr {
 /// Loads the writer with the default config and attaches it to `cgroup`.
 pub fn attach(cgroup: &Path) -> Result<()> {
     let mut ebpf = Ebpf::load(WRITER_OBJECT).context("loading the option writer")?;
-    let mut config: Array<_, WriterConfig> =
-        Array::try_from(ebpf.map_mut("WRITER_CONFIG").context("WRITER_CONFIG missing")?)?;
+    let mut config: Array<_, WriterConfig> = Array::try_from(
+        ebpf.map_mut("WRITER_CONFIG")
+            .context("WRITER_CONFIG missing")?,
+    )?;
     config.set(0, WriterConfig::TOA_V4, 0)?;
-    let program: &mut SockOps = ebpf.program_mut("toa_writer").context("toa_writer missing")?.try_into()?;
-    program.load().context("verifier rejected the option writer")?;
+    let program: &mut SockOps = ebpf
+        .program_mut("toa_writer")
+        .context("toa_writer missing")?
+        .try_into()?;
+    program
+        .load()
+        .context("verifier rejected the option writer")?;
     let cg = File::open(cgroup).with_context(|| format!("opening {}", cgroup.display()))?;
     let prog_fd = program.fd()?.as_fd().as_raw_fd();
     let attr = ProgAttachAttr {
@@ -89,7 +96,11 @@ pub fn attach(cgroup: &Path) -> Result<()> {
         )
     };
     if rc != 0 {
-        bail!("BPF_PROG_ATTACH to {}: {}", cgroup.display(), std::io::Error::last_os_error());
+        bail!(
+            "BPF_PROG_ATTACH to {}: {}",
+            cgroup.display(),
+            std::io::Error::last_os_error()
+        );
     }
     Ok(())
 }

@@ -10,8 +10,14 @@ use common::{World, PIN_DIR};
 use ttm_lab::daemon::ttm_bin;
 
 fn ttm(args: &[&str]) -> (i32, String) {
-    let out = Command::new(ttm_bin().expect("ttm binary")).args(args).output().expect("run ttm");
-    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).into_owned())
+    let out = Command::new(ttm_bin().expect("ttm binary"))
+        .args(args)
+        .output()
+        .expect("run ttm");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 fn ttm_programs_loaded() -> usize {
@@ -24,7 +30,11 @@ fn ttm_programs_loaded() -> usize {
 #[test]
 fn stopping_the_daemon_leaves_no_attachments_or_pins() {
     let world = World::new();
-    assert_eq!(ttm_programs_loaded(), 1, "exactly our program is loaded while running");
+    assert_eq!(
+        ttm_programs_loaded(),
+        1,
+        "exactly our program is loaded while running"
+    );
     let server = world.serve(1);
     world.connect(&world.lab.client_cgroup(), 1, 0);
     let _ = world.accepted(&server, 1);
@@ -34,7 +44,10 @@ fn stopping_the_daemon_leaves_no_attachments_or_pins() {
     assert!(!Path::new(PIN_DIR).exists(), "pins removed");
     let deadline = Instant::now() + Duration::from_secs(5);
     while ttm_programs_loaded() != 0 {
-        assert!(Instant::now() < deadline, "sockops program still loaded after stop");
+        assert!(
+            Instant::now() < deadline,
+            "sockops program still loaded after stop"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     let (code, err) = ttm(&["stats", "--pin-dir", PIN_DIR]);
@@ -53,7 +66,15 @@ fn daemon_refuses_to_start_without_trusted_networks() {
 
 #[test]
 fn daemon_rejects_a_path_that_is_not_a_cgroup() {
-    let (code, err) = ttm(&["daemon", "--trust", "10.0.2.0/24", "--cgroup", "/tmp", "--pin-dir", "/sys/fs/bpf/ttm-refuse"]);
+    let (code, err) = ttm(&[
+        "daemon",
+        "--trust",
+        "10.0.2.0/24",
+        "--cgroup",
+        "/tmp",
+        "--pin-dir",
+        "/sys/fs/bpf/ttm-refuse",
+    ]);
     assert_eq!(code, 2);
     assert!(err.contains("not a cgroup v2 directory"), "{err}");
 }
@@ -62,5 +83,8 @@ fn daemon_rejects_a_path_that_is_not_a_cgroup() {
 fn daemon_rejects_a_malformed_network() {
     let (code, err) = ttm(&["daemon", "--trust", "10.0.2.0/33"]);
     assert_eq!(code, 2);
-    assert!(err.contains("invalid trusted network \"10.0.2.0/33\""), "{err}");
+    assert!(
+        err.contains("invalid trusted network \"10.0.2.0/33\""),
+        "{err}"
+    );
 }

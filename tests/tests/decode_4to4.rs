@@ -41,7 +41,11 @@ fn hundred_concurrent_connections_each_recover_their_own_client() {
     let mut clients: Vec<SocketAddr> = accepted.iter().map(|a| a.claimed).collect();
     clients.sort();
     clients.dedup();
-    assert_eq!(clients.len(), 100, "every connection has its own client port");
+    assert_eq!(
+        clients.len(),
+        100,
+        "every connection has its own client port"
+    );
     let stats = world.stats();
     assert_eq!(stats.get(Counter::Decoded), 100);
     assert_eq!(stats.get(Counter::ConnectionsSeen), 100);
@@ -49,13 +53,23 @@ fn hundred_concurrent_connections_each_recover_their_own_client() {
 
     // The CLI answers the same, by cookie and by 4-tuple.
     let a = &accepted[17];
-    let (code, out) = world.daemon.cli(&["lookup", "--cookie", &a.cookie.to_string(), "--json"]).unwrap();
+    let (code, out) = world
+        .daemon
+        .cli(&["lookup", "--cookie", &a.cookie.to_string(), "--json"])
+        .unwrap();
     assert_eq!(code, 0, "{out}");
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["client"], a.claimed.to_string());
     let (code, out) = world
         .daemon
-        .cli(&["lookup", "--local", &a.local.to_string(), "--peer", &a.peer.to_string(), "--json"])
+        .cli(&[
+            "lookup",
+            "--local",
+            &a.local.to_string(),
+            "--peer",
+            &a.peer.to_string(),
+            "--json",
+        ])
         .unwrap();
     assert_eq!(code, 0, "{out}");
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
@@ -77,7 +91,10 @@ fn connection_without_option_gets_no_record_and_works_normally() {
     let stats = world.stats();
     assert_eq!(stats.get(Counter::NoOption), 1);
     assert_eq!(stats.get(Counter::Decoded), 0);
-    let (code, _) = world.daemon.cli(&["lookup", "--cookie", &a.cookie.to_string()]).unwrap();
+    let (code, _) = world
+        .daemon
+        .cli(&["lookup", "--cookie", &a.cookie.to_string()])
+        .unwrap();
     assert_eq!(code, 1);
 }
 
@@ -102,23 +119,44 @@ fn syncookies_sent() -> u64 {
         .expect("read netstat");
     let text = String::from_utf8_lossy(&out.stdout);
     let mut lines = text.lines().filter(|l| l.starts_with("TcpExt:"));
-    let names: Vec<&str> = lines.next().expect("TcpExt header").split_whitespace().collect();
-    let values: Vec<&str> = lines.next().expect("TcpExt values").split_whitespace().collect();
-    let i = names.iter().position(|n| *n == "SyncookiesSent").expect("SyncookiesSent");
+    let names: Vec<&str> = lines
+        .next()
+        .expect("TcpExt header")
+        .split_whitespace()
+        .collect();
+    let values: Vec<&str> = lines
+        .next()
+        .expect("TcpExt values")
+        .split_whitespace()
+        .collect();
+    let i = names
+        .iter()
+        .position(|n| *n == "SyncookiesSent")
+        .expect("SyncookiesSent");
     values[i].parse().expect("number")
 }
 
 #[test]
 fn syn_cookies_forced_on_still_decode() {
     let world = World::new();
-    world.lab.rs_sysctl("net.ipv4.tcp_syncookies=2").expect("force syn cookies");
+    world
+        .lab
+        .rs_sysctl("net.ipv4.tcp_syncookies=2")
+        .expect("force syn cookies");
     let before = syncookies_sent();
     let server = world.serve(10);
     world.connect(&world.lab.client_cgroup(), 10, 0);
     let accepted = world.accepted(&server, 10);
-    assert!(syncookies_sent() - before >= 10, "the handshakes really used SYN cookies");
+    assert!(
+        syncookies_sent() - before >= 10,
+        "the handshakes really used SYN cookies"
+    );
     for a in &accepted {
-        let info = world.records().by_cookie(a.cookie).unwrap().expect("record with syn cookies");
+        let info = world
+            .records()
+            .by_cookie(a.cookie)
+            .unwrap()
+            .expect("record with syn cookies");
         assert_eq!(info.client, a.claimed);
     }
 }
@@ -136,8 +174,14 @@ fn record_disappears_after_close() {
     server.close_stdin();
     assert!(server.wait(Duration::from_secs(10)).unwrap().success());
     let deadline = Instant::now() + Duration::from_secs(5);
-    while accepted.iter().any(|a| world.records().by_cookie(a.cookie).unwrap().is_some()) {
-        assert!(Instant::now() < deadline, "records still present after close");
+    while accepted
+        .iter()
+        .any(|a| world.records().by_cookie(a.cookie).unwrap().is_some())
+    {
+        assert!(
+            Instant::now() < deadline,
+            "records still present after close"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     assert_eq!(world.records().len(), 0);
@@ -152,6 +196,14 @@ fn data_round_trips_through_the_lb_with_ttm_attached() {
     let server = world.serve(4);
     world.connect(&world.lab.client_cgroup(), 4, 1 << 20);
     for a in world.accepted(&server, 4) {
-        assert_eq!(world.records().by_cookie(a.cookie).unwrap().expect("record").client, a.claimed);
+        assert_eq!(
+            world
+                .records()
+                .by_cookie(a.cookie)
+                .unwrap()
+                .expect("record")
+                .client,
+            a.claimed
+        );
     }
 }

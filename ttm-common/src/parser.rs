@@ -117,7 +117,11 @@ impl WalkState {
     /// Examines the option at `self.next`. Returns the outcome when the walk
     /// is over, or `None` after advancing past one option (at least one byte).
     #[inline(always)]
-    pub fn step<B: OptionBytes + ?Sized>(&mut self, bytes: &B, formats: &FormatTable) -> Option<Walk> {
+    pub fn step<B: OptionBytes + ?Sized>(
+        &mut self,
+        bytes: &B,
+        formats: &FormatTable,
+    ) -> Option<Walk> {
         let i = self.next;
         let Some(kind) = at(bytes, i) else {
             return Some(self.finish());

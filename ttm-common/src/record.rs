@@ -124,10 +124,22 @@ mod tests {
         let v4_peer = v4_mapped([10, 0, 2, 1]);
         let mut v6_peer = [0u8; 16];
         v6_peer[15] = 1;
-        assert_eq!(ClientFamily::of(AddrFamily::Ipv4, &v4_peer), ClientFamily::FourToFour);
-        assert_eq!(ClientFamily::of(AddrFamily::Ipv6, &v4_peer), ClientFamily::SixToFour);
-        assert_eq!(ClientFamily::of(AddrFamily::Ipv4, &v6_peer), ClientFamily::FourToSix);
-        assert_eq!(ClientFamily::of(AddrFamily::Ipv6, &v6_peer), ClientFamily::SixToSix);
+        assert_eq!(
+            ClientFamily::of(AddrFamily::Ipv4, &v4_peer),
+            ClientFamily::FourToFour
+        );
+        assert_eq!(
+            ClientFamily::of(AddrFamily::Ipv6, &v4_peer),
+            ClientFamily::SixToFour
+        );
+        assert_eq!(
+            ClientFamily::of(AddrFamily::Ipv4, &v6_peer),
+            ClientFamily::FourToSix
+        );
+        assert_eq!(
+            ClientFamily::of(AddrFamily::Ipv6, &v6_peer),
+            ClientFamily::SixToSix
+        );
         for f in [
             ClientFamily::FourToFour,
             ClientFamily::SixToFour,

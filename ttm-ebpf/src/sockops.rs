@@ -15,7 +15,9 @@ use aya_ebpf::{
 };
 use ttm_common::{
     addr::{v4_mapped, Addr16},
-    decode_client, parser::MAX_OPTION_BYTES, ClientAddr, ClientFamily, Config, Counter, PeerRecord, Walk, WalkState,
+    decode_client,
+    parser::MAX_OPTION_BYTES,
+    ClientAddr, ClientFamily, Config, Counter, PeerRecord, Walk, WalkState,
 };
 
 use crate::{
@@ -159,7 +161,14 @@ fn walk_options(options: &TcpOptions, config: &Config) -> Walk {
     }
     macro_rules! step8 {
         () => {
-            step!(); step!(); step!(); step!(); step!(); step!(); step!(); step!();
+            step!();
+            step!();
+            step!();
+            step!();
+            step!();
+            step!();
+            step!();
+            step!();
         };
     }
     const _: () = assert!(MAX_OPTION_BYTES == 40);
@@ -181,7 +190,9 @@ fn store(
     local: Addr16,
     local_port: u16,
 ) {
-    let Some(record) = SCRATCH.get_ptr_mut(0) else { return };
+    let Some(record) = SCRATCH.get_ptr_mut(0) else {
+        return;
+    };
     // SAFETY: the per-CPU scratch slot is ours until the program returns.
     let record = unsafe { &mut *record };
     record.client_addr = client.addr;

@@ -90,7 +90,8 @@ impl Daemon {
         };
         write_config(&mut ebpf, config)?;
 
-        let cgroup_file = File::open(&cgroup).with_context(|| format!("opening cgroup {}", cgroup.display()))?;
+        let cgroup_file =
+            File::open(&cgroup).with_context(|| format!("opening cgroup {}", cgroup.display()))?;
         let program: &mut SockOps = ebpf
             .program_mut(SOCKOPS_PROGRAM)
             .context("sockops program missing from the object")?
@@ -135,7 +136,10 @@ impl Daemon {
         fs::create_dir_all(self.pins.path())
             .with_context(|| format!("creating pin directory {}", self.pins.path().display()))?;
         for name in PINNED_MAPS {
-            let map = self.ebpf.map(name).with_context(|| format!("map {name} missing"))?;
+            let map = self
+                .ebpf
+                .map(name)
+                .with_context(|| format!("map {name} missing"))?;
             map.pin(self.pins.map(name))
                 .with_context(|| format!("pinning {name} in {}", self.pins.path().display()))?;
         }
@@ -197,7 +201,8 @@ pub fn remove_pins(pins: &PinDir) {
 
 fn write_config(ebpf: &mut Ebpf, config: &DaemonConfig) -> Result<()> {
     let mut trie: LpmTrie<_, TrustKey, u8> = LpmTrie::try_from(
-        ebpf.map_mut(maps::TRUSTED_LBS).context("TRUSTED_LBS missing")?,
+        ebpf.map_mut(maps::TRUSTED_LBS)
+            .context("TRUSTED_LBS missing")?,
     )?;
     for (prefix, addr) in config.trust.trie_entries() {
         trie.insert(&Key::new(prefix, addr), 1, 0)
@@ -227,7 +232,10 @@ impl InstanceLock {
     fn acquire(pin_dir: &Path) -> Result<InstanceLock> {
         let dir = Path::new("/run/ttm");
         fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-        let name = pin_dir.to_string_lossy().trim_matches('/').replace('/', "_");
+        let name = pin_dir
+            .to_string_lossy()
+            .trim_matches('/')
+            .replace('/', "_");
         let path = dir.join(format!("{name}.lock"));
         let mut file = fs::OpenOptions::new()
             .create(true)

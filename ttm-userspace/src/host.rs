@@ -119,8 +119,14 @@ mod tests {
 36 35 0:31 / /sys/fs/cgroup/unified rw,nosuid,nodev - cgroup2 cgroup2 rw
 37 35 0:32 / /sys/fs/cgroup/cpu rw - cgroup cgroup rw,cpu
 ";
-        assert_eq!(parse_cgroup2_mount(info), Some(PathBuf::from("/sys/fs/cgroup/unified")));
-        assert_eq!(parse_cgroup2_mount("35 25 0:30 / /x rw - tmpfs tmpfs rw\n"), None);
+        assert_eq!(
+            parse_cgroup2_mount(info),
+            Some(PathBuf::from("/sys/fs/cgroup/unified"))
+        );
+        assert_eq!(
+            parse_cgroup2_mount("35 25 0:30 / /x rw - tmpfs tmpfs rw\n"),
+            None
+        );
     }
 
     #[test]

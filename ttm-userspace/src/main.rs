@@ -13,7 +13,11 @@ use ttm::trust::TrustedLbs;
 use ttm_common::{format::FormatTable, maps::DEFAULT_RECORDS_CAPACITY};
 
 #[derive(Parser)]
-#[command(name = "ttm", version, about = "Recover the real client address behind full-NAT layer-4 load balancers, with eBPF")]
+#[command(
+    name = "ttm",
+    version,
+    about = "Recover the real client address behind full-NAT layer-4 load balancers, with eBPF"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -78,7 +78,8 @@ impl PeerInfo {
         PeerInfo {
             cookie,
             client: SocketAddr::new(to_ip(&record.client_addr), record.client_port),
-            family: ClientFamily::from_raw(record.client_family).map_or("unknown", ClientFamily::name),
+            family: ClientFamily::from_raw(record.client_family)
+                .map_or("unknown", ClientFamily::name),
             kernel_peer: SocketAddr::new(to_ip(&record.peer_addr), record.peer_port),
             local: SocketAddr::new(to_ip(&record.local_addr), record.local_port),
             option_kind: record.option_kind,
@@ -121,7 +122,11 @@ impl RecordStore {
 
     /// The record of the connection whose local address is `local` and whose
     /// kernel peer (the LB) is `peer`.
-    pub fn by_tuple(&self, local: SocketAddr, peer: SocketAddr) -> Result<Option<PeerInfo>, RecordsError> {
+    pub fn by_tuple(
+        &self,
+        local: SocketAddr,
+        peer: SocketAddr,
+    ) -> Result<Option<PeerInfo>, RecordsError> {
         let (local, peer) = (canonical(local), canonical(peer));
         let now = monotonic_ns();
         for entry in self.map.iter() {

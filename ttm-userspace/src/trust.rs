@@ -27,7 +27,12 @@ impl TrustedLbs {
     pub fn parse<S: AsRef<str>>(values: &[S]) -> Result<TrustedLbs, BadNetwork> {
         let mut nets = Vec::new();
         for value in values {
-            for part in value.as_ref().split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            for part in value
+                .as_ref()
+                .split(',')
+                .map(str::trim)
+                .filter(|p| !p.is_empty())
+            {
                 let net = IpNet::from_str(part)
                     .or_else(|_| IpAddr::from_str(part).map(IpNet::from))
                     .map_err(|_| BadNetwork {
@@ -55,7 +60,10 @@ impl TrustedLbs {
     /// kernel's trie lookup).
     pub fn contains(&self, addr: IpAddr) -> bool {
         let addr = match addr {
-            IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(IpAddr::V6(v6)),
+            IpAddr::V6(v6) => v6
+                .to_ipv4_mapped()
+                .map(IpAddr::V4)
+                .unwrap_or(IpAddr::V6(v6)),
             v4 => v4,
         };
         self.nets.iter().any(|n| n.contains(&addr))

@@ -9,7 +9,11 @@ use anyhow::{bail, Context as _, Result};
 /// The bpf-linker version known to build and work here (newer ones need a newer LLVM).
 const BPF_LINKER_VERSION: &str = "0.10.4";
 /// Commands the lab needs, with the Debian package providing each.
-const APT_COMMANDS: [(&str, &str); 3] = [("nft", "nftables"), ("ip", "iproute2"), ("sysctl", "procps")];
+const APT_COMMANDS: [(&str, &str); 3] = [
+    ("nft", "nftables"),
+    ("ip", "iproute2"),
+    ("sysctl", "procps"),
+];
 
 /// Runs every step.
 pub fn ensure() -> Result<()> {
@@ -31,7 +35,9 @@ fn have(cmd: &str) -> bool {
 
 fn run(what: &str, cmd: &mut Command) -> Result<()> {
     println!("bootstrap: {what}");
-    let status = cmd.status().with_context(|| format!("{what}: running {cmd:?}"))?;
+    let status = cmd
+        .status()
+        .with_context(|| format!("{what}: running {cmd:?}"))?;
     if !status.success() {
         bail!("{what} failed ({status}): {cmd:?}");
     }
@@ -49,7 +55,9 @@ fn apt_packages() -> Result<()> {
     }
     run(
         "apt-get update",
-        Command::new("apt-get").args(["update", "-qq"]).env("DEBIAN_FRONTEND", "noninteractive"),
+        Command::new("apt-get")
+            .args(["update", "-qq"])
+            .env("DEBIAN_FRONTEND", "noninteractive"),
     )?;
     run(
         &format!("installing {}", missing.join(" ")),
@@ -61,18 +69,33 @@ fn apt_packages() -> Result<()> {
 }
 
 fn nightly_rust_src() -> Result<()> {
-    let toolchains = Command::new("rustup").args(["toolchain", "list"]).output().context("running rustup")?;
-    if !String::from_utf8_lossy(&toolchains.stdout).lines().any(|l| l.starts_with("nightly")) {
+    let toolchains = Command::new("rustup")
+        .args(["toolchain", "list"])
+        .output()
+        .context("running rustup")?;
+    if !String::from_utf8_lossy(&toolchains.stdout)
+        .lines()
+        .any(|l| l.starts_with("nightly"))
+    {
         run(
             "installing the nightly toolchain (the eBPF crates need -Z build-std)",
-            Command::new("rustup").args(["toolchain", "install", "nightly", "--profile", "minimal"]),
+            Command::new("rustup").args([
+                "toolchain",
+                "install",
+                "nightly",
+                "--profile",
+                "minimal",
+            ]),
         )?;
     }
     let installed = Command::new("rustup")
         .args(["component", "list", "--toolchain", "nightly", "--installed"])
         .output()
         .context("running rustup")?;
-    if !String::from_utf8_lossy(&installed.stdout).lines().any(|l| l.starts_with("rust-src")) {
+    if !String::from_utf8_lossy(&installed.stdout)
+        .lines()
+        .any(|l| l.starts_with("rust-src"))
+    {
         run(
             "adding rust-src to nightly",
             Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]),
@@ -91,7 +114,12 @@ fn bpf_linker() -> Result<()> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     run(
         &format!("installing bpf-linker {BPF_LINKER_VERSION} (about a minute)"),
-        Command::new(cargo).args(["install", &format!("bpf-linker@{BPF_LINKER_VERSION}"), "--locked", "--force"]),
+        Command::new(cargo).args([
+            "install",
+            &format!("bpf-linker@{BPF_LINKER_VERSION}"),
+            "--locked",
+            "--force",
+        ]),
     )
 }
 
@@ -107,5 +135,8 @@ fn bpffs() -> Result<()> {
     if !Path::new("/sys/fs/bpf").is_dir() {
         bail!("/sys/fs/bpf does not exist: this kernel lacks bpffs support");
     }
-    run("mounting bpffs on /sys/fs/bpf", Command::new("mount").args(["-t", "bpf", "bpf", "/sys/fs/bpf"]))
+    run(
+        "mounting bpffs on /sys/fs/bpf",
+        Command::new("mount").args(["-t", "bpf", "bpf", "/sys/fs/bpf"]),
+    )
 }

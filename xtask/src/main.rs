@@ -54,12 +54,30 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Build { release } => build(release),
         Cmd::Lab { action } => {
             build(false)?;
-            cargo(&["run", "--quiet", "-p", "ttm-tests", "--bin", "ttm-lab", "--", &action])
+            cargo(&[
+                "run",
+                "--quiet",
+                "-p",
+                "ttm-tests",
+                "--bin",
+                "ttm-lab",
+                "--",
+                &action,
+            ])
         }
         Cmd::Demo => {
             build(false)?;
             require_root("the demo builds network namespaces")?;
-            cargo(&["run", "--quiet", "-p", "ttm-tests", "--bin", "ttm-lab", "--", "demo"])
+            cargo(&[
+                "run",
+                "--quiet",
+                "-p",
+                "ttm-tests",
+                "--bin",
+                "ttm-lab",
+                "--",
+                "demo",
+            ])
         }
         Cmd::Test => {
             require_root("the integration tests build network namespaces")?;

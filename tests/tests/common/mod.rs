@@ -49,7 +49,8 @@ impl World {
     pub fn trusting(trust: &str) -> World {
         let serial = serial();
         let lab = Lab::up().expect("bring the lab up");
-        let daemon = TtmDaemon::start(trust, &lab.rs_cgroup(), Path::new(PIN_DIR), &[]).expect("start ttm daemon");
+        let daemon = TtmDaemon::start(trust, &lab.rs_cgroup(), Path::new(PIN_DIR), &[])
+            .expect("start ttm daemon");
         World {
             daemon,
             lab,
@@ -63,7 +64,13 @@ impl World {
             lab_bin(),
             &self.lab.rs_cgroup(),
             lab::RS_NS,
-            &["serve", "--listen", "0.0.0.0:8080", "--count", &count.to_string()],
+            &[
+                "serve",
+                "--listen",
+                "0.0.0.0:8080",
+                "--count",
+                &count.to_string(),
+            ],
         )
         .expect("spawn lab server");
         server
@@ -80,7 +87,15 @@ impl World {
             lab_bin(),
             cgroup,
             lab::CLIENT_NS,
-            &["connect", "--to", &target, "--count", &count.to_string(), "--payload", &payload.to_string()],
+            &[
+                "connect",
+                "--to",
+                &target,
+                "--count",
+                &count.to_string(),
+                "--payload",
+                &payload.to_string(),
+            ],
         )
         .expect("spawn lab clients");
         let mut ok = 0;
@@ -91,7 +106,10 @@ impl World {
             assert_eq!(v["bytes"].as_u64(), Some(payload as u64), "{line}");
             ok += 1;
         }
-        assert!(client.wait(Duration::from_secs(30)).expect("client exit").success());
+        assert!(client
+            .wait(Duration::from_secs(30))
+            .expect("client exit")
+            .success());
         assert_eq!(ok, count);
     }
 
@@ -119,6 +137,7 @@ impl World {
 
     /// The daemon's counters.
     pub fn stats(&self) -> Stats {
-        ttm::stats::read(&ttm::stats::open(&PinDir::new(PIN_DIR)).expect("open pinned stats")).expect("read stats")
+        ttm::stats::read(&ttm::stats::open(&PinDir::new(PIN_DIR)).expect("open pinned stats"))
+            .expect("read stats")
     }
 }

@@ -21,7 +21,10 @@ fn v4(scan: Scan) -> ([u8; 4], u16) {
 
 #[test]
 fn bare_option_decodes() {
-    assert_eq!(v4(find_client(&toa4(40000, [10, 0, 1, 2])[..], &T)), ([10, 0, 1, 2], 40000));
+    assert_eq!(
+        v4(find_client(&toa4(40000, [10, 0, 1, 2])[..], &T)),
+        ([10, 0, 1, 2], 40000)
+    );
 }
 
 #[test]
@@ -57,7 +60,10 @@ fn length_zero_and_one_are_malformed() {
             "len {len}"
         );
         let area = [254, len, 0, 0, 0, 0, 0, 0];
-        assert_eq!(find_client(&area[..], &T), Scan::Malformed(Malformed::LengthTooShort));
+        assert_eq!(
+            find_client(&area[..], &T),
+            Scan::Malformed(Malformed::LengthTooShort)
+        );
     }
 }
 
@@ -65,18 +71,27 @@ fn length_zero_and_one_are_malformed() {
 fn length_past_the_header_is_malformed() {
     // option claims 10 bytes but only 8 are there
     let area = [254, 10, 0, 80, 10, 0, 1, 2];
-    assert_eq!(find_client(&area[..], &T), Scan::Malformed(Malformed::PastEnd));
+    assert_eq!(
+        find_client(&area[..], &T),
+        Scan::Malformed(Malformed::PastEnd)
+    );
     // a timestamp option running past a full 40-byte area
     let mut area = [1u8; 40];
     area[36] = 8;
     area[37] = 10;
-    assert_eq!(find_client(&area[..], &T), Scan::Malformed(Malformed::PastEnd));
+    assert_eq!(
+        find_client(&area[..], &T),
+        Scan::Malformed(Malformed::PastEnd)
+    );
 }
 
 #[test]
 fn truncated_option_is_malformed() {
     // kind byte is the last byte of the area
-    assert_eq!(find_client(&[1, 1, 254][..], &T), Scan::Malformed(Malformed::Truncated));
+    assert_eq!(
+        find_client(&[1, 1, 254][..], &T),
+        Scan::Malformed(Malformed::Truncated)
+    );
     // TOA option cut in the middle of the address
     let full = toa4(80, [10, 0, 1, 2]);
     for cut in 2..full.len() {
@@ -106,7 +121,10 @@ fn bytes_past_forty_are_never_read() {
 fn unknown_length_of_a_configured_kind_is_reported() {
     // kind 254 length 4 (an experimental option such as fast open's)
     let area = [254, 4, 0xf9, 0x89];
-    assert_eq!(find_client(&area[..], &T), Scan::Malformed(Malformed::UnexpectedLength));
+    assert_eq!(
+        find_client(&area[..], &T),
+        Scan::Malformed(Malformed::UnexpectedLength)
+    );
     // ...but a valid option after it still wins
     let mut area = vec![254, 4, 0xf9, 0x89];
     area.extend_from_slice(&toa4(9, [10, 0, 1, 9]));
@@ -134,7 +152,9 @@ fn unconfigured_kinds_are_skipped() {
 #[test]
 fn ipv6_client_decodes() {
     let mut area = vec![254, 20, 0x1f, 0x90];
-    let v6 = [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x42];
+    let v6 = [
+        0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x42,
+    ];
     area.extend_from_slice(&v6);
     match find_client(&area[..], &T) {
         Scan::Found(c) => {
