@@ -15,24 +15,7 @@ use aya_ebpf::{
     macros::{btf_map, sock_ops},
     programs::SockOpsContext,
 };
-
-/// What to write. Slot 0; written by the lab, read here.
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub struct WriterConfig {
-    /// Option kind; 0 disables the writer.
-    pub kind: u8,
-    /// Option length written (8 for an IPv4 client).
-    pub len: u8,
-    /// Non-zero: claim `claim_addr:claim_port` instead of the socket's own address.
-    pub claim: u8,
-    pub _pad: u8,
-    /// Claimed port, host order.
-    pub claim_port: u16,
-    pub _pad2: u16,
-    /// Claimed IPv4 address, network order bytes.
-    pub claim_addr: [u8; 4],
-}
+use lab_ebpf::WriterConfig;
 
 #[btf_map]
 static WRITER_CONFIG: Array<WriterConfig, 1> = Array::new();

@@ -13,41 +13,7 @@ use aya::Ebpf;
 
 static WRITER_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/toa-writer"));
 
-/// What the writer puts into the third ACK; mirrors lab-ebpf's `WriterConfig`.
-#[repr(C)]
-#[derive(Clone, Copy, Debug)]
-pub struct WriterConfig {
-    /// Option kind; 0 disables the writer.
-    pub kind: u8,
-    /// Option length.
-    pub len: u8,
-    /// Non-zero: claim `claim_addr:claim_port` instead of the socket's own address.
-    pub claim: u8,
-    /// Padding.
-    pub _pad: u8,
-    /// Claimed port.
-    pub claim_port: u16,
-    /// Padding.
-    pub _pad2: u16,
-    /// Claimed IPv4 address.
-    pub claim_addr: [u8; 4],
-}
-
-// SAFETY: repr(C) plain data with explicit padding.
-unsafe impl aya::Pod for WriterConfig {}
-
-impl WriterConfig {
-    /// The common TOA layout carrying the connecting socket's own address.
-    pub const TOA_V4: WriterConfig = WriterConfig {
-        kind: 254,
-        len: 8,
-        claim: 0,
-        _pad: 0,
-        claim_port: 0,
-        _pad2: 0,
-        claim_addr: [0; 4],
-    };
-}
+pub use lab_ebpf::WriterConfig;
 
 const BPF_PROG_ATTACH: libc::c_long = 8;
 const BPF_CGROUP_SOCK_OPS: u32 = 3;
