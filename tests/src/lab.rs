@@ -69,15 +69,6 @@ impl Lab {
         Ok(lab)
     }
 
-    /// Handle on a lab that `ttm-lab up` built earlier (no teardown on drop).
-    pub fn existing() -> Result<std::mem::ManuallyDrop<Lab>> {
-        let cgroups = cgroup2_root()?.join(CGROUP_DIR);
-        if !Path::new("/run/netns").join(RS_NS).exists() || !cgroups.exists() {
-            bail!("the lab is not up — run `cargo xtask lab up`");
-        }
-        Ok(std::mem::ManuallyDrop::new(Lab { cgroups }))
-    }
-
     fn build(&self) -> Result<()> {
         for ns in [CLIENT_NS, LB_NS, RS_NS] {
             ip(&["netns", "add", ns])?;

@@ -146,11 +146,6 @@ impl Daemon {
         Ok(())
     }
 
-    /// The cgroup the program is attached to.
-    pub fn cgroup(&self) -> &Path {
-        &self.cgroup
-    }
-
     /// Runs until SIGINT or SIGTERM, forwarding kernel-side logs.
     pub async fn run_until_signal(mut self) -> Result<()> {
         use tokio::io::unix::AsyncFd;

@@ -106,11 +106,6 @@ impl RecordStore {
         Ok(RecordStore { map })
     }
 
-    /// Wraps an already open map (the daemon's own handle).
-    pub fn from_map(map: HashMap<MapData, u64, PeerRecord>) -> RecordStore {
-        RecordStore { map }
-    }
-
     /// The record of the connection with socket cookie `cookie`.
     pub fn by_cookie(&self, cookie: u64) -> Result<Option<PeerInfo>, RecordsError> {
         match self.map.get(&cookie, 0) {
