@@ -29,17 +29,31 @@ pub struct TtmDaemon {
     process: Guarded,
     /// Its pin directory.
     pub pin_dir: PathBuf,
+    /// Its lookup socket.
+    pub socket: PathBuf,
+}
+
+/// The lookup socket of the daemon that pins in `pin_dir`: one per pin
+/// directory, so a lab daemon never takes over a production daemon's socket.
+pub fn socket_for(pin_dir: &Path) -> PathBuf {
+    let name = pin_dir
+        .file_name()
+        .map_or_else(|| "ttm".to_string(), |n| n.to_string_lossy().into_owned());
+    PathBuf::from(format!("/run/ttm/{name}.sock"))
 }
 
 impl TtmDaemon {
-    /// Starts `ttm daemon --trust <trust> --cgroup <cgroup> --pin-dir <pin_dir>`
-    /// plus `extra`, and waits until it reports ready.
+    /// Starts `ttm daemon --trust <trust> --cgroup <cgroup> --pin-dir <pin_dir>
+    /// --socket <socket_for(pin_dir)>` plus `extra`, and waits until it reports ready.
     pub fn start(trust: &str, cgroup: &Path, pin_dir: &Path, extra: &[&str]) -> Result<TtmDaemon> {
+        let socket = socket_for(pin_dir);
         let mut cmd = Command::new(ttm_bin()?);
         cmd.args(["daemon", "--trust", trust, "--cgroup"])
             .arg(cgroup)
             .arg("--pin-dir")
             .arg(pin_dir)
+            .arg("--socket")
+            .arg(&socket)
             .args(extra)
             .stderr(Stdio::inherit());
         let process = Guarded::spawn(cmd)?;
@@ -49,16 +63,24 @@ impl TtmDaemon {
         Ok(TtmDaemon {
             process,
             pin_dir: pin_dir.to_path_buf(),
+            socket,
         })
     }
 
-    /// Runs a `ttm` subcommand against this daemon's pins; returns (exit code, stdout).
+    /// The daemon's pid.
+    pub fn pid(&self) -> u32 {
+        self.process.id()
+    }
+
+    /// Runs a `ttm` subcommand against this daemon (its socket; for `stats`
+    /// also its pins); returns (exit code, stdout).
     pub fn cli(&self, args: &[&str]) -> Result<(i32, String)> {
-        let out = Command::new(ttm_bin()?)
-            .args(args)
-            .arg("--pin-dir")
-            .arg(&self.pin_dir)
-            .output()?;
+        let mut cmd = Command::new(ttm_bin()?);
+        cmd.args(args).arg("--socket").arg(&self.socket);
+        if args.first() == Some(&"stats") {
+            cmd.arg("--pin-dir").arg(&self.pin_dir);
+        }
+        let out = cmd.output()?;
         Ok((
             out.status.code().unwrap_or(-1),
             String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -77,5 +99,6 @@ impl Drop for TtmDaemon {
         self.process.signal(libc::SIGTERM);
         let _ = self.process.wait(Duration::from_secs(20));
         ttm::daemon::remove_pins(&ttm::pins::PinDir::new(&self.pin_dir));
+        let _ = std::fs::remove_file(&self.socket);
     }
 }

@@ -3,7 +3,7 @@
 
 use std::io::{BufRead as _, BufReader, Read as _, Write as _};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::os::fd::AsRawFd as _;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -34,6 +34,10 @@ enum Cmd {
         listen: SocketAddr,
         #[arg(long, default_value_t = 1)]
         count: usize,
+        /// Ask the ttm daemon on this socket about each connection (by fd,
+        /// cookie and 4-tuple) and add its answers to the report.
+        #[arg(long, value_name = "SOCKET")]
+        lookup: Option<PathBuf>,
     },
     /// Lab client: open COUNT concurrent connections that each send their own
     /// address and check the echo.
@@ -86,33 +90,32 @@ fn run(cli: Cli) -> Result<()> {
             println!("lab down");
             Ok(())
         }
-        Cmd::Serve { listen, count } => serve(listen, count),
+        Cmd::Serve {
+            listen,
+            count,
+            lookup,
+        } => serve(listen, count, lookup),
         Cmd::Connect { to, count, payload } => connect(to, count, payload),
         Cmd::Demo { connections } => demo(connections),
     }
 }
 
-/// SO_COOKIE of a socket.
-fn socket_cookie(s: &TcpStream) -> Result<u64> {
-    let mut cookie: u64 = 0;
-    let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
-    // SAFETY: valid fd and out-pointers of the right size.
-    let rc = unsafe {
-        libc::getsockopt(
-            s.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_COOKIE,
-            (&mut cookie as *mut u64).cast(),
-            &mut len,
-        )
+/// What the daemon said about `stream`, asked three ways.
+fn ask_daemon(socket: &Path, stream: &TcpStream, peer: SocketAddr) -> Result<serde_json::Value> {
+    let mut client = ttm_client::Client::connect(socket)?;
+    let cookie = ttm_client::socket_cookie(stream)?;
+    let local = stream.local_addr()?;
+    let client_of = |c: Option<ttm_client::Connection>| {
+        c.map_or(serde_json::Value::Null, |c| c.client.to_string().into())
     };
-    if rc != 0 {
-        bail!("SO_COOKIE: {}", std::io::Error::last_os_error());
-    }
-    Ok(cookie)
+    Ok(serde_json::json!({
+        "by_fd": client_of(client.lookup_fd(stream)?),
+        "by_cookie": client_of(client.lookup_cookie(cookie)?),
+        "by_tuple": client_of(client.lookup_tuple(local, peer)?),
+    }))
 }
 
-fn serve(listen: SocketAddr, count: usize) -> Result<()> {
+fn serve(listen: SocketAddr, count: usize, lookup: Option<PathBuf>) -> Result<()> {
     let listener = TcpListener::bind(listen).with_context(|| format!("binding {listen}"))?;
     println!("listening {listen}");
     let held: Arc<Mutex<Vec<TcpStream>>> = Arc::default();
@@ -122,20 +125,24 @@ fn serve(listen: SocketAddr, count: usize) -> Result<()> {
         let (stream, peer) = listener.accept()?;
         held.lock().expect("lock").push(stream.try_clone()?);
         let out = out.clone();
+        let lookup = lookup.clone();
         workers.push(std::thread::spawn(move || -> Result<()> {
-            let cookie = socket_cookie(&stream)?;
+            let cookie = ttm_client::socket_cookie(&stream)?;
             let local = stream.local_addr()?;
             let mut reader = BufReader::new(stream.try_clone()?);
             let mut claimed = String::new();
             reader.read_line(&mut claimed)?;
             let mut w = &stream;
             w.write_all(claimed.as_bytes())?;
-            let line = serde_json::json!({
+            let mut line = serde_json::json!({
                 "cookie": cookie,
                 "peer": peer.to_string(),
                 "local": local.to_string(),
                 "claimed": claimed.trim(),
             });
+            if let Some(socket) = &lookup {
+                line["lookup"] = ask_daemon(socket, &stream, peer)?;
+            }
             writeln!(out.lock().expect("lock"), "{line}")?;
             // Echo whatever follows until the client is done.
             let mut buf = [0u8; 65536];

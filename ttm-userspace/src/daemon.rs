@@ -4,6 +4,7 @@
 use std::fs::{self, File};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use anyhow::{bail, Context as _, Result};
 use aya::maps::{lpm_trie::Key, Array, LpmTrie};
@@ -14,6 +15,7 @@ use ttm_common::{format::FormatTable, maps, Config, TrustKey};
 
 use crate::host;
 use crate::pins::{PinDir, PINNED_MAPS};
+use crate::service::{Limits, LookupService, PinnedDirectory};
 use crate::trust::TrustedLbs;
 use crate::{EBPF_OBJECT, SOCKOPS_PROGRAM};
 
@@ -32,6 +34,12 @@ pub struct DaemonConfig {
     pub max_records: u32,
     /// Option layouts accepted.
     pub formats: FormatTable,
+    /// Where the lookup service listens.
+    pub socket: PathBuf,
+    /// Group that may use the lookup socket (mode 0660).
+    pub socket_group: Option<u32>,
+    /// Bounds of the lookup service.
+    pub limits: Limits,
 }
 
 impl DaemonConfig {
@@ -47,6 +55,9 @@ impl DaemonConfig {
         if self.max_records == 0 {
             bail!("--max-records must be at least 1");
         }
+        if self.limits.max_clients == 0 {
+            bail!("--max-clients must be at least 1");
+        }
         Ok(())
     }
 }
@@ -57,6 +68,7 @@ pub struct Daemon {
     pins: PinDir,
     cgroup: PathBuf,
     logger: Option<KernelLogger>,
+    service: Option<LookupService>,
     _lock: InstanceLock,
 }
 
@@ -73,6 +85,7 @@ impl Daemon {
             None => host::cgroup2_mount()?,
         };
         host::check_cgroup2(&cgroup)?;
+        host::raise_open_files_limit();
         let lock = InstanceLock::acquire(config.pins.path())?;
         remove_pins(&config.pins);
 
@@ -110,9 +123,20 @@ impl Daemon {
             pins: config.pins.clone(),
             cgroup,
             logger,
+            service: None,
             _lock: lock,
         };
         daemon.pin_maps()?;
+        let directory = PinnedDirectory::open(&daemon.pins).context("opening the pinned maps")?;
+        daemon.service = Some(
+            LookupService::bind(
+                &config.socket,
+                config.socket_group,
+                config.limits,
+                Arc::new(directory),
+            )
+            .context("starting the lookup service")?,
+        );
         info!(
             "ttm attached to cgroup {} — trusting {} — maps pinned in {}",
             daemon.cgroup.display(),
@@ -160,6 +184,7 @@ impl Daemon {
             ),
             None => None,
         };
+        let service = self.service.take().map(|s| tokio::spawn(s.serve()));
         println!("ttm: ready");
         loop {
             tokio::select! {
@@ -171,6 +196,11 @@ impl Daemon {
                     guard.clear_ready();
                 }
             }
+        }
+        if let Some(service) = service {
+            service.abort();
+            // Dropping the service removes its socket file.
+            let _ = service.await;
         }
         drop(logs);
         drop(self);

@@ -28,6 +28,9 @@ pub enum HostError {
     /// The cgroup path is wrong.
     #[error("cannot attach to cgroup {0}: not a cgroup v2 directory — pass the cgroup2 mount or a directory below it")]
     NotCgroup2(PathBuf),
+    /// The socket group does not exist.
+    #[error("unknown group {0:?} for --socket-group — create it (groupadd) or pass a numeric gid")]
+    UnknownGroup(String),
 }
 
 fn fs_magic(path: &Path) -> Option<i64> {
@@ -97,6 +100,56 @@ pub fn check_cgroup2(path: &Path) -> Result<(), HostError> {
     }
 }
 
+/// The gid of group `name` (a name known to NSS, or a number).
+pub fn group_id(name: &str) -> Result<u32, HostError> {
+    if let Ok(gid) = name.parse::<u32>() {
+        return Ok(gid);
+    }
+    let unknown = || HostError::UnknownGroup(name.to_string());
+    let c_name = std::ffi::CString::new(name).map_err(|_| unknown())?;
+    let mut group: libc::group = unsafe { std::mem::zeroed() };
+    let mut buf = vec![0 as libc::c_char; 16 * 1024];
+    let mut found: *mut libc::group = std::ptr::null_mut();
+    // SAFETY: every pointer is valid for the call; `buf` outlives its use.
+    let rc = unsafe {
+        libc::getgrnam_r(
+            c_name.as_ptr(),
+            &mut group,
+            buf.as_mut_ptr(),
+            buf.len(),
+            &mut found,
+        )
+    };
+    if rc != 0 || found.is_null() {
+        return Err(unknown());
+    }
+    Ok(group.gr_gid)
+}
+
+/// Raises the soft open-files limit to the hard limit, so that thousands of
+/// lookup clients do not hit the default of 1024. Returns the new limit.
+pub fn raise_open_files_limit() -> u64 {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: valid out-pointer.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return 0;
+    }
+    if lim.rlim_cur < lim.rlim_max {
+        let raised = libc::rlimit {
+            rlim_cur: lim.rlim_max,
+            rlim_max: lim.rlim_max,
+        };
+        // SAFETY: valid pointer.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            return raised.rlim_cur;
+        }
+    }
+    lim.rlim_cur
+}
+
 /// CLOCK_MONOTONIC in nanoseconds, the clock of `bpf_ktime_get_ns`.
 pub fn monotonic_ns() -> u64 {
     let mut ts = libc::timespec {
@@ -127,6 +180,14 @@ mod tests {
             parse_cgroup2_mount("35 25 0:30 / /x rw - tmpfs tmpfs rw\n"),
             None
         );
+    }
+
+    #[test]
+    fn groups_resolve_by_number_and_name() {
+        assert_eq!(group_id("1234").unwrap(), 1234);
+        assert_eq!(group_id("root").unwrap(), 0);
+        let err = group_id("ttm-no-such-group").unwrap_err();
+        assert!(err.to_string().contains("--socket-group"), "{err}");
     }
 
     #[test]

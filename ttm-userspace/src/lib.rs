@@ -1,10 +1,11 @@
 //! The ttm agent's library: loading and attaching the decoder, reading its
-//! records and counters. The `ttm` binary is a thin CLI over it.
+//! records and counters, serving lookups. The `ttm` binary is a thin CLI over it.
 
 pub mod daemon;
 pub mod host;
 pub mod pins;
 pub mod records;
+pub mod service;
 pub mod stats;
 pub mod trust;
 

@@ -6,10 +6,15 @@ use std::process::ExitCode;
 
 use anyhow::{Context as _, Result};
 use clap::{Parser, Subcommand};
+use std::time::Duration;
 use ttm::daemon::{Daemon, DaemonConfig};
 use ttm::pins::{PinDir, DEFAULT_PIN_DIR};
-use ttm::records::{PeerInfo, RecordStore};
+
+use ttm::host;
+use ttm::records::RecordStore;
+use ttm::service::Limits;
 use ttm::trust::TrustedLbs;
+use ttm_client::{Client, Connection, DEFAULT_SOCKET};
 use ttm_common::{format::FormatTable, maps::DEFAULT_RECORDS_CAPACITY};
 
 #[derive(Parser)]
@@ -43,6 +48,18 @@ enum Command {
         /// Capacity of the connection map (live decoded connections).
         #[arg(long, value_name = "N", default_value_t = DEFAULT_RECORDS_CAPACITY)]
         max_records: u32,
+        /// Unix socket of the lookup service.
+        #[arg(long, value_name = "PATH", default_value = DEFAULT_SOCKET)]
+        socket: PathBuf,
+        /// Group allowed to use the lookup socket (name or gid; the socket is mode 0660).
+        #[arg(long, value_name = "GROUP")]
+        socket_group: Option<String>,
+        /// Lookup clients served at once; more are answered `overloaded`.
+        #[arg(long, value_name = "N", default_value_t = Limits::default().max_clients)]
+        max_clients: usize,
+        /// Seconds a lookup client may stay silent (or not read its answers) before it is dropped.
+        #[arg(long, value_name = "SECS", default_value_t = Limits::default().idle_timeout.as_secs_f64())]
+        client_timeout: f64,
     },
     /// Print the real client of one connection on this host.
     Lookup {
@@ -58,9 +75,13 @@ enum Command {
         /// Print JSON.
         #[arg(long)]
         json: bool,
-        /// bpffs directory of the running daemon.
-        #[arg(long, value_name = "DIR", default_value = DEFAULT_PIN_DIR)]
-        pin_dir: PathBuf,
+        /// Unix socket of the daemon's lookup service.
+        #[arg(long, value_name = "PATH", default_value = DEFAULT_SOCKET)]
+        socket: PathBuf,
+        /// Read the pinned maps in this bpffs directory directly instead of asking
+        /// the daemon (works while the daemon is down, needs root).
+        #[arg(long, value_name = "DIR")]
+        pin_dir: Option<PathBuf>,
     },
     /// Print the decoder's counters.
     Stats {
@@ -70,6 +91,9 @@ enum Command {
         /// bpffs directory of the running daemon.
         #[arg(long, value_name = "DIR", default_value = DEFAULT_PIN_DIR)]
         pin_dir: PathBuf,
+        /// Unix socket of the daemon's lookup service (its counters are shown when it answers).
+        #[arg(long, value_name = "PATH", default_value = DEFAULT_SOCKET)]
+        socket: PathBuf,
     },
 }
 
@@ -92,7 +116,15 @@ fn run(cli: Cli) -> Result<ExitCode> {
             cgroup,
             pin_dir,
             max_records,
+            socket,
+            socket_group,
+            max_clients,
+            client_timeout,
         } => {
+            let idle_timeout = Duration::try_from_secs_f64(client_timeout)
+                .ok()
+                .filter(|d| !d.is_zero())
+                .context("--client-timeout must be a positive number of seconds")?;
             let config = DaemonConfig {
                 trust: TrustedLbs::parse(&trust)?,
                 trust_any,
@@ -100,8 +132,16 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 pins: PinDir::new(pin_dir),
                 max_records,
                 formats: FormatTable::DEFAULT,
+                socket,
+                socket_group: socket_group.as_deref().map(host::group_id).transpose()?,
+                limits: Limits {
+                    max_clients,
+                    idle_timeout,
+                    ..Limits::default()
+                },
             };
-            let runtime = tokio::runtime::Builder::new_current_thread()
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
                 .enable_all()
                 .build()
                 .context("starting the async runtime")?;
@@ -116,13 +156,26 @@ fn run(cli: Cli) -> Result<ExitCode> {
             local,
             peer,
             json,
+            socket,
             pin_dir,
         } => {
-            let store = RecordStore::open(&PinDir::new(pin_dir))?;
-            let found = match (cookie, local, peer) {
-                (Some(c), _, _) => store.by_cookie(c)?,
-                (None, Some(l), Some(p)) => store.by_tuple(l, p)?,
-                _ => unreachable!("clap requires --cookie or --local with --peer"),
+            let found = match pin_dir {
+                Some(dir) => {
+                    let store = RecordStore::open(&PinDir::new(dir))?;
+                    match (cookie, local, peer) {
+                        (Some(c), _, _) => store.by_cookie(c)?,
+                        (None, Some(l), Some(p)) => store.by_tuple(l, p)?,
+                        _ => unreachable!("clap requires --cookie or --local with --peer"),
+                    }
+                }
+                None => {
+                    let mut client = Client::connect(&socket)?;
+                    match (cookie, local, peer) {
+                        (Some(c), _, _) => client.lookup_cookie(c)?,
+                        (None, Some(l), Some(p)) => client.lookup_tuple(l, p)?,
+                        _ => unreachable!("clap requires --cookie or --local with --peer"),
+                    }
+                }
             };
             match found {
                 Some(info) => {
@@ -139,26 +192,46 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 }
             }
         }
-        Command::Stats { json, pin_dir } => {
+        Command::Stats {
+            json,
+            pin_dir,
+            socket,
+        } => {
             let pins = PinDir::new(pin_dir);
             let stats = ttm::stats::read(&ttm::stats::open(&pins)?)?;
             let live = RecordStore::open(&pins)?.len();
+            // The service's counters live in the daemon; show them when it answers.
+            let service = Client::connect(&socket)
+                .and_then(|mut c| c.stats())
+                .map(|s| s.service)
+                .ok();
             if json {
                 let mut v = stats.to_json();
                 v["live_records"] = live.into();
+                if let Some(service) = &service {
+                    v["service"] = serde_json::to_value(service)?;
+                }
                 println!("{v}");
             } else {
                 for (name, total) in &stats.counters {
                     println!("{name:<30} {total}");
                 }
                 println!("{:<30} {live}", "live_records");
+                match &service {
+                    Some(service) => {
+                        for (name, total) in service {
+                            println!("{:<30} {total}", format!("service.{name}"));
+                        }
+                    }
+                    None => println!("(lookup service at {} not answering)", socket.display()),
+                }
             }
             Ok(ExitCode::SUCCESS)
         }
     }
 }
 
-fn print_info(info: &PeerInfo, json: bool) -> Result<()> {
+fn print_info(info: &Connection, json: bool) -> Result<()> {
     if json {
         println!("{}", serde_json::to_string(info)?);
     } else {

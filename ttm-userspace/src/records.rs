@@ -4,7 +4,7 @@ use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
 use aya::maps::{HashMap, Map, MapData, MapError};
-use serde::Serialize;
+use ttm_client::Connection;
 use ttm_common::{maps, ClientFamily, PeerRecord};
 
 use crate::host::monotonic_ns;
@@ -24,32 +24,6 @@ pub enum RecordsError {
     /// Reading the map failed.
     #[error("reading the record map: {0}")]
     Read(#[from] MapError),
-}
-
-/// A decoded connection, as user space presents it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct PeerInfo {
-    /// Socket cookie of the connection on the real server.
-    pub cookie: u64,
-    /// The real client, from the option.
-    pub client: SocketAddr,
-    /// `4to4`, `6to4`, ...
-    pub family: &'static str,
-    /// The kernel's peer (the load balancer).
-    pub kernel_peer: SocketAddr,
-    /// The socket's local address.
-    pub local: SocketAddr,
-    /// Option kind that carried the client.
-    pub option_kind: u8,
-    /// Option length that carried the client.
-    pub option_len: u8,
-    /// Time since the handshake completed.
-    #[serde(serialize_with = "as_secs_f64")]
-    pub age: Duration,
-}
-
-fn as_secs_f64<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_f64(d.as_secs_f64())
 }
 
 /// Converts a 16-byte address (IPv4 v4-mapped) to an `IpAddr`.
@@ -72,20 +46,19 @@ pub fn canonical(addr: SocketAddr) -> SocketAddr {
     }
 }
 
-impl PeerInfo {
-    /// Builds the presentation of `record` at time `now_ns` (CLOCK_MONOTONIC).
-    pub fn from_record(cookie: u64, record: &PeerRecord, now_ns: u64) -> PeerInfo {
-        PeerInfo {
-            cookie,
-            client: SocketAddr::new(to_ip(&record.client_addr), record.client_port),
-            family: ClientFamily::from_raw(record.client_family)
-                .map_or("unknown", ClientFamily::name),
-            kernel_peer: SocketAddr::new(to_ip(&record.peer_addr), record.peer_port),
-            local: SocketAddr::new(to_ip(&record.local_addr), record.local_port),
-            option_kind: record.option_kind,
-            option_len: record.option_len,
-            age: Duration::from_nanos(now_ns.saturating_sub(record.established_ns)),
-        }
+/// Presents `record` (socket cookie `cookie`) at time `now_ns` (CLOCK_MONOTONIC).
+pub fn connection(cookie: u64, record: &PeerRecord, now_ns: u64) -> Connection {
+    Connection {
+        cookie,
+        client: SocketAddr::new(to_ip(&record.client_addr), record.client_port),
+        family: ClientFamily::from_raw(record.client_family)
+            .map_or("unknown", ClientFamily::name)
+            .to_string(),
+        kernel_peer: SocketAddr::new(to_ip(&record.peer_addr), record.peer_port),
+        local: SocketAddr::new(to_ip(&record.local_addr), record.local_port),
+        option_kind: record.option_kind,
+        option_len: record.option_len,
+        age: Duration::from_nanos(now_ns.saturating_sub(record.established_ns)),
     }
 }
 
@@ -107,9 +80,9 @@ impl RecordStore {
     }
 
     /// The record of the connection with socket cookie `cookie`.
-    pub fn by_cookie(&self, cookie: u64) -> Result<Option<PeerInfo>, RecordsError> {
+    pub fn by_cookie(&self, cookie: u64) -> Result<Option<Connection>, RecordsError> {
         match self.map.get(&cookie, 0) {
-            Ok(r) => Ok(Some(PeerInfo::from_record(cookie, &r, monotonic_ns()))),
+            Ok(r) => Ok(Some(connection(cookie, &r, monotonic_ns()))),
             Err(MapError::KeyNotFound) => Ok(None),
             Err(e) => Err(e.into()),
         }
@@ -121,7 +94,7 @@ impl RecordStore {
         &self,
         local: SocketAddr,
         peer: SocketAddr,
-    ) -> Result<Option<PeerInfo>, RecordsError> {
+    ) -> Result<Option<Connection>, RecordsError> {
         let (local, peer) = (canonical(local), canonical(peer));
         let now = monotonic_ns();
         for entry in self.map.iter() {
@@ -131,7 +104,7 @@ impl RecordStore {
                 Err(MapError::KeyNotFound) => continue,
                 Err(e) => return Err(e.into()),
             };
-            let info = PeerInfo::from_record(cookie, &record, now);
+            let info = connection(cookie, &record, now);
             if info.local == local && info.kernel_peer == peer {
                 return Ok(Some(info));
             }
@@ -171,7 +144,7 @@ mod tests {
             option_len: 8,
             _pad: [0; 6],
         };
-        let info = PeerInfo::from_record(7, &record, 2_500_001_000);
+        let info = connection(7, &record, 2_500_001_000);
         assert_eq!(info.client, "10.0.1.2:40000".parse().unwrap());
         assert_eq!(info.kernel_peer, "10.0.2.1:50000".parse().unwrap());
         assert_eq!(info.local, "10.0.2.2:8080".parse().unwrap());

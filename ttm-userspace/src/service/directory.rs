@@ -1,0 +1,65 @@
+//! Where the service finds connections and counters: the daemon's maps, or a
+//! stand-in in tests.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+
+use aya::maps::{MapData, PerCpuArray};
+use ttm_client::Connection;
+
+use crate::pins::PinDir;
+use crate::records::{RecordStore, RecordsError};
+
+/// Answers lookups. Implementations must be cheap to call concurrently.
+pub trait Directory: Send + Sync + 'static {
+    /// The connection with socket cookie `cookie`.
+    fn by_cookie(&self, cookie: u64) -> Result<Option<Connection>, RecordsError>;
+    /// The connection with local address `local` and kernel peer `peer`.
+    fn by_tuple(
+        &self,
+        local: SocketAddr,
+        peer: SocketAddr,
+    ) -> Result<Option<Connection>, RecordsError>;
+    /// Kernel counters by name, and the number of live records.
+    fn kernel_stats(&self) -> Result<(BTreeMap<String, u64>, u64), RecordsError>;
+}
+
+/// The daemon's pinned maps.
+pub struct PinnedDirectory {
+    records: RecordStore,
+    stats: PerCpuArray<MapData, u64>,
+}
+
+impl PinnedDirectory {
+    /// Opens the maps pinned under `pins`.
+    pub fn open(pins: &PinDir) -> Result<PinnedDirectory, RecordsError> {
+        Ok(PinnedDirectory {
+            records: RecordStore::open(pins)?,
+            stats: crate::stats::open(pins)?,
+        })
+    }
+}
+
+impl Directory for PinnedDirectory {
+    fn by_cookie(&self, cookie: u64) -> Result<Option<Connection>, RecordsError> {
+        self.records.by_cookie(cookie)
+    }
+
+    fn by_tuple(
+        &self,
+        local: SocketAddr,
+        peer: SocketAddr,
+    ) -> Result<Option<Connection>, RecordsError> {
+        self.records.by_tuple(local, peer)
+    }
+
+    fn kernel_stats(&self) -> Result<(BTreeMap<String, u64>, u64), RecordsError> {
+        let stats = crate::stats::read(&self.stats)?;
+        let counters = stats
+            .counters
+            .iter()
+            .map(|(k, v)| ((*k).to_string(), *v))
+            .collect();
+        Ok((counters, self.records.len() as u64))
+    }
+}
