@@ -30,6 +30,8 @@ pub struct Accepted {
     pub local: SocketAddr,
     /// What the client said its own address is (its getsockname).
     pub claimed: SocketAddr,
+    /// The server's own lookups (`serve --lookup`), else null.
+    pub lookup: serde_json::Value,
 }
 
 /// Lab + daemon, torn down in that order... daemon first (field order).
@@ -47,9 +49,14 @@ impl World {
 
     /// Builds the lab and starts ttm trusting `trust`.
     pub fn trusting(trust: &str) -> World {
+        World::with_daemon_args(trust, &[])
+    }
+
+    /// Builds the lab and starts ttm trusting `trust`, with `extra` flags.
+    pub fn with_daemon_args(trust: &str, extra: &[&str]) -> World {
         let serial = serial();
         let lab = Lab::up().expect("bring the lab up");
-        let daemon = TtmDaemon::start(trust, &lab.rs_cgroup(), Path::new(PIN_DIR), &[])
+        let daemon = TtmDaemon::start(trust, &lab.rs_cgroup(), Path::new(PIN_DIR), extra)
             .expect("start ttm daemon");
         World {
             daemon,
@@ -60,19 +67,21 @@ impl World {
 
     /// Starts the lab server in the real server's cgroup and namespace.
     pub fn serve(&self, count: usize) -> Guarded {
-        let server = spawn_in(
-            lab_bin(),
-            &self.lab.rs_cgroup(),
-            lab::RS_NS,
-            &[
-                "serve",
-                "--listen",
-                "0.0.0.0:8080",
-                "--count",
-                &count.to_string(),
-            ],
-        )
-        .expect("spawn lab server");
+        self.serve_with(count, &[])
+    }
+
+    /// Starts the lab server that also asks the daemon about each connection.
+    pub fn serve_looking_up(&self, count: usize) -> Guarded {
+        let socket = self.daemon.socket.to_string_lossy().into_owned();
+        self.serve_with(count, &["--lookup", &socket])
+    }
+
+    fn serve_with(&self, count: usize, extra: &[&str]) -> Guarded {
+        let count = count.to_string();
+        let mut args = vec!["serve", "--listen", "0.0.0.0:8080", "--count", &count];
+        args.extend_from_slice(extra);
+        let server = spawn_in(lab_bin(), &self.lab.rs_cgroup(), lab::RS_NS, &args)
+            .expect("spawn lab server");
         server
             .wait_for(Duration::from_secs(10), |l| l.starts_with("listening"))
             .expect("server listening");
@@ -125,6 +134,7 @@ impl World {
                     peer: addr("peer"),
                     local: addr("local"),
                     claimed: addr("claimed"),
+                    lookup: v["lookup"].clone(),
                 }
             })
             .collect()

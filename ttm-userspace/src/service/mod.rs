@@ -10,6 +10,8 @@
 mod counters;
 mod directory;
 mod session;
+#[cfg(test)]
+mod tests;
 
 use std::fs;
 use std::io;

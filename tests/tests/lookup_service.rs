@@ -1,0 +1,336 @@
+//! The lookup service against a real daemon in the lab: an application on
+//! the real server asks by fd, cookie and 4-tuple; misbehaving clients get
+//! their error while a well-behaved client keeps getting correct answers.
+
+mod common;
+
+use std::fs::File;
+use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+use std::net::UdpSocket;
+use std::os::unix::net::UnixStream;
+use std::time::{Duration, Instant};
+
+use common::{Accepted, World};
+use ttm_client::{AsyncClient, Client, ClientError};
+use ttm_lab::lab;
+use ttm_lab::process::Guarded;
+
+/// A world with one live connection through the LB, held open by the server.
+struct Live {
+    world: World,
+    _server: Guarded,
+    conn: Accepted,
+}
+
+impl Live {
+    fn new(daemon_args: &[&str]) -> Live {
+        let world = World::with_daemon_args(lab::LB_NET, daemon_args);
+        let server = world.serve(1);
+        world.connect(&world.lab.client_cgroup(), 1, 0);
+        let conn = world.accepted(&server, 1).pop().expect("one connection");
+        Live {
+            world,
+            _server: server,
+            conn,
+        }
+    }
+
+    fn client(&self) -> Client {
+        Client::connect(&self.world.daemon.socket).expect("connect to the lookup socket")
+    }
+
+    /// A well-behaved client on its own connection gets the right answer.
+    fn assert_served(&self) {
+        let mut client = self.client();
+        let found = client
+            .lookup_cookie(self.conn.cookie)
+            .expect("lookup by cookie")
+            .expect("record for the live connection");
+        assert_eq!(found.client, self.conn.claimed);
+        let found = client
+            .lookup_tuple(self.conn.local, self.conn.peer)
+            .expect("lookup by tuple")
+            .expect("record for the live connection");
+        assert_eq!(found.client, self.conn.claimed);
+    }
+
+    fn service_counter(&self, name: &str) -> u64 {
+        let stats = self.client().stats().expect("stats");
+        *stats
+            .service
+            .get(name)
+            .unwrap_or_else(|| panic!("counter {name}"))
+    }
+
+    /// A raw connection to the socket, for speaking the protocol badly.
+    fn raw(&self) -> UnixStream {
+        let s = UnixStream::connect(&self.world.daemon.socket).expect("raw connect");
+        s.set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("read timeout");
+        s
+    }
+
+    /// A raw connection that has been answered, so it holds a client slot
+    /// (slots of closed clients free asynchronously: retry until one is ours).
+    fn holding_a_slot(&self) -> UnixStream {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let mut raw = self.raw();
+            raw.write_all(b"{\"op\":\"version\"}\n").expect("write");
+            let r = reply(&mut BufReader::new(raw.try_clone().expect("clone")));
+            if r["protocol"] == 1 {
+                return raw;
+            }
+            assert!(Instant::now() < deadline, "no slot freed: {r}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn daemon_rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.world.daemon.pid()))
+            .expect("daemon status");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmRSS")
+    }
+}
+
+fn reply(reader: &mut BufReader<UnixStream>) -> serde_json::Value {
+    let mut line = String::new();
+    reader.read_line(&mut line).expect("reply line");
+    serde_json::from_str(&line).unwrap_or_else(|e| panic!("reply {line:?}: {e}"))
+}
+
+fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn an_app_finds_each_connection_by_fd_cookie_and_tuple() {
+    let world = World::new();
+    let server = world.serve_looking_up(20);
+    world.connect(&world.lab.client_cgroup(), 20, 0);
+    let accepted = world.accepted(&server, 20);
+    for a in &accepted {
+        let truth = a.claimed.to_string();
+        for how in ["by_fd", "by_cookie", "by_tuple"] {
+            assert_eq!(a.lookup[how], truth.as_str(), "{how} for {a:?}");
+        }
+    }
+    // The async client answers the same.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        let mut client = AsyncClient::connect(&world.daemon.socket)
+            .await
+            .expect("async connect");
+        for a in &accepted {
+            let found = client
+                .lookup_cookie(a.cookie)
+                .await
+                .expect("async lookup")
+                .expect("record");
+            assert_eq!(found.client, a.claimed);
+            assert_eq!(found.kernel_peer, a.peer);
+            assert_eq!(found.family, "4to4");
+        }
+        assert_eq!(client.lookup_cookie(1).await.expect("lookup"), None);
+        let version = client.version().await.expect("version");
+        assert_eq!(version.protocol, ttm_client::protocol::PROTOCOL_VERSION);
+    });
+}
+
+#[test]
+fn pipelined_requests_are_answered_in_order() {
+    let live = Live::new(&[]);
+    let mut raw = live.raw();
+    let batch = format!(
+        "{{\"op\":\"cookie\",\"cookie\":{c}}}\n{{\"op\":\"cookie\",\"cookie\":1}}\n{{\"op\":\"version\"}}\n{{\"op\":\"tuple\",\"local\":\"{l}\",\"peer\":\"{p}\"}}\n",
+        c = live.conn.cookie,
+        l = live.conn.local,
+        p = live.conn.peer
+    );
+    raw.write_all(batch.as_bytes()).expect("write batch");
+    let mut reader = BufReader::new(raw);
+    let claimed = live.conn.claimed.to_string();
+    assert_eq!(reply(&mut reader)["client"], claimed.as_str());
+    assert_eq!(reply(&mut reader)["error"], "not_found");
+    assert_eq!(reply(&mut reader)["protocol"], 1);
+    assert_eq!(reply(&mut reader)["client"], claimed.as_str());
+}
+
+#[test]
+fn garbage_and_invalid_utf8_are_refused_and_the_connection_goes_on() {
+    let live = Live::new(&[]);
+    let bad_before = live.service_counter("requests_bad");
+    let utf8_before = live.service_counter("requests_not_utf8");
+    let mut raw = live.raw();
+    raw.write_all(b"hello\n\xff\xfe\x00garbage\n{\"op\":\"cookie\"}\n{\"op\":\"cookie\",\"cookie\":1,\"extra\":2}\n")
+        .expect("write garbage");
+    let mut reader = BufReader::new(raw.try_clone().expect("clone"));
+    let replies: Vec<_> = (0..4).map(|_| reply(&mut reader)).collect();
+    for r in &replies {
+        assert_eq!(r["error"], "bad_request", "{r}");
+    }
+    assert!(replies[1]["reason"].as_str().unwrap().contains("UTF-8"));
+    assert!(replies[2]["reason"].as_str().unwrap().contains("cookie"));
+    live.assert_served();
+    // The same connection still answers a good request.
+    writeln!(raw, "{{\"op\":\"cookie\",\"cookie\":{}}}", live.conn.cookie).expect("write");
+    assert_eq!(
+        reply(&mut reader)["client"],
+        live.conn.claimed.to_string().as_str()
+    );
+    assert_eq!(live.service_counter("requests_bad") - bad_before, 4);
+    assert_eq!(live.service_counter("requests_not_utf8") - utf8_before, 1);
+}
+
+#[test]
+fn an_overlong_request_is_refused_without_being_buffered() {
+    let live = Live::new(&[]);
+    let raw = live.raw();
+    let mut writer = raw.try_clone().expect("clone");
+    // 8 MiB without a newline; the daemon stops reading after its limit.
+    let flood = std::thread::spawn(move || {
+        let chunk = vec![b'a'; 64 * 1024];
+        for _ in 0..128 {
+            if writer.write_all(&chunk).is_err() {
+                return;
+            }
+        }
+    });
+    let mut reader = BufReader::new(raw);
+    let r = reply(&mut reader);
+    assert_eq!(r["error"], "bad_request", "{r}");
+    assert!(
+        r["reason"].as_str().unwrap().contains("longer than 4096"),
+        "{r}"
+    );
+    let mut rest = Vec::new();
+    match reader.read_to_end(&mut rest) {
+        Ok(_) => assert!(rest.is_empty(), "nothing after the refusal"),
+        Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset, "{e}"),
+    }
+    flood.join().expect("flood thread");
+    live.assert_served();
+    assert_eq!(live.service_counter("requests_too_long"), 1);
+    let rss = live.daemon_rss_kib();
+    assert!(rss < 64 * 1024, "daemon RSS {rss} KiB after an 8 MiB flood");
+}
+
+#[test]
+fn a_silent_client_is_dropped_after_the_timeout_and_blocks_nobody() {
+    let live = Live::new(&["--client-timeout", "1"]);
+    let silent = live.raw();
+    live.assert_served();
+    let started = Instant::now();
+    let mut buf = [0u8; 16];
+    let n = (&silent)
+        .read(&mut buf)
+        .expect("read from dropped connection");
+    assert_eq!(n, 0, "the daemon closes a silent client");
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(500) && waited < Duration::from_secs(5),
+        "dropped after {waited:?}"
+    );
+    assert_eq!(live.service_counter("clients_timed_out"), 1);
+    live.assert_served();
+}
+
+#[test]
+fn a_client_that_hangs_up_mid_request_is_counted() {
+    let live = Live::new(&[]);
+    {
+        let mut raw = live.raw();
+        raw.write_all(b"{\"op\":\"cook")
+            .expect("write half a request");
+    }
+    wait_until("the hang-up to be counted", || {
+        live.service_counter("clients_hung_up_mid_request") == 1
+    });
+    live.assert_served();
+}
+
+#[test]
+fn descriptors_that_are_not_tcp_sockets_are_refused() {
+    let live = Live::new(&[]);
+    let mut client = live.client();
+    let not_a_socket = File::open("/dev/null").expect("open /dev/null");
+    match client.lookup_fd(&not_a_socket) {
+        Err(ClientError::BadRequest(reason)) => {
+            assert!(reason.contains("not a socket"), "{reason}")
+        }
+        other => panic!("a file must be refused: {other:?}"),
+    }
+    let udp = UdpSocket::bind("127.0.0.1:0").expect("udp socket on loopback");
+    match client.lookup_fd(&udp) {
+        Err(ClientError::BadRequest(reason)) => {
+            assert!(reason.contains("not a TCP socket"), "{reason}")
+        }
+        other => panic!("a UDP socket must be refused: {other:?}"),
+    }
+    // An fd request without a descriptor attached.
+    let mut raw = live.raw();
+    raw.write_all(b"{\"op\":\"fd\"}\n").expect("write");
+    let r = reply(&mut BufReader::new(raw));
+    assert!(
+        r["reason"].as_str().unwrap().contains("no descriptor"),
+        "{r}"
+    );
+    live.assert_served();
+    assert_eq!(live.service_counter("fds_not_tcp"), 2);
+    assert_eq!(live.service_counter("fds_received"), 2);
+}
+
+#[test]
+fn a_thousand_concurrent_clients_are_all_answered() {
+    ttm::host::raise_open_files_limit();
+    let live = Live::new(&[]);
+    let rss_idle = live.daemon_rss_kib();
+    let clients: Vec<UnixStream> = (0..1000).map(|_| live.raw()).collect();
+    let request = format!("{{\"op\":\"cookie\",\"cookie\":{}}}\n", live.conn.cookie);
+    for mut c in &clients {
+        c.write_all(request.as_bytes()).expect("write request");
+    }
+    let claimed = live.conn.claimed.to_string();
+    for c in clients {
+        let r = reply(&mut BufReader::new(c));
+        assert_eq!(r["client"], claimed.as_str(), "{r}");
+    }
+    live.assert_served();
+    assert!(live.service_counter("clients_accepted") >= 1000);
+    assert_eq!(live.service_counter("clients_overloaded"), 0);
+    let rss = live.daemon_rss_kib();
+    assert!(
+        rss < 64 * 1024,
+        "daemon RSS {rss} KiB after 1000 clients (idle {rss_idle} KiB)"
+    );
+}
+
+#[test]
+fn clients_beyond_the_limit_are_told_overloaded() {
+    let live = Live::new(&["--max-clients", "3"]);
+    live.assert_served();
+    // Three clients that each got an answer hold all three slots.
+    let mut held: Vec<UnixStream> = (0..3).map(|_| live.holding_a_slot()).collect();
+    let refused = live.raw();
+    let r = reply(&mut BufReader::new(refused));
+    assert_eq!(r["error"], "overloaded", "{r}");
+    drop(held.pop());
+    // Once a slot frees, service resumes.
+    wait_until("a slot to free", || {
+        let mut c = live.client();
+        matches!(c.lookup_cookie(live.conn.cookie), Ok(Some(found)) if found.client == live.conn.claimed)
+    });
+    drop(held);
+    assert!(live.service_counter("clients_overloaded") >= 1);
+}
