@@ -87,6 +87,15 @@ impl TtmDaemon {
         ))
     }
 
+    /// Kills the daemon with SIGKILL and leaves what it left behind (pins,
+    /// socket file), as a crash would.
+    pub fn crash(mut self) {
+        self.process.signal(libc::SIGKILL);
+        let _ = self.process.wait(Duration::from_secs(10));
+        // Skip this value's cleanup; the process is gone and reaped.
+        let _ = std::mem::ManuallyDrop::new(self);
+    }
+
     /// Stops the daemon with SIGTERM and returns its exit status.
     pub fn stop(mut self) -> Result<std::process::ExitStatus> {
         self.process.signal(libc::SIGTERM);

@@ -88,3 +88,53 @@ fn daemon_rejects_a_malformed_network() {
         "{err}"
     );
 }
+
+#[test]
+fn lookup_without_a_daemon_says_what_to_do() {
+    let (code, err) = ttm(&[
+        "lookup",
+        "--cookie",
+        "1",
+        "--socket",
+        "/run/ttm/ttm-no-daemon.sock",
+    ]);
+    assert_eq!(code, 2);
+    assert!(err.contains("cannot reach the ttm daemon"), "{err}");
+    assert!(err.contains("is `ttm daemon` running"), "{err}");
+}
+
+#[test]
+fn the_lookup_socket_is_group_only_and_removed_on_stop() {
+    use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
+    let world = World::with_daemon_args(ttm_lab::lab::LB_NET, &["--socket-group", "4242"]);
+    let socket = world.daemon.socket.clone();
+    let meta = std::fs::metadata(&socket).expect("socket exists");
+    assert_eq!(meta.permissions().mode() & 0o777, 0o660);
+    assert_eq!(meta.gid(), 4242);
+    let World { daemon, lab, .. } = world;
+    assert!(daemon.stop().expect("daemon exits").success());
+    assert!(!socket.exists(), "socket removed on stop");
+    drop(lab);
+}
+
+#[test]
+fn a_daemon_killed_hard_is_replaced_cleanly() {
+    let world = World::new();
+    let socket = world.daemon.socket.clone();
+    let World { daemon, lab, .. } = world;
+    daemon.crash();
+    assert!(socket.exists(), "a killed daemon leaves its socket behind");
+    assert!(Path::new(PIN_DIR).exists(), "and its pins");
+    // The next daemon replaces the stale socket and pins and serves lookups.
+    let again = ttm_lab::TtmDaemon::start(
+        ttm_lab::lab::LB_NET,
+        &lab.rs_cgroup(),
+        Path::new(PIN_DIR),
+        &[],
+    )
+    .expect("a new daemon starts over the stale socket");
+    let mut client = ttm_client::Client::connect(&again.socket).expect("connect");
+    assert_eq!(client.lookup_cookie(1).expect("lookup"), None);
+    drop(again);
+    drop(lab);
+}

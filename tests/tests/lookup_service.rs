@@ -11,8 +11,10 @@ use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
 use common::{Accepted, World};
+use std::process::Command;
 use ttm_client::{AsyncClient, Client, ClientError};
 use ttm_lab::lab;
+use ttm_lab::process::place;
 use ttm_lab::process::Guarded;
 
 /// A world with one live connection through the LB, held open by the server.
@@ -333,4 +335,65 @@ fn clients_beyond_the_limit_are_told_overloaded() {
     });
     drop(held);
     assert!(live.service_counter("clients_overloaded") >= 1);
+}
+
+/// The fenced code block after `<!-- lookup-example: NAME -->` in the README.
+fn readme_example(name: &str) -> String {
+    let readme = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md"));
+    let marker = format!("<!-- lookup-example: {name} -->");
+    let after = &readme[readme.find(&marker).expect("example marker") + marker.len()..];
+    let body = after
+        .split_once("```")
+        .and_then(|(_, rest)| rest.split_once('\n'))
+        .map(|(_, rest)| rest)
+        .expect("fenced block");
+    body[..body.find("```").expect("closing fence")].to_string()
+}
+
+#[test]
+fn the_readme_shell_example_talks_to_the_daemon() {
+    let live = Live::new(&[]);
+    let script = readme_example("shell").replace(
+        ttm_client::DEFAULT_SOCKET,
+        &live.world.daemon.socket.to_string_lossy(),
+    );
+    let out = Command::new("sh")
+        .args(["-ec", &script])
+        .output()
+        .expect("run the shell example");
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8(out.stdout).expect("utf-8");
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("JSON line"))
+        .collect();
+    assert_eq!(lines.len(), 3, "{text}");
+    assert_eq!(lines[0]["live_records"], 1, "{text}");
+    assert_eq!(lines[0]["kernel"]["decoded"], 1, "{text}");
+    assert_eq!(lines[1]["protocol"], 1, "{text}");
+    assert_eq!(lines[2]["error"], "not_found", "{text}");
+}
+
+#[test]
+fn the_readme_python_example_recovers_the_client() {
+    let world = World::new();
+    let mut cmd = Command::new("python3");
+    cmd.args(["-c", &readme_example("python")])
+        .env("TTM_SOCKET", &world.daemon.socket);
+    place(&mut cmd, &world.lab.rs_cgroup(), lab::RS_NS);
+    let server = Guarded::spawn(cmd).expect("spawn the Python example");
+    server
+        .wait_for(Duration::from_secs(10), |l| l == "listening")
+        .expect("python server listening");
+    let clients = world.connect(&world.lab.client_cgroup(), 1, 100);
+    let line = server.line(Duration::from_secs(10)).expect("python report");
+    // The kernel peer is the LB; the example prints the client ttm recovered.
+    assert!(
+        line.starts_with(&format!("kernel peer {}:", lab::LB_IP)),
+        "{line}"
+    );
+    assert!(
+        line.ends_with(&format!(" real client {}", clients[0])),
+        "{line}"
+    );
 }

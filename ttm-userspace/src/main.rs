@@ -214,13 +214,13 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 println!("{v}");
             } else {
                 for (name, total) in &stats.counters {
-                    println!("{name:<30} {total}");
+                    println!("{name:<38} {total}");
                 }
-                println!("{:<30} {live}", "live_records");
+                println!("{:<38} {live}", "live_records");
                 match &service {
                     Some(service) => {
                         for (name, total) in service {
-                            println!("{:<30} {total}", format!("service.{name}"));
+                            println!("{:<38} {total}", format!("service.{name}"));
                         }
                     }
                     None => println!("(lookup service at {} not answering)", socket.display()),

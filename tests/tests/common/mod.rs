@@ -89,8 +89,9 @@ impl World {
     }
 
     /// Runs `count` concurrent client connections from `cgroup` through the
-    /// LB, each round-tripping `payload` bytes; asserts they all worked.
-    pub fn connect(&self, cgroup: &Path, count: usize, payload: usize) {
+    /// LB, each round-tripping `payload` bytes; asserts they all worked and
+    /// returns each client's own address.
+    pub fn connect(&self, cgroup: &Path, count: usize, payload: usize) -> Vec<SocketAddr> {
         let target = format!("{}:8080", lab::VIP);
         let mut client = spawn_in(
             lab_bin(),
@@ -108,11 +109,13 @@ impl World {
         )
         .expect("spawn lab clients");
         let mut ok = 0;
+        let mut locals = Vec::with_capacity(count);
         for _ in 0..count {
             let line = client.line(Duration::from_secs(30)).expect("client report");
             let v: serde_json::Value = serde_json::from_str(&line).expect("client JSON");
             assert_eq!(v["ok"], true, "echo through the LB failed: {line}");
             assert_eq!(v["bytes"].as_u64(), Some(payload as u64), "{line}");
+            locals.push(v["local"].as_str().expect("local").parse().expect("local"));
             ok += 1;
         }
         assert!(client
@@ -120,6 +123,7 @@ impl World {
             .expect("client exit")
             .success());
         assert_eq!(ok, count);
+        locals
     }
 
     /// Reads `n` accepted-connection reports from the server.
