@@ -3,10 +3,12 @@
 //! Everything here is `no_std` and host-testable: the TOA option formats
 //! ([`format`]), the TCP option walker that finds the client address
 //! ([`parser`]), the per-connection record ([`record`]) and the layout of the
-//! maps both sides share ([`maps`]).
+//! maps both sides share ([`maps`]), and what applications are shown
+//! ([`compat`]).
 #![cfg_attr(not(test), no_std)]
 
 pub mod addr;
+pub mod compat;
 pub mod format;
 pub mod maps;
 pub mod parser;

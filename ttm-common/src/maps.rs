@@ -1,6 +1,7 @@
 //! Names and value types of the maps the kernel programs and user space share.
 //!
-//! Owners: the sockops program writes `RECORDS`, `PEER_STORAGE` and `STATS`;
+//! Owners: the sockops program writes `RECORDS` and `PEER_STORAGE`; every
+//! program bumps `STATS`;
 //! the daemon writes `CONFIG` and `TRUSTED_LBS` before attaching and reads the
 //! rest; `ttm lookup`/`ttm stats` read the pinned copies.
 
@@ -36,6 +37,12 @@ pub struct Config {
     pub formats: FormatTable,
     /// Non-zero: decode options from any peer (`--trust-any`, unsafe).
     pub trust_any: u32,
+    /// `getsockopt(SOL_IP, name)` answered with the `ttm_peer` layout
+    /// (`--getsockopt-name`, default [`crate::compat::TTM_PEER_SOCKOPT`]).
+    pub getsockopt_name: u32,
+    /// `getsockopt(SOL_IP, name)` answered with the NAT64 layout; 0 is off
+    /// (`--nat64-getsockopt`).
+    pub nat64_getsockopt_name: u32,
 }
 
 impl Config {
@@ -43,6 +50,8 @@ impl Config {
     pub const DISABLED: Config = Config {
         formats: FormatTable::EMPTY,
         trust_any: 0,
+        getsockopt_name: 0,
+        nat64_getsockopt_name: 0,
     };
 }
 
@@ -76,11 +85,19 @@ pub enum Counter {
     MapInsertFailed = 11,
     /// The handshake-completing segment was not available to parse.
     NoHeader = 12,
+    /// `getsockopt(SOL_IP, ttm name)` answered with the client.
+    GetsockoptAnswered = 13,
+    /// `getsockopt(SOL_IP, ttm name)` on a socket without a record (the app gets ENOPROTOOPT).
+    GetsockoptNoRecord = 14,
+    /// `getsockopt(SOL_IP, ttm name)` with a buffer under 20 bytes (the app gets EINVAL).
+    GetsockoptShortBuffer = 15,
+    /// `accept()`/`getpeername()` answers rewritten to the client.
+    PeerRewritten = 16,
 }
 
 impl Counter {
     /// Number of counters; the size of `STATS`.
-    pub const COUNT: u32 = 13;
+    pub const COUNT: u32 = 17;
 
     /// Every counter, in index order.
     pub const ALL: [Counter; Counter::COUNT as usize] = [
@@ -97,6 +114,10 @@ impl Counter {
         Counter::StorageFailed,
         Counter::MapInsertFailed,
         Counter::NoHeader,
+        Counter::GetsockoptAnswered,
+        Counter::GetsockoptNoRecord,
+        Counter::GetsockoptShortBuffer,
+        Counter::PeerRewritten,
     ];
 
     /// The counter for a malformed-option reason.
@@ -126,6 +147,10 @@ impl Counter {
             Counter::StorageFailed => "storage_failed",
             Counter::MapInsertFailed => "map_insert_failed",
             Counter::NoHeader => "no_header",
+            Counter::GetsockoptAnswered => "getsockopt_answered",
+            Counter::GetsockoptNoRecord => "getsockopt_no_record",
+            Counter::GetsockoptShortBuffer => "getsockopt_short_buffer",
+            Counter::PeerRewritten => "peer_rewritten",
         }
     }
 }

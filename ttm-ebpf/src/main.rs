@@ -3,8 +3,11 @@
 #![no_main]
 
 mod counters;
+mod getpeername;
+mod getsockopt;
 mod maps;
 mod packet;
+mod peer_storage;
 mod sockops;
 
 #[cfg(not(test))]

@@ -17,7 +17,7 @@ pub static RECORDS: LruHashMap<u64, PeerRecord, { DEFAULT_RECORDS_CAPACITY as us
     LruHashMap::new();
 
 /// Per-socket record, freed with the socket. Written by sockops; read by
-/// sockops at close (and by the cgroup hooks).
+/// sockops at close, the getsockopt shim and the getpeername rewrite.
 #[btf_map]
 pub static PEER_STORAGE: SkStorage<PeerRecord> = SkStorage::new();
 
@@ -25,7 +25,7 @@ pub static PEER_STORAGE: SkStorage<PeerRecord> = SkStorage::new();
 #[btf_map]
 pub static TRUSTED_LBS: LpmTrie<TrustKey, u8, { TRUSTED_LBS_CAPACITY as usize }> = LpmTrie::new();
 
-/// Decoder settings (slot 0). Written by the daemon; read by sockops.
+/// Settings (slot 0). Written by the daemon; read by sockops and the getsockopt shim.
 #[btf_map]
 pub static CONFIG: Array<Config, 1> = Array::new();
 

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context as _, Result};
 use aya::maps::{lpm_trie::Key, Array, LpmTrie};
-use aya::programs::{links::CgroupAttachMode, SockOps};
+use aya::programs::{links::CgroupAttachMode, CgroupSockAddr, CgroupSockopt, SockOps};
 use aya::{Ebpf, EbpfLoader};
 use log::{info, warn};
 use ttm_common::{format::FormatTable, maps, Config, TrustKey};
@@ -17,7 +17,7 @@ use crate::host;
 use crate::pins::{PinDir, PINNED_MAPS};
 use crate::service::{Limits, LookupService, PinnedDirectory};
 use crate::trust::TrustedLbs;
-use crate::{EBPF_OBJECT, SOCKOPS_PROGRAM};
+use crate::{EBPF_OBJECT, GETPEERNAME_PROGRAMS, GETSOCKOPT_PROGRAM, SOCKOPS_PROGRAM};
 
 /// Everything `ttm daemon` is told.
 #[derive(Clone, Debug)]
@@ -40,6 +40,12 @@ pub struct DaemonConfig {
     pub socket_group: Option<u32>,
     /// Bounds of the lookup service.
     pub limits: Limits,
+    /// `getsockopt(SOL_IP, name)` returning `struct ttm_peer`.
+    pub getsockopt_name: u32,
+    /// `getsockopt(SOL_IP, name)` returning the NAT64 layout, if wanted.
+    pub nat64_getsockopt_name: Option<u32>,
+    /// Rewrite `accept()`/`getpeername()` to the client.
+    pub rewrite: bool,
 }
 
 impl DaemonConfig {
@@ -57,6 +63,14 @@ impl DaemonConfig {
         }
         if self.limits.max_clients == 0 {
             bail!("--max-clients must be at least 1");
+        }
+        if self.nat64_getsockopt_name == Some(self.getsockopt_name)
+            || self.nat64_getsockopt_name == Some(0)
+        {
+            bail!(
+                "--nat64-getsockopt must be a non-zero option name other than --getsockopt-name ({})",
+                self.getsockopt_name
+            );
         }
         Ok(())
     }
@@ -118,6 +132,30 @@ impl Daemon {
             .attach(&cgroup_file, CgroupAttachMode::Single)
             .with_context(|| format!("attaching sockops to cgroup {}", cgroup.display()))?;
 
+        let shim: &mut CgroupSockopt = ebpf
+            .program_mut(GETSOCKOPT_PROGRAM)
+            .context("getsockopt program missing from the object")?
+            .try_into()?;
+        shim.load()
+            .context("the kernel rejected the getsockopt shim (needs Linux 5.3+)")?;
+        shim.attach(&cgroup_file, CgroupAttachMode::Single)
+            .with_context(|| format!("attaching the getsockopt shim to {}", cgroup.display()))?;
+
+        if config.rewrite {
+            for name in GETPEERNAME_PROGRAMS {
+                let rewrite: &mut CgroupSockAddr = ebpf
+                    .program_mut(name)
+                    .with_context(|| format!("{name} missing from the object"))?
+                    .try_into()?;
+                rewrite
+                    .load()
+                    .with_context(|| format!("the kernel rejected {name} (getpeername hooks need Linux 5.8+) — run with --no-rewrite to do without"))?;
+                rewrite
+                    .attach(&cgroup_file, CgroupAttachMode::Single)
+                    .with_context(|| format!("attaching {name} to {}", cgroup.display()))?;
+            }
+        }
+
         let mut daemon = Daemon {
             ebpf,
             pins: config.pins.clone(),
@@ -138,7 +176,7 @@ impl Daemon {
             .context("starting the lookup service")?,
         );
         info!(
-            "ttm attached to cgroup {} — trusting {} — maps pinned in {}",
+            "ttm attached to cgroup {} — trusting {} — getsockopt(SOL_IP, {}){} — accept()/getpeername() {} — maps pinned in {}",
             daemon.cgroup.display(),
             if config.trust_any {
                 "ANY peer (--trust-any: clients can forge their address)".to_string()
@@ -150,6 +188,16 @@ impl Daemon {
                     .map(ToString::to_string)
                     .collect::<Vec<_>>()
                     .join(", ")
+            },
+            config.getsockopt_name,
+            config
+                .nat64_getsockopt_name
+                .map(|n| format!(" and NAT64 getsockopt(SOL_IP, {n})"))
+                .unwrap_or_default(),
+            if config.rewrite {
+                "return the client"
+            } else {
+                "untouched (--no-rewrite)"
             },
             daemon.pins.path().display()
         );
@@ -240,6 +288,8 @@ fn write_config(ebpf: &mut Ebpf, config: &DaemonConfig) -> Result<()> {
         Config {
             formats: config.formats,
             trust_any: u32::from(config.trust_any),
+            getsockopt_name: config.getsockopt_name,
+            nat64_getsockopt_name: config.nat64_getsockopt_name.unwrap_or(0),
         },
         0,
     )

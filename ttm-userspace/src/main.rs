@@ -57,6 +57,16 @@ enum Command {
         /// Lookup clients served at once; more are answered `overloaded`.
         #[arg(long, value_name = "N", default_value_t = Limits::default().max_clients)]
         max_clients: usize,
+        /// Option name answered by `getsockopt(fd, SOL_IP, NAME)` with `struct ttm_peer`.
+        #[arg(long, value_name = "NAME", default_value_t = ttm_common::compat::TTM_PEER_SOCKOPT)]
+        getsockopt_name: u32,
+        /// Also answer `getsockopt(fd, SOL_IP, NAME)` with the NAT64 layout
+        /// `{ struct in6_addr saddr; be16 port; }` (DPVS uses 4096).
+        #[arg(long, value_name = "NAME")]
+        nat64_getsockopt: Option<u32>,
+        /// Leave accept()/getpeername() alone (they then return the load balancer).
+        #[arg(long)]
+        no_rewrite: bool,
         /// Seconds a lookup client may stay silent (or not read its answers) before it is dropped.
         #[arg(long, value_name = "SECS", default_value_t = Limits::default().idle_timeout.as_secs_f64())]
         client_timeout: f64,
@@ -120,6 +130,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
             socket_group,
             max_clients,
             client_timeout,
+            getsockopt_name,
+            nat64_getsockopt,
+            no_rewrite,
         } => {
             let idle_timeout = Duration::try_from_secs_f64(client_timeout)
                 .ok()
@@ -139,6 +152,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     idle_timeout,
                     ..Limits::default()
                 },
+                getsockopt_name,
+                nat64_getsockopt_name: nat64_getsockopt,
+                rewrite: !no_rewrite,
             };
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
