@@ -50,6 +50,14 @@ enum Cmd {
         #[arg(long, default_value_t = 0)]
         payload: usize,
     },
+    /// Lab HTTP client: COUNT sequential `GET /` requests; reports each
+    /// request's own address and status line.
+    Http {
+        #[arg(long)]
+        to: SocketAddr,
+        #[arg(long, default_value_t = 1)]
+        count: usize,
+    },
     /// The end-to-end demo: lab up, ttm daemon, connections, what ttm recovered, lab down.
     Demo {
         #[arg(long, default_value_t = 5)]
@@ -96,6 +104,7 @@ fn run(cli: Cli) -> Result<()> {
             lookup,
         } => serve(listen, count, lookup),
         Cmd::Connect { to, count, payload } => connect(to, count, payload),
+        Cmd::Http { to, count } => http(to, count),
         Cmd::Demo { connections } => demo(connections),
     }
 }
@@ -166,6 +175,21 @@ fn serve(listen: SocketAddr, count: usize, lookup: Option<PathBuf>) -> Result<()
     let mut sink = String::new();
     let _ = std::io::stdin().read_to_string(&mut sink);
     drop(held);
+    Ok(())
+}
+
+fn http(to: SocketAddr, count: usize) -> Result<()> {
+    for _ in 0..count {
+        let mut s = TcpStream::connect_timeout(&to, Duration::from_secs(10))?;
+        s.set_read_timeout(Some(Duration::from_secs(20)))?;
+        let local = s.local_addr()?;
+        s.write_all(b"GET / HTTP/1.0\r\nHost: ttm-lab\r\n\r\n")?;
+        let mut response = String::new();
+        s.read_to_string(&mut response)?;
+        let status = response.lines().next().unwrap_or_default().to_string();
+        let line = serde_json::json!({"local": local.to_string(), "status": status});
+        println!("{line}");
+    }
     Ok(())
 }
 

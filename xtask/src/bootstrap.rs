@@ -9,13 +9,16 @@ use anyhow::{bail, Context as _, Result};
 /// The bpf-linker version known to build and work here (newer ones need a newer LLVM).
 const BPF_LINKER_VERSION: &str = "0.10.4";
 /// Commands the lab and the tests need, with the Debian package providing each.
-const APT_COMMANDS: [(&str, &str); 5] = [
+const APT_COMMANDS: [(&str, &str); 7] = [
     ("nft", "nftables"),
     ("ip", "iproute2"),
     ("sysctl", "procps"),
     // The README's lookup examples are run by the tests.
     ("socat", "socat"),
     ("python3", "python3"),
+    // The compatibility tests run real applications: a C server and stock nginx.
+    ("gcc", "gcc"),
+    ("nginx", "nginx"),
 ];
 
 /// Runs every step.

@@ -1,0 +1,259 @@
+//! Unmodified applications on the real server see the real client: the
+//! getsockopt(SOL_IP, 1345) shim and the accept()/getpeername() rewrite,
+//! exercised by a Python server, a C server and stock nginx.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::{lab_bin, World};
+use ttm_common::Counter;
+use ttm_lab::lab;
+use ttm_lab::process::{place, spawn_in, Guarded};
+
+const ENOPROTOOPT: i64 = 92;
+const EINVAL: i64 = 22;
+const AF_INET: i64 = 2;
+
+fn app(path: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("apps").join(path)
+}
+
+/// Starts `program args` in the real server's cgroup and netns and waits for "listening".
+fn start_app(world: &World, program: &str, args: &[&str]) -> Guarded {
+    let mut cmd = Command::new(program);
+    cmd.args(args);
+    place(&mut cmd, &world.lab.rs_cgroup(), lab::RS_NS);
+    let app = Guarded::spawn(cmd).expect("spawn app");
+    app.wait_for(Duration::from_secs(10), |l| l == "listening")
+        .expect("app listening");
+    app
+}
+
+/// The Python peer server on `host`, accepting `count` connections.
+fn python_server(world: &World, host: &str, count: usize, extra: &[&str]) -> Guarded {
+    let script = app("peer_server.py");
+    let count = count.to_string();
+    let mut args = vec![script.to_str().expect("path"), host, "8080", &count];
+    args.extend_from_slice(extra);
+    start_app(world, "python3", &args)
+}
+
+fn report(app: &Guarded) -> serde_json::Value {
+    let line = app.line(Duration::from_secs(10)).expect("app report");
+    serde_json::from_str(&line).unwrap_or_else(|e| panic!("{line}: {e}"))
+}
+
+#[test]
+fn python_sees_the_client_through_getsockopt_accept_and_getpeername() {
+    let world = World::new();
+    let server = python_server(&world, "0.0.0.0", 4, &[]);
+    let clients = world.connect(&world.lab.client_cgroup(), 3, 0);
+    for _ in 0..3 {
+        let r = report(&server);
+        let claimed = r["claimed"].as_str().expect("claimed").to_string();
+        assert!(clients.iter().any(|c| c.to_string() == claimed), "{r}");
+        assert_eq!(r["accept"], claimed.as_str(), "{r}");
+        assert_eq!(r["getpeername"], claimed.as_str(), "{r}");
+        assert_eq!(r["sockopt"]["af"], AF_INET, "{r}");
+        assert_eq!(r["sockopt"]["client"], claimed.as_str(), "{r}");
+        assert_eq!(r["sockopt"]["len"], 20, "{r}");
+        assert_eq!(r["short"]["errno"], EINVAL, "a 16-byte buffer: {r}");
+        // Unrelated options pass through.
+        assert_eq!(r["so_type"], 1, "{r}");
+        assert_eq!(r["nodelay"], 0, "{r}");
+    }
+    // A connection without the option: the LB, and ENOPROTOOPT.
+    world.connect(&world.lab.plain_cgroup(), 1, 0);
+    let r = report(&server);
+    assert!(
+        r["accept"]
+            .as_str()
+            .unwrap()
+            .starts_with(&format!("{}:", lab::LB_IP)),
+        "{r}"
+    );
+    assert_eq!(r["getpeername"], r["accept"], "{r}");
+    assert_eq!(r["sockopt"]["errno"], ENOPROTOOPT, "{r}");
+    let stats = world.stats();
+    assert_eq!(stats.get(Counter::GetsockoptAnswered), 3);
+    assert_eq!(stats.get(Counter::GetsockoptShortBuffer), 3);
+    assert_eq!(stats.get(Counter::GetsockoptNoRecord), 2);
+    // accept() and getpeername() of three connections.
+    assert_eq!(stats.get(Counter::PeerRewritten), 6);
+}
+
+#[test]
+fn a_dual_stack_listener_sees_the_client_v4_mapped() {
+    let world = World::new();
+    let server = python_server(&world, "::", 1, &[]);
+    let clients = world.connect(&world.lab.client_cgroup(), 1, 0);
+    let r = report(&server);
+    let mapped = format!("[::ffff:{}]:{}", clients[0].ip(), clients[0].port());
+    assert_eq!(r["accept"], mapped.as_str(), "{r}");
+    assert_eq!(r["getpeername"], mapped.as_str(), "{r}");
+    assert_eq!(r["sockopt"]["af"], AF_INET, "{r}");
+    assert_eq!(r["sockopt"]["client"], clients[0].to_string().as_str());
+}
+
+#[test]
+fn a_c_server_reads_struct_ttm_peer() {
+    let world = World::new();
+    let binary = std::env::temp_dir().join(format!("ttm-peer-server-{}", std::process::id()));
+    let status = Command::new("gcc")
+        .args(["-Wall", "-Werror", "-O2", "-o"])
+        .arg(&binary)
+        .arg(app("peer_server.c"))
+        .status()
+        .expect("run gcc");
+    assert!(status.success(), "compiling the C server");
+    let server = start_app(&world, binary.to_str().expect("path"), &["8080", "2"]);
+    let clients = world.connect(&world.lab.client_cgroup(), 1, 0);
+    let r = report(&server);
+    assert_eq!(r["rc"], 0, "{r}");
+    assert_eq!(r["len"], 20, "{r}");
+    assert_eq!(r["af"], AF_INET, "{r}");
+    assert_eq!(r["client"], clients[0].to_string().as_str(), "{r}");
+    assert_eq!(r["accept"], clients[0].to_string().as_str(), "{r}");
+    assert_eq!(r["tail_zero"], true, "no stale bytes after the IPv4: {r}");
+    world.connect(&world.lab.plain_cgroup(), 1, 0);
+    let r = report(&server);
+    assert_eq!(r["rc"], -1, "{r}");
+    assert_eq!(r["errno"], ENOPROTOOPT, "{r}");
+    let _ = std::fs::remove_file(binary);
+}
+
+/// Stock nginx with `listen 8080;` and a dual-stack `listen [::]:8081`.
+struct Nginx {
+    _process: Guarded,
+    dir: PathBuf,
+}
+
+impl Nginx {
+    fn start(world: &World) -> Nginx {
+        let dir = std::env::temp_dir().join(format!("ttm-nginx-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("nginx dir");
+        let d = dir.display();
+        let conf = format!(
+            "daemon off;\nmaster_process off;\nworker_processes 1;\npid {d}/nginx.pid;\n\
+             error_log {d}/error.log;\nevents {{ worker_connections 64; }}\nhttp {{\n\
+             client_body_temp_path {d}/body;\nproxy_temp_path {d}/proxy;\n\
+             fastcgi_temp_path {d}/fastcgi;\nuwsgi_temp_path {d}/uwsgi;\nscgi_temp_path {d}/scgi;\n\
+             log_format peer '$remote_addr $remote_port $server_port';\n\
+             access_log {d}/access.log peer;\n\
+             server {{\nlisten 8080;\nlisten [::]:8081 ipv6only=off;\n\
+             location / {{ return 200 \"ok\\n\"; }}\n}}\n}}\n"
+        );
+        std::fs::write(dir.join("nginx.conf"), conf).expect("nginx.conf");
+        let mut cmd = Command::new("nginx");
+        cmd.arg("-c").arg(dir.join("nginx.conf"));
+        place(&mut cmd, &world.lab.rs_cgroup(), lab::RS_NS);
+        let process = Guarded::spawn(cmd).expect("spawn nginx");
+        // nginx prints nothing when it is up: wait for its pid file.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !dir.join("nginx.pid").exists() {
+            assert!(Instant::now() < deadline, "nginx did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Nginx {
+            _process: process,
+            dir,
+        }
+    }
+
+    /// Access-log lines "remote_addr remote_port server_port", waiting for `n`.
+    fn access_log(&self, n: usize) -> Vec<String> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let log = std::fs::read_to_string(self.dir.join("access.log")).unwrap_or_default();
+            let lines: Vec<String> = log.lines().map(str::to_string).collect();
+            if lines.len() >= n {
+                return lines;
+            }
+            assert!(Instant::now() < deadline, "access log: {lines:?}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// One HTTP request through the LB from `cgroup`; the client's own address.
+fn http_get(cgroup: &Path, port: u16) -> SocketAddr {
+    let to = format!("{}:{port}", lab::VIP);
+    let mut client = spawn_in(
+        lab_bin(),
+        cgroup,
+        lab::CLIENT_NS,
+        &["http", "--to", &to, "--count", "1"],
+    )
+    .expect("spawn http client");
+    let line = client.line(Duration::from_secs(20)).expect("http report");
+    let v: serde_json::Value = serde_json::from_str(&line).expect("JSON");
+    assert_eq!(v["status"], "HTTP/1.1 200 OK", "{line}");
+    assert!(client
+        .wait(Duration::from_secs(10))
+        .expect("exit")
+        .success());
+    v["local"].as_str().expect("local").parse().expect("addr")
+}
+
+#[test]
+fn nginx_logs_the_client_as_remote_addr() {
+    let world = World::new();
+    let nginx = Nginx::start(&world);
+    let v4 = http_get(&world.lab.client_cgroup(), 8080);
+    let dual = http_get(&world.lab.client_cgroup(), 8081);
+    let plain = http_get(&world.lab.plain_cgroup(), 8080);
+    let log = nginx.access_log(3);
+    assert_eq!(log[0], format!("{} {} 8080", v4.ip(), v4.port()));
+    assert_eq!(log[1], format!("::ffff:{} {} 8081", dual.ip(), dual.port()));
+    // Without the option nginx sees the LB, as it would without ttm.
+    assert_eq!(log[2], format!("{} {} 8080", lab::LB_IP, plain.port()));
+}
+
+#[test]
+fn with_no_rewrite_accept_returns_the_lb_and_getsockopt_still_answers() {
+    let world = World::with_daemon_args(lab::LB_NET, &["--no-rewrite"]);
+    let server = python_server(&world, "0.0.0.0", 1, &[]);
+    let clients = world.connect(&world.lab.client_cgroup(), 1, 0);
+    let r = report(&server);
+    let lb = format!("{}:{}", lab::LB_IP, clients[0].port());
+    assert_eq!(r["accept"], lb.as_str(), "{r}");
+    assert_eq!(r["getpeername"], lb.as_str(), "{r}");
+    assert_eq!(r["sockopt"]["client"], clients[0].to_string().as_str(), "{r}");
+    assert_eq!(world.stats().get(Counter::PeerRewritten), 0);
+}
+
+#[test]
+fn option_names_are_configurable_and_nat64_is_opt_in() {
+    let world = World::with_daemon_args(
+        lab::LB_NET,
+        &["--getsockopt-name", "1346", "--nat64-getsockopt", "4096"],
+    );
+    // The Python server asks 1345 (now unanswered) and NAT64 4096.
+    let server = python_server(&world, "0.0.0.0", 1, &["4096"]);
+    let clients = world.connect(&world.lab.client_cgroup(), 1, 0);
+    let r = report(&server);
+    assert_eq!(r["sockopt"]["errno"], ENOPROTOOPT, "1345 is not ours now: {r}");
+    let ip = match clients[0].ip() {
+        std::net::IpAddr::V4(v4) => v4.octets(),
+        other => panic!("IPv4 client expected, got {other}"),
+    };
+    let expected = format!(
+        "00000000000000000000ffff{:02x}{:02x}{:02x}{:02x}{:04x}0000",
+        ip[0],
+        ip[1],
+        ip[2],
+        ip[3],
+        clients[0].port()
+    );
+    assert_eq!(r["nat64"], expected.as_str(), "{r}");
+}
