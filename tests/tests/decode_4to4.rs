@@ -25,15 +25,16 @@ fn hundred_concurrent_connections_each_recover_their_own_client() {
     let accepted = world.accepted(&server, 100);
     let records = world.records();
     for a in &accepted {
-        // The app sees the LB: that is the problem ttm solves.
-        assert_eq!(a.peer.ip(), lb_ip());
+        // accept() already returns the client: the rewrite is on by default.
+        assert_eq!(a.peer, a.claimed);
         assert_eq!(a.claimed.ip(), client_ip());
         let info = records
             .by_cookie(a.cookie)
             .expect("read records")
             .unwrap_or_else(|| panic!("no record for {a:?}"));
         assert_eq!(info.client, a.claimed, "wrong client for {a:?}");
-        assert_eq!(info.kernel_peer, a.peer);
+        // The kernel's peer is the LB: that is the problem ttm solves.
+        assert_eq!(info.kernel_peer.ip(), lb_ip());
         assert_eq!(info.local, a.local);
         assert_eq!(info.family, "4to4");
         assert_eq!((info.option_kind, info.option_len), (254, 8));
@@ -51,8 +52,26 @@ fn hundred_concurrent_connections_each_recover_their_own_client() {
     assert_eq!(stats.get(Counter::ConnectionsSeen), 100);
     assert_eq!(stats.get(Counter::Untrusted), 0);
 
-    // The CLI answers the same, by cookie and by 4-tuple.
+    // The CLI answers the same, by cookie and by 4-tuple (with the kernel's
+    // peer, or with the peer the app saw).
     let a = &accepted[17];
+    let kernel_peer = records.by_cookie(a.cookie).unwrap().unwrap().kernel_peer;
+    for peer in [kernel_peer, a.peer] {
+        let (code, out) = world
+            .daemon
+            .cli(&[
+                "lookup",
+                "--local",
+                &a.local.to_string(),
+                "--peer",
+                &peer.to_string(),
+                "--json",
+            ])
+            .unwrap();
+        assert_eq!(code, 0, "{out}");
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(v["client"], a.claimed.to_string());
+    }
     let (code, out) = world
         .daemon
         .cli(&["lookup", "--cookie", &a.cookie.to_string(), "--json"])
@@ -60,21 +79,6 @@ fn hundred_concurrent_connections_each_recover_their_own_client() {
     assert_eq!(code, 0, "{out}");
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["client"], a.claimed.to_string());
-    let (code, out) = world
-        .daemon
-        .cli(&[
-            "lookup",
-            "--local",
-            &a.local.to_string(),
-            "--peer",
-            &a.peer.to_string(),
-            "--json",
-        ])
-        .unwrap();
-    assert_eq!(code, 0, "{out}");
-    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
-    assert_eq!(v["client"], a.claimed.to_string());
-    assert_eq!(v["cookie"], a.cookie);
     let (code, _) = world.daemon.cli(&["lookup", "--cookie", "1"]).unwrap();
     assert_eq!(code, 1, "unknown cookie exits 1");
 }
@@ -86,6 +90,7 @@ fn connection_without_option_gets_no_record_and_works_normally() {
     // The plain cgroup has no option writer: like traffic from a non-TOA LB.
     world.connect(&world.lab.plain_cgroup(), 1, 64 * 1024);
     let a = &world.accepted(&server, 1)[0];
+    // No record: accept() is left alone and returns the LB.
     assert_eq!(a.peer.ip(), lb_ip());
     assert_eq!(world.records().by_cookie(a.cookie).unwrap(), None);
     let stats = world.stats();

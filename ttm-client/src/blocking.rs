@@ -78,8 +78,8 @@ impl Client {
         found(self.call(&Request::Cookie { cookie }, None))
     }
 
-    /// The real client of the connection from `peer` (the load balancer, as
-    /// the kernel sees it) to `local`.
+    /// The real client of the connection from `peer` to `local`, as the app
+    /// sees them (`peer` may be the load balancer or the rewritten client).
     pub fn lookup_tuple(
         &mut self,
         local: SocketAddr,

@@ -75,7 +75,8 @@ impl AsyncClient {
         found(self.call(&Request::Cookie { cookie }, None).await)
     }
 
-    /// The real client of the connection from `peer` (the load balancer) to `local`.
+    /// The real client of the connection from `peer` to `local`, as the app
+    /// sees them (`peer` may be the load balancer or the rewritten client).
     pub async fn lookup_tuple(
         &mut self,
         local: SocketAddr,

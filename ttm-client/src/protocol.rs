@@ -48,13 +48,13 @@ pub enum Request {
     /// The connection whose socket was passed with `SCM_RIGHTS` in the same
     /// `sendmsg` as this line; the daemon reads its cookie itself.
     Fd,
-    /// The connection with this local address and this kernel peer (the
-    /// load balancer), as `getsockname()`/`getpeername()` report them
-    /// without ttm's rewrite.
+    /// The connection with this local address and this peer, as the app
+    /// sees them: `peer` is the kernel's peer (the load balancer) or, when
+    /// ttm's rewrite already gave the app the client, the client.
     Tuple {
         /// The socket's local address.
         local: SocketAddr,
-        /// The kernel's peer address.
+        /// The peer as the app sees it.
         peer: SocketAddr,
     },
     /// Counters of the kernel side and of this service.

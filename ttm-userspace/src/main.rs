@@ -79,7 +79,7 @@ enum Command {
         /// The socket's local address, IP:PORT.
         #[arg(long, requires = "peer")]
         local: Option<SocketAddr>,
-        /// The kernel's peer address (the load balancer), IP:PORT.
+        /// The peer address as the app sees it (the load balancer, or the client when ttm rewrote it), IP:PORT.
         #[arg(long, requires = "local")]
         peer: Option<SocketAddr>,
         /// Print JSON.

@@ -89,7 +89,8 @@ impl RecordStore {
     }
 
     /// The record of the connection whose local address is `local` and whose
-    /// kernel peer (the LB) is `peer`.
+    /// peer is `peer`: the kernel's peer (the LB), or the client when the
+    /// app got it from a rewritten `accept()`/`getpeername()`.
     pub fn by_tuple(
         &self,
         local: SocketAddr,
@@ -105,7 +106,7 @@ impl RecordStore {
                 Err(e) => return Err(e.into()),
             };
             let info = connection(cookie, &record, now);
-            if info.local == local && info.kernel_peer == peer {
+            if info.local == local && (info.kernel_peer == peer || info.client == peer) {
                 return Ok(Some(info));
             }
         }
