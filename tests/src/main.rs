@@ -299,24 +299,28 @@ fn demo(connections: usize) -> Result<()> {
     }
     println!();
     println!(
-        "{:<24} {:<24} {:<24} verdict",
-        "kernel peer (LB)", "ttm recovered client", "client's true address"
+        "{:<24} {:<24} {:<24} {:<24} verdict",
+        "app's getpeername()", "kernel peer (LB)", "ttm record", "client's true address"
     );
     let mut recovered = 0;
     for _ in 0..total {
         let line = server.line(Duration::from_secs(10))?;
         let v: serde_json::Value = serde_json::from_str(&line)?;
-        let peer = v["peer"].as_str().unwrap_or_default().to_string();
+        // What accept() gave the unmodified server (rewritten by ttm when it has a record).
+        let seen = v["peer"].as_str().unwrap_or_default().to_string();
         let local = v["local"].as_str().unwrap_or_default().to_string();
         let truth = v["claimed"].as_str().unwrap_or_default().to_string();
-        let (code, out) = daemon.cli(&["lookup", "--local", &local, "--peer", &peer, "--json"])?;
-        let client = if code == 0 {
+        let (code, out) = daemon.cli(&["lookup", "--local", &local, "--peer", &seen, "--json"])?;
+        let (client, kernel_peer) = if code == 0 {
             let r: serde_json::Value = serde_json::from_str(&out)?;
-            r["client"].as_str().unwrap_or_default().to_string()
+            (
+                r["client"].as_str().unwrap_or_default().to_string(),
+                r["kernel_peer"].as_str().unwrap_or_default().to_string(),
+            )
         } else {
-            "(no record)".to_string()
+            ("(no record)".to_string(), seen.clone())
         };
-        let verdict = if client == truth {
+        let verdict = if client == truth && seen == truth {
             recovered += 1;
             "recovered"
         } else if code == 1 {
@@ -324,7 +328,7 @@ fn demo(connections: usize) -> Result<()> {
         } else {
             "MISMATCH"
         };
-        println!("{peer:<24} {client:<24} {truth:<24} {verdict}");
+        println!("{seen:<24} {kernel_peer:<24} {client:<24} {truth:<24} {verdict}");
     }
     println!();
     let (_, stats) = daemon.cli(&["stats"])?;

@@ -19,7 +19,9 @@ const EINVAL: i64 = 22;
 const AF_INET: i64 = 2;
 
 fn app(path: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("apps").join(path)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("apps")
+        .join(path)
 }
 
 /// Starts `program args` in the real server's cgroup and netns and waits for "listening".
@@ -228,7 +230,11 @@ fn with_no_rewrite_accept_returns_the_lb_and_getsockopt_still_answers() {
     let lb = format!("{}:{}", lab::LB_IP, clients[0].port());
     assert_eq!(r["accept"], lb.as_str(), "{r}");
     assert_eq!(r["getpeername"], lb.as_str(), "{r}");
-    assert_eq!(r["sockopt"]["client"], clients[0].to_string().as_str(), "{r}");
+    assert_eq!(
+        r["sockopt"]["client"],
+        clients[0].to_string().as_str(),
+        "{r}"
+    );
     assert_eq!(world.stats().get(Counter::PeerRewritten), 0);
 }
 
@@ -242,7 +248,10 @@ fn option_names_are_configurable_and_nat64_is_opt_in() {
     let server = python_server(&world, "0.0.0.0", 1, &["4096"]);
     let clients = world.connect(&world.lab.client_cgroup(), 1, 0);
     let r = report(&server);
-    assert_eq!(r["sockopt"]["errno"], ENOPROTOOPT, "1345 is not ours now: {r}");
+    assert_eq!(
+        r["sockopt"]["errno"], ENOPROTOOPT,
+        "1345 is not ours now: {r}"
+    );
     let ip = match clients[0].ip() {
         std::net::IpAddr::V4(v4) => v4.octets(),
         other => panic!("IPv4 client expected, got {other}"),

@@ -97,13 +97,19 @@ mod tests {
 
     #[test]
     fn ttm_peer_for_an_ipv6_client_carries_all_16_bytes() {
-        let v6 = [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x42];
+        let v6 = [
+            0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x42,
+        ];
         let r = record(v6, 443, ClientFamily::SixToFour);
         let b = ttm_peer(&r);
         assert_eq!(u16::from_ne_bytes([b[0], b[1]]), AF_INET6);
         assert_eq!(&b[2..4], &443u16.to_be_bytes());
         assert_eq!(&b[4..20], &v6);
-        assert_eq!(peer_for_inet(&r), None, "an IPv6 client never goes into a sockaddr_in");
+        assert_eq!(
+            peer_for_inet(&r),
+            None,
+            "an IPv6 client never goes into a sockaddr_in"
+        );
         assert_eq!(peer_for_inet6(&r), (v6, 443));
     }
 
