@@ -111,9 +111,12 @@ fn options_from_an_untrusted_peer_are_ignored() {
     world.connect(&world.lab.client_cgroup(), 3, 0);
     for a in world.accepted(&server, 3) {
         assert_eq!(world.records().by_cookie(a.cookie).unwrap(), None, "{a:?}");
+        // accept() is left alone: the app sees the LB, not a claimed address.
+        assert_eq!(a.peer.ip(), lb_ip(), "{a:?}");
     }
     let stats = world.stats();
     assert_eq!(stats.get(Counter::Untrusted), 3);
+    assert_eq!(stats.get(Counter::PeerRewritten), 0);
     assert_eq!(stats.get(Counter::Decoded), 0);
 }
 
