@@ -18,8 +18,8 @@ pub use addr::Addr16;
 pub use format::{AddrFamily, FormatTable, OptionFormat};
 pub use maps::{Config, Counter, TrustKey};
 pub use parser::{
-    decode_client, find_client, find_option, ClientAddr, Located, Malformed, OptionBytes, Scan,
-    Walk, WalkState,
+    decode_client, find_client, find_option, plausible_client, ClientAddr, Located, Malformed,
+    OptionBytes, Scan, Walk, WalkState,
 };
 pub use record::{ClientFamily, PeerRecord};
 

@@ -93,11 +93,16 @@ pub enum Counter {
     GetsockoptShortBuffer = 15,
     /// `accept()`/`getpeername()` answers rewritten to the client.
     PeerRewritten = 16,
+    /// A second configured option in the same segment: the first was used.
+    RepeatedOption = 17,
+    /// The option claimed an address no client can have (unspecified,
+    /// loopback, multicast, broadcast): not recorded.
+    ImplausibleClient = 18,
 }
 
 impl Counter {
     /// Number of counters; the size of `STATS`.
-    pub const COUNT: u32 = 17;
+    pub const COUNT: u32 = 19;
 
     /// Every counter, in index order.
     pub const ALL: [Counter; Counter::COUNT as usize] = [
@@ -118,6 +123,8 @@ impl Counter {
         Counter::GetsockoptNoRecord,
         Counter::GetsockoptShortBuffer,
         Counter::PeerRewritten,
+        Counter::RepeatedOption,
+        Counter::ImplausibleClient,
     ];
 
     /// The counter for a malformed-option reason.
@@ -151,6 +158,8 @@ impl Counter {
             Counter::GetsockoptNoRecord => "getsockopt_no_record",
             Counter::GetsockoptShortBuffer => "getsockopt_short_buffer",
             Counter::PeerRewritten => "peer_rewritten",
+            Counter::RepeatedOption => "repeated_option",
+            Counter::ImplausibleClient => "implausible_client",
         }
     }
 }

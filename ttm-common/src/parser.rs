@@ -4,7 +4,7 @@
 //! packet memory, behind [`OptionBytes`]). The walk is bounded: it never looks
 //! past [`MAX_OPTION_BYTES`] and every step advances at least one byte.
 
-use crate::addr::{v4_mapped, Addr16};
+use crate::addr::{is_v4_mapped, v4_mapped, Addr16};
 use crate::format::{AddrFamily, FormatTable};
 
 /// The TCP option area is at most 40 bytes (data offset 15 words minus the
@@ -74,6 +74,8 @@ pub struct Located {
     pub offset: usize,
     /// Index into the `FormatTable` of the layout that matched.
     pub format_index: usize,
+    /// More configured options followed the first (they are ignored).
+    pub repeated: bool,
 }
 
 /// The outcome of walking one option area.
@@ -92,6 +94,9 @@ pub enum Walk {
 pub enum Scan {
     /// A configured option was found and decoded.
     Found(ClientAddr),
+    /// An option was decoded but its address cannot be a real client's
+    /// (unspecified, loopback, multicast, broadcast); see [`plausible_client`].
+    Implausible(ClientAddr),
     /// The area is well formed and holds no configured option.
     NotFound,
     /// The area is malformed; nothing in it is trusted.
@@ -109,8 +114,14 @@ pub enum Scan {
 pub struct WalkState {
     /// Offset of the next option's kind byte.
     pub next: usize,
+    /// One past the offset of the first configured option; 0 while none.
+    pub found: usize,
+    /// Format of the first configured option.
+    pub format_index: usize,
     /// A configured kind with an unconfigured length was seen.
     pub odd_length: bool,
+    /// A second configured option was seen.
+    pub repeated: bool,
 }
 
 impl WalkState {
@@ -143,20 +154,31 @@ impl WalkState {
             return Some(Walk::Malformed(Malformed::PastEnd));
         }
         if let Some(format_index) = formats.find(kind, len) {
-            return Some(Walk::Found(Located {
-                offset: i,
-                format_index,
-            }));
+            // The first one counts; the walk goes on so that broken framing
+            // anywhere in the area, or a repeat, is still seen.
+            if self.found == 0 {
+                self.found = i + 1;
+                self.format_index = format_index;
+            } else {
+                self.repeated = true;
+            }
+        } else {
+            self.odd_length |= formats.has_kind(kind);
         }
-        self.odd_length |= formats.has_kind(kind);
         self.next = i + len as usize;
         None
     }
 
-    /// The outcome once the area is exhausted without a match.
+    /// The outcome once the area is exhausted.
     #[inline(always)]
     pub fn finish(&self) -> Walk {
-        if self.odd_length {
+        if self.found != 0 {
+            Walk::Found(Located {
+                offset: self.found - 1,
+                format_index: self.format_index,
+                repeated: self.repeated,
+            })
+        } else if self.odd_length {
             Walk::Malformed(Malformed::UnexpectedLength)
         } else {
             Walk::NotFound
@@ -164,12 +186,13 @@ impl WalkState {
     }
 }
 
-/// Walks the option area and locates the first option matching `formats`.
+/// Walks the whole option area and locates the first option matching `formats`.
 ///
-/// Any malformed option makes the whole area untrusted: once the framing is
-/// broken, later bytes cannot be told apart from data. An option with a
-/// configured kind but unknown length is reported only if no valid option
-/// follows it.
+/// Any malformed option, before or after a match, makes the whole area
+/// untrusted: once the framing is broken, bytes cannot be told apart from
+/// data. An option with a configured kind but unknown length is reported only
+/// if no valid option is present. A second matching option is ignored and
+/// flagged (`Located::repeated`).
 pub fn find_option<B: OptionBytes + ?Sized>(bytes: &B, formats: &FormatTable) -> Walk {
     let mut walk = WalkState::default();
     // Each step advances at least one byte, so MAX_OPTION_BYTES steps cover the area.
@@ -185,7 +208,8 @@ pub fn find_option<B: OptionBytes + ?Sized>(bytes: &B, formats: &FormatTable) ->
 pub fn find_client<B: OptionBytes + ?Sized>(bytes: &B, formats: &FormatTable) -> Scan {
     match find_option(bytes, formats) {
         Walk::Found(at) => match decode_client(bytes, at, formats) {
-            Some(client) => Scan::Found(client),
+            Some(client) if plausible_client(&client.addr) => Scan::Found(client),
+            Some(client) => Scan::Implausible(client),
             // find_option checked the bounds; only a table changed under us lands here.
             None => Scan::Malformed(Malformed::PastEnd),
         },
@@ -223,12 +247,41 @@ pub fn decode_client<B: OptionBytes + ?Sized>(
             v6
         }
     };
+    // An IPv6-format option carrying `::ffff:a.b.c.d` is an IPv4 client.
+    let family = if is_v4_mapped(&addr) {
+        AddrFamily::Ipv4
+    } else {
+        family
+    };
     Some(ClientAddr {
         addr,
         port,
         family,
         format_index: located.format_index as u8,
     })
+}
+
+/// False for addresses no client on the network can have, whatever an
+/// option claims: unspecified (`0.0.0.0`, `::`), loopback (`127/8`, `::1`),
+/// multicast (`224/4`, `ff00::/8`) and the IPv4 broadcast address.
+/// Expects IPv4 v4-mapped.
+#[inline(always)]
+pub fn plausible_client(addr: &Addr16) -> bool {
+    if is_v4_mapped(addr) {
+        let first = addr[12];
+        let v4_unspecified = first == 0 && addr[13] == 0 && addr[14] == 0 && addr[15] == 0;
+        let broadcast = addr[12] == 255 && addr[13] == 255 && addr[14] == 255 && addr[15] == 255;
+        !(v4_unspecified || first == 127 || (224..=239).contains(&first) || broadcast)
+    } else {
+        let mut zero_prefix = true;
+        let mut k = 0;
+        while k < 15 {
+            zero_prefix &= addr[k] == 0;
+            k += 1;
+        }
+        let unspecified_or_loopback = zero_prefix && addr[15] <= 1;
+        !(unspecified_or_loopback || addr[0] == 0xff)
+    }
 }
 
 #[cfg(test)]

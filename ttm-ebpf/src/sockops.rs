@@ -17,7 +17,7 @@ use ttm_common::{
     addr::{v4_mapped, Addr16},
     decode_client,
     parser::MAX_OPTION_BYTES,
-    ClientAddr, ClientFamily, Config, Counter, PeerRecord, Walk, WalkState,
+    plausible_client, ClientAddr, ClientFamily, Config, Counter, PeerRecord, Walk, WalkState,
 };
 
 use crate::{
@@ -120,10 +120,18 @@ fn on_passive_established(ctx: &SockOpsContext) {
         return;
     };
     match walk_options(&options, config) {
-        Walk::Found(located) => match decode_client(&options, located, &config.formats) {
-            Some(client) => store(ctx, config, &client, peer, peer_port, local, local_port),
-            None => bump(Counter::MalformedPastEnd),
-        },
+        Walk::Found(located) => {
+            if located.repeated {
+                bump(Counter::RepeatedOption);
+            }
+            match decode_client(&options, located, &config.formats) {
+                Some(client) if plausible_client(&client.addr) => {
+                    store(ctx, config, &client, peer, peer_port, local, local_port)
+                }
+                Some(_) => bump(Counter::ImplausibleClient),
+                None => bump(Counter::MalformedPastEnd),
+            }
+        }
         Walk::NotFound => bump(Counter::NoOption),
         Walk::Malformed(reason) => {
             bump(Counter::malformed(reason));

@@ -132,10 +132,92 @@ fn unknown_length_of_a_configured_kind_is_reported() {
 }
 
 #[test]
-fn first_matching_option_wins() {
+fn first_matching_option_wins_and_the_repeat_is_flagged() {
     let mut area = toa4(1, [10, 0, 1, 1]).to_vec();
     area.extend_from_slice(&toa4(2, [10, 0, 1, 2]));
     assert_eq!(v4(find_client(&area[..], &T)), ([10, 0, 1, 1], 1));
+    match find_option(&area[..], &T) {
+        Walk::Found(at) => assert!(at.repeated),
+        other => panic!("{other:?}"),
+    }
+    match find_option(&toa4(1, [10, 0, 1, 1])[..], &T) {
+        Walk::Found(at) => assert!(!at.repeated),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn broken_framing_after_the_option_still_rejects_the_area() {
+    let mut area = toa4(1, [10, 0, 1, 1]).to_vec();
+    area.extend_from_slice(&[99, 0]);
+    assert_eq!(
+        find_client(&area[..], &T),
+        Scan::Malformed(Malformed::LengthTooShort)
+    );
+    let mut area = toa4(1, [10, 0, 1, 1]).to_vec();
+    area.extend_from_slice(&[99, 9, 0]);
+    assert_eq!(
+        find_client(&area[..], &T),
+        Scan::Malformed(Malformed::PastEnd)
+    );
+}
+
+#[test]
+fn unknown_kinds_around_the_option_are_skipped() {
+    let mut area = vec![99, 4, 0xaa, 0xbb];
+    area.extend_from_slice(&toa4(3, [10, 0, 1, 3]));
+    area.extend_from_slice(&[98, 4, 0xcc, 0xdd, 1, 1, 1, 1]);
+    assert_eq!(v4(find_client(&area[..], &T)), ([10, 0, 1, 3], 3));
+}
+
+#[test]
+fn addresses_no_client_can_have_are_implausible() {
+    for ip in [
+        [0, 0, 0, 0],
+        [127, 0, 0, 1],
+        [224, 0, 0, 1],
+        [239, 1, 2, 3],
+        [255, 255, 255, 255],
+    ] {
+        let area = toa4(80, ip);
+        assert!(
+            matches!(find_client(&area[..], &T), Scan::Implausible(c) if c.addr == v4_mapped(ip)),
+            "{ip:?}"
+        );
+    }
+    for ip in [
+        [10, 0, 1, 2],
+        [192, 0, 2, 1],
+        [223, 255, 255, 255],
+        [240, 0, 0, 1],
+    ] {
+        assert!(plausible_client(&v4_mapped(ip)), "{ip:?}");
+    }
+    let mut v6 = [0u8; 16];
+    assert!(!plausible_client(&v6), "::");
+    v6[15] = 1;
+    assert!(!plausible_client(&v6), "::1");
+    v6[15] = 2;
+    assert!(plausible_client(&v6), "::2 is odd but not excluded");
+    let mut mc = [0u8; 16];
+    mc[0] = 0xff;
+    mc[1] = 0x02;
+    mc[15] = 1;
+    assert!(!plausible_client(&mc), "ff02::1");
+}
+
+#[test]
+fn a_v4_mapped_address_in_an_ipv6_option_is_an_ipv4_client() {
+    let mut area = vec![254, 20, 0, 80];
+    area.extend_from_slice(&v4_mapped([192, 0, 2, 9]));
+    match find_client(&area[..], &T) {
+        Scan::Found(c) => {
+            assert_eq!(c.family, AddrFamily::Ipv4);
+            assert_eq!(c.addr, v4_mapped([192, 0, 2, 9]));
+            assert_eq!(c.format_index, 1);
+        }
+        other => panic!("{other:?}"),
+    }
 }
 
 #[test]
@@ -177,6 +259,8 @@ fn format_index_names_the_layout() {
     }
 }
 
+mod reference;
+
 mod properties {
     use super::*;
     use proptest::prelude::*;
@@ -194,7 +278,11 @@ mod properties {
 
         /// A TOA option placed after any run of NOPs is decoded exactly.
         #[test]
-        fn option_after_padding_round_trips(nops in 0usize..=32, port: u16, ip: [u8; 4]) {
+        fn option_after_padding_round_trips(
+            nops in 0usize..=32,
+            port: u16,
+            ip in any::<[u8; 4]>().prop_filter("a plausible client", |ip| plausible_client(&v4_mapped(*ip))),
+        ) {
             let mut area = vec![KIND_NOP; nops];
             area.extend_from_slice(&toa4(port, ip));
             prop_assert_eq!(v4(find_client(&area[..], &T)), (ip, port));
