@@ -46,12 +46,24 @@ impl OptionFormat {
         }
     }
 
+    /// A layout with an explicit length: at least the family's natural
+    /// length, at most 40; bytes after the address are ignored.
+    pub const fn with_len(kind: u8, family: AddrFamily, len: u8) -> Self {
+        OptionFormat {
+            kind,
+            len,
+            family: family as u8,
+            _pad: 0,
+        }
+    }
+
     /// The address family, or `None` for an invalid (e.g. zeroed) entry.
     #[inline(always)]
     pub fn family(&self) -> Option<AddrFamily> {
+        let fits = |family: AddrFamily| self.len >= family.option_len() && self.len <= 40;
         match self.family {
-            4 if self.len == AddrFamily::Ipv4.option_len() => Some(AddrFamily::Ipv4),
-            6 if self.len == AddrFamily::Ipv6.option_len() => Some(AddrFamily::Ipv6),
+            4 if fits(AddrFamily::Ipv4) => Some(AddrFamily::Ipv4),
+            6 if fits(AddrFamily::Ipv6) => Some(AddrFamily::Ipv6),
             _ => None,
         }
     }
@@ -61,6 +73,14 @@ impl OptionFormat {
 pub const TOA_V4: OptionFormat = OptionFormat::new(254, AddrFamily::Ipv4);
 /// The common TOA layout for an IPv6 client: kind 254, length 20.
 pub const TOA_V6: OptionFormat = OptionFormat::new(254, AddrFamily::Ipv6);
+
+/// Filler for unused table entries (never matches: `count` excludes it).
+const UNUSED: OptionFormat = OptionFormat {
+    kind: 0,
+    len: 0,
+    family: 0,
+    _pad: 0,
+};
 
 /// How many layouts the kernel side checks per option.
 pub const MAX_FORMATS: usize = 4;
@@ -79,18 +99,13 @@ pub struct FormatTable {
 impl FormatTable {
     /// A table with no formats: nothing is decoded.
     pub const EMPTY: FormatTable = FormatTable {
-        formats: [OptionFormat {
-            kind: 0,
-            len: 0,
-            family: 0,
-            _pad: 0,
-        }; MAX_FORMATS],
+        formats: [UNUSED; MAX_FORMATS],
         count: 0,
     };
 
     /// The default: kind 254 with length 8 (IPv4 client) or 20 (IPv6 client).
     pub const DEFAULT: FormatTable = FormatTable {
-        formats: [TOA_V4, TOA_V6, TOA_V4, TOA_V4],
+        formats: [TOA_V4, TOA_V6, UNUSED, UNUSED],
         count: 2,
     };
 
@@ -147,13 +162,26 @@ mod tests {
 
     #[test]
     fn invalid_tables_are_refused() {
-        let bad = OptionFormat {
+        // Too short for its address, or longer than an option area.
+        for (family, len) in [
+            (AddrFamily::Ipv4, 7),
+            (AddrFamily::Ipv6, 19),
+            (AddrFamily::Ipv4, 41),
+        ] {
+            let bad = OptionFormat::with_len(254, family, len);
+            assert!(FormatTable::from_slice(&[bad]).is_none(), "{bad:?}");
+        }
+        let zeroed = OptionFormat {
             kind: 254,
-            len: 9,
-            family: 4,
+            len: 8,
+            family: 0,
             _pad: 0,
         };
-        assert!(FormatTable::from_slice(&[bad]).is_none());
+        assert!(FormatTable::from_slice(&[zeroed]).is_none());
+        // Longer layouts are fine: bytes after the address are ignored.
+        assert!(
+            FormatTable::from_slice(&[OptionFormat::with_len(230, AddrFamily::Ipv4, 12)]).is_some()
+        );
         assert!(FormatTable::from_slice(&[TOA_V4; MAX_FORMATS + 1]).is_none());
     }
 }

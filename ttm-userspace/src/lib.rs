@@ -2,6 +2,7 @@
 //! records and counters, serving lookups. The `ttm` binary is a thin CLI over it.
 
 pub mod daemon;
+pub mod formats;
 pub mod host;
 pub mod pins;
 pub mod records;

@@ -15,7 +15,7 @@ use ttm::records::RecordStore;
 use ttm::service::Limits;
 use ttm::trust::TrustedLbs;
 use ttm_client::{Client, Connection, DEFAULT_SOCKET};
-use ttm_common::{format::FormatTable, maps::DEFAULT_RECORDS_CAPACITY};
+use ttm_common::maps::DEFAULT_RECORDS_CAPACITY;
 
 #[derive(Parser)]
 #[command(
@@ -45,6 +45,10 @@ enum Command {
         /// bpffs directory for the pinned maps.
         #[arg(long, value_name = "DIR", default_value = DEFAULT_PIN_DIR)]
         pin_dir: PathBuf,
+        /// Option layout to decode: a preset (toa, kind253, kind200) or
+        /// custom:KIND/LEN/v4|v6; repeatable, in priority order (default: toa). See `ttm formats`.
+        #[arg(long = "format", value_name = "NAME")]
+        formats: Vec<String>,
         /// Capacity of the connection map (live decoded connections).
         #[arg(long, value_name = "N", default_value_t = DEFAULT_RECORDS_CAPACITY)]
         max_records: u32,
@@ -93,6 +97,8 @@ enum Command {
         #[arg(long, value_name = "DIR")]
         pin_dir: Option<PathBuf>,
     },
+    /// List the option layouts `--format` accepts, with their bytes.
+    Formats,
     /// Print the decoder's counters.
     Stats {
         /// Print JSON.
@@ -125,6 +131,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             trust_any,
             cgroup,
             pin_dir,
+            formats,
             max_records,
             socket,
             socket_group,
@@ -144,7 +151,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 cgroup,
                 pins: PinDir::new(pin_dir),
                 max_records,
-                formats: FormatTable::DEFAULT,
+                formats: ttm::formats::table(&formats)?,
                 socket,
                 socket_group: socket_group.as_deref().map(host::group_id).transpose()?,
                 limits: Limits {
@@ -207,6 +214,17 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     Ok(ExitCode::from(1))
                 }
             }
+        }
+        Command::Formats => {
+            for preset in &ttm::formats::PRESETS {
+                println!("{} — {}", preset.name, preset.about);
+                for f in preset.formats {
+                    println!("    {}", ttm::formats::layout(f));
+                }
+            }
+            println!("custom:KIND/LEN/v4|v6 — any other load balancer");
+            println!("    [KIND][LEN][port:2][address:4 or 16][ignored: the rest of LEN]");
+            Ok(ExitCode::SUCCESS)
         }
         Command::Stats {
             json,
