@@ -2,38 +2,108 @@
 //! `toa-writer` binary target) and the lab that loads it.
 #![no_std]
 
-/// What the writer puts into the third ACK. Slot 0 of `WRITER_CONFIG`;
-/// written by the lab, read by the writer.
+/// Bytes of the longest option the writer emits.
+pub const MAX_OPTION: usize = 20;
+
+/// The writer is off.
+pub const MODE_OFF: u8 = 0;
+/// `[kind][8][own port][own IPv4]`, as a load balancer inserts the client.
+pub const MODE_OWN_ADDRESS: u8 = 1;
+/// `first` verbatim (its byte 1 is its length: 4, 8, 12, 16 or 20).
+pub const MODE_RAW: u8 = 2;
+
+/// What the writer puts into segments of connections from its cgroup. Slot 0
+/// of `WRITER_CONFIG`; written by the lab, read by the writer.
 #[repr(C)]
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct WriterConfig {
-    /// Option kind; 0 disables the writer.
-    pub kind: u8,
-    /// Option length written (8 for an IPv4 client, 20 for IPv6).
-    pub len: u8,
-    /// Non-zero: claim `claim_addr:claim_port` instead of the socket's own address.
-    pub claim: u8,
+    /// `MODE_OFF`, `MODE_OWN_ADDRESS` or `MODE_RAW`.
+    pub mode: u8,
+    /// Non-zero: write `first` on the SYN only, never on the handshake ACK.
+    pub on_syn: u8,
+    /// Length of `later`, written on every segment after the handshake ACK; 0: none.
+    pub later_len: u8,
     /// Padding.
     pub _pad: u8,
-    /// Claimed port, host order.
-    pub claim_port: u16,
-    /// Padding.
-    pub _pad2: u16,
-    /// Claimed IPv4 address, network order bytes.
-    pub claim_addr: [u8; 4],
+    /// The handshake ACK's option (`MODE_RAW`), or byte 0 = the kind (`MODE_OWN_ADDRESS`).
+    pub first: [u8; MAX_OPTION],
+    /// The option of later segments.
+    pub later: [u8; MAX_OPTION],
 }
 
 impl WriterConfig {
-    /// The common TOA layout carrying the connecting socket's own address.
-    pub const TOA_V4: WriterConfig = WriterConfig {
-        kind: 254,
-        len: 8,
-        claim: 0,
+    /// Nothing written.
+    pub const OFF: WriterConfig = WriterConfig {
+        mode: MODE_OFF,
+        on_syn: 0,
+        later_len: 0,
         _pad: 0,
-        claim_port: 0,
-        _pad2: 0,
-        claim_addr: [0; 4],
+        first: [0; MAX_OPTION],
+        later: [0; MAX_OPTION],
     };
+
+    /// The common TOA layout carrying the connecting socket's own address.
+    pub const TOA_V4: WriterConfig = WriterConfig::own_address(254);
+
+    /// `[kind][8][own port][own IPv4]` on the handshake ACK.
+    pub const fn own_address(kind: u8) -> WriterConfig {
+        let mut c = WriterConfig::OFF;
+        c.mode = MODE_OWN_ADDRESS;
+        c.first[0] = kind;
+        c
+    }
+
+    /// `option` verbatim on the handshake ACK; `None` if its length byte is
+    /// not its length or not one of 4, 8, 12, 16, 20.
+    pub fn raw(option: &[u8]) -> Option<WriterConfig> {
+        let mut c = WriterConfig::OFF;
+        c.mode = MODE_RAW;
+        c.first[..option.len()].copy_from_slice(fits(option)?);
+        Some(c)
+    }
+
+    /// `[kind][len][port][address]` claiming `port`/`addr` (4 or 16 bytes)
+    /// on the handshake ACK, padded with zeros to `len`.
+    pub fn claim(kind: u8, len: u8, port: u16, addr: &[u8]) -> Option<WriterConfig> {
+        let mut option = [0u8; MAX_OPTION];
+        let total = usize::from(len);
+        if total > MAX_OPTION || 4 + addr.len() > total {
+            return None;
+        }
+        option[0] = kind;
+        option[1] = len;
+        option[2..4].copy_from_slice(&port.to_be_bytes());
+        option[4..4 + addr.len()].copy_from_slice(addr);
+        WriterConfig::raw(&option[..total])
+    }
+
+    /// Also writes `option` on every segment after the handshake ACK.
+    pub fn then_on_every_segment(mut self, option: &[u8]) -> Option<WriterConfig> {
+        let option = fits(option)?;
+        self.later[..option.len()].copy_from_slice(option);
+        self.later_len = option.len() as u8;
+        Some(self)
+    }
+
+    /// Moves the option to the SYN (nothing on the handshake ACK).
+    pub fn on_syn_only(mut self) -> WriterConfig {
+        self.on_syn = 1;
+        self
+    }
+
+    /// Length of the handshake option.
+    pub fn first_len(&self) -> u8 {
+        match self.mode {
+            MODE_OWN_ADDRESS => 8,
+            MODE_RAW => self.first[1],
+            _ => 0,
+        }
+    }
+}
+
+fn fits(option: &[u8]) -> Option<&[u8]> {
+    let ok_len = matches!(option.len(), 4 | 8 | 12 | 16 | 20);
+    (ok_len && option.get(1) == Some(&(option.len() as u8))).then_some(option)
 }
 
 // SAFETY: repr(C) plain data with explicit padding, valid for any bit pattern.

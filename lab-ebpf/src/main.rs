@@ -1,55 +1,74 @@
-//! Test-only TOA writer: inserts `[kind][len][port][ip]` into the first
-//! non-SYN segment of connections made from its cgroup, the way a full-NAT
-//! load balancer inserts the client address into the third handshake ACK.
-//! Lives in the lab only; never part of the `ttm` binary.
+//! Test-only TOA writer: inserts an option into segments of connections made
+//! from its cgroup, the way a full-NAT load balancer inserts the client
+//! address into the third handshake ACK — or, for hostile-input tests, into
+//! the SYN or into every later segment. Lives in the lab only; never part of
+//! the `ttm` binary.
 #![no_std]
 #![no_main]
 
+use core::ptr;
+
 use aya_ebpf::{
     bindings::{
-        BPF_SOCK_OPS_HDR_OPT_LEN_CB, BPF_SOCK_OPS_TCP_CONNECT_CB, BPF_SOCK_OPS_WRITE_HDR_OPT_CB,
+        bpf_sock_ops, BPF_SK_STORAGE_GET_F_CREATE, BPF_SOCK_OPS_HDR_OPT_LEN_CB,
+        BPF_SOCK_OPS_TCP_CONNECT_CB, BPF_SOCK_OPS_WRITE_HDR_OPT_CB,
         BPF_SOCK_OPS_WRITE_HDR_OPT_CB_FLAG,
     },
-    btf_maps::Array,
-    helpers::generated::{bpf_reserve_hdr_opt, bpf_store_hdr_opt},
+    btf_maps::{Array, SkStorage},
+    helpers::generated::{bpf_reserve_hdr_opt, bpf_sk_storage_get, bpf_store_hdr_opt},
     macros::{btf_map, sock_ops},
     programs::SockOpsContext,
 };
-use lab_ebpf::WriterConfig;
+use lab_ebpf::{WriterConfig, MAX_OPTION, MODE_OFF, MODE_OWN_ADDRESS};
 
+/// Slot 0: what to write. Written by the lab; read here.
 #[btf_map]
 static WRITER_CONFIG: Array<WriterConfig, 1> = Array::new();
 
+/// Per socket: 1 once the handshake ACK's option was written. Owned here.
+#[btf_map]
+static HANDSHAKE_WRITTEN: SkStorage<u8> = SkStorage::new();
+
 const TCP_FLAG_SYN: u32 = 0x02;
-/// Largest option this writer emits.
-const MAX_LEN: usize = 20;
 
 #[sock_ops]
 pub fn toa_writer(ctx: SockOpsContext) -> u32 {
     let Some(cfg) = WRITER_CONFIG.get(0) else {
         return 1;
     };
-    if cfg.kind == 0 || !(cfg.len == 8 || cfg.len == 20) {
+    if cfg.mode == MODE_OFF {
         return 1;
     }
+    let syn = is_syn(&ctx);
     match ctx.op() {
         BPF_SOCK_OPS_TCP_CONNECT_CB => {
             let _ = ctx.set_cb_flags((ctx.cb_flags() | BPF_SOCK_OPS_WRITE_HDR_OPT_CB_FLAG) as i32);
         }
         BPF_SOCK_OPS_HDR_OPT_LEN_CB => {
-            if !is_syn(&ctx) {
-                // SAFETY: valid in HDR_OPT_LEN_CB.
-                unsafe { bpf_reserve_hdr_opt(ctx.ops, cfg.len as u32, 0) };
-            }
+            let len = match (syn, cfg.on_syn != 0, written(&ctx)) {
+                (true, true, _) | (false, false, false) => cfg.first_len(),
+                (false, false, true) => cfg.later_len,
+                _ => 0,
+            };
+            reserve(&ctx, len);
         }
-        BPF_SOCK_OPS_WRITE_HDR_OPT_CB => {
-            if !is_syn(&ctx) {
-                write_option(&ctx, cfg);
-                // Only the first non-SYN segment (the third handshake ACK) carries it.
-                let _ =
-                    ctx.set_cb_flags((ctx.cb_flags() & !BPF_SOCK_OPS_WRITE_HDR_OPT_CB_FLAG) as i32);
-            }
-        }
+        BPF_SOCK_OPS_WRITE_HDR_OPT_CB => match (syn, cfg.on_syn != 0) {
+            (true, true) => write_first(&ctx, cfg),
+            (false, true) => stop(&ctx),
+            (false, false) => match slot(&ctx, true) {
+                // SAFETY (both reads/writes): this socket's storage slot.
+                Some(flag) if unsafe { *flag } != 0 => write(&ctx, &cfg.later, cfg.later_len),
+                Some(flag) => {
+                    write_first(&ctx, cfg);
+                    unsafe { *flag = 1 };
+                    if cfg.later_len == 0 {
+                        stop(&ctx);
+                    }
+                }
+                None => {}
+            },
+            (true, false) => {}
+        },
         _ => {}
     }
     1
@@ -61,29 +80,88 @@ fn is_syn(ctx: &SockOpsContext) -> bool {
     unsafe { (*ctx.ops).skb_tcp_flags & TCP_FLAG_SYN != 0 }
 }
 
+/// No more option callbacks for this socket.
 #[inline(always)]
-fn write_option(ctx: &SockOpsContext, cfg: &WriterConfig) {
-    let (port, addr) = if cfg.claim != 0 {
-        (cfg.claim_port, cfg.claim_addr)
+fn stop(ctx: &SockOpsContext) {
+    let _ = ctx.set_cb_flags((ctx.cb_flags() & !BPF_SOCK_OPS_WRITE_HDR_OPT_CB_FLAG) as i32);
+}
+
+/// Whether the handshake option was already written on this socket.
+#[inline(always)]
+fn written(ctx: &SockOpsContext) -> bool {
+    // SAFETY: non-null storage of this socket.
+    slot(ctx, false).is_some_and(|p| unsafe { *p } != 0)
+}
+
+#[inline(always)]
+fn slot(ctx: &SockOpsContext, create: bool) -> Option<*mut u8> {
+    let ops: *mut bpf_sock_ops = ctx.ops;
+    // SAFETY: context field.
+    let sk = unsafe { (*ops).__bindgen_anon_2.sk };
+    if sk.is_null() {
+        return None;
+    }
+    let zero = 0u8;
+    // SAFETY: our SK_STORAGE map, a non-null socket, a u8 initial value.
+    let p = unsafe {
+        bpf_sk_storage_get(
+            ptr::from_ref(&HANDSHAKE_WRITTEN).cast_mut().cast(),
+            sk.cast(),
+            ptr::from_ref(&zero).cast_mut().cast(),
+            if create {
+                BPF_SK_STORAGE_GET_F_CREATE as u64
+            } else {
+                0
+            },
+        )
+    }
+    .cast::<u8>();
+    (!p.is_null()).then_some(p)
+}
+
+#[inline(always)]
+fn reserve(ctx: &SockOpsContext, len: u8) {
+    if len != 0 {
+        // SAFETY: valid in HDR_OPT_LEN_CB.
+        unsafe { bpf_reserve_hdr_opt(ctx.ops, u32::from(len), 0) };
+    }
+}
+
+#[inline(always)]
+fn write_first(ctx: &SockOpsContext, cfg: &WriterConfig) {
+    if cfg.mode == MODE_OWN_ADDRESS {
+        let port = (ctx.local_port() as u16).to_be_bytes();
+        let ip = ctx.local_ip4().to_ne_bytes();
+        let mut opt = [0u8; MAX_OPTION];
+        opt[0] = cfg.first[0];
+        opt[1] = 8;
+        opt[2] = port[0];
+        opt[3] = port[1];
+        opt[4] = ip[0];
+        opt[5] = ip[1];
+        opt[6] = ip[2];
+        opt[7] = ip[3];
+        write(ctx, &opt, 8);
     } else {
-        (ctx.local_port() as u16, ctx.local_ip4().to_ne_bytes())
-    };
-    let p = port.to_be_bytes();
-    let mut opt = [0u8; MAX_LEN];
-    opt[0] = cfg.kind;
-    opt[1] = cfg.len;
-    opt[2] = p[0];
-    opt[3] = p[1];
-    opt[4] = addr[0];
-    opt[5] = addr[1];
-    opt[6] = addr[2];
-    opt[7] = addr[3];
-    // Constant lengths at the call: the verifier needs the size bounded there.
-    // SAFETY (both arms): valid in WRITE_HDR_OPT_CB; `opt` holds MAX_LEN bytes.
-    match cfg.len {
-        8 => unsafe { bpf_store_hdr_opt(ctx.ops, opt.as_ptr().cast(), 8, 0) },
-        20 => unsafe { bpf_store_hdr_opt(ctx.ops, opt.as_ptr().cast(), 20, 0) },
-        _ => 0,
+        write(ctx, &cfg.first, cfg.first_len());
+    }
+}
+
+/// Stores `opt[..len]`. Constant lengths at each call: the verifier needs the
+/// size bounded there.
+#[inline(always)]
+fn write(ctx: &SockOpsContext, opt: &[u8; MAX_OPTION], len: u8) {
+    let p = opt.as_ptr().cast_mut().cast();
+    // SAFETY (every arm): valid in WRITE_HDR_OPT_CB; `opt` holds MAX_OPTION bytes.
+    unsafe {
+        match len {
+            4 => bpf_store_hdr_opt(ctx.ops, p, 4, 0),
+            8 => bpf_store_hdr_opt(ctx.ops, p, 8, 0),
+            12 => bpf_store_hdr_opt(ctx.ops, p, 12, 0),
+            16 => bpf_store_hdr_opt(ctx.ops, p, 16, 0),
+            20 => bpf_store_hdr_opt(ctx.ops, p, 20, 0),
+            _ => 0,
+        }
     };
 }
 

@@ -7,7 +7,7 @@ use std::process::{Command, Stdio};
 
 use anyhow::{bail, Context as _, Result};
 
-use crate::writer;
+use crate::writer::{self, WriterConfig};
 
 /// Client namespace.
 pub const CLIENT_NS: &str = "ttm-lab-client";
@@ -27,6 +27,11 @@ pub const RS_IP: &str = "10.0.2.2";
 pub const LB_NET: &str = "10.0.2.0/24";
 /// Directory under the cgroup2 mount holding the lab's cgroups.
 pub const CGROUP_DIR: &str = "ttm-lab";
+/// A 20-byte option the writer puts in the handshake ACK for the LB to
+/// overwrite ([`Lab::mangle_handshake_option`]): kind 253, a marker, zeros.
+pub const PLACEHOLDER: [u8; 20] = [
+    253, 20, 0xab, 0xcd, b't', b't', b'm', 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+];
 
 /// Runs `cmd`, failing with its stderr.
 pub fn run(cmd: &mut Command) -> Result<()> {
@@ -56,6 +61,7 @@ pub fn cgroup2_root() -> Result<PathBuf> {
 /// The running lab. `Drop` tears everything down, also after a panic.
 pub struct Lab {
     cgroups: PathBuf,
+    writer: Option<writer::Writer>,
 }
 
 impl Lab {
@@ -64,12 +70,15 @@ impl Lab {
     pub fn up() -> Result<Lab> {
         Lab::down_quietly();
         let cgroups = cgroup2_root()?.join(CGROUP_DIR);
-        let lab = Lab { cgroups };
-        lab.build().context("building the lab")?;
+        let mut lab = Lab {
+            cgroups,
+            writer: None,
+        };
+        lab.writer = Some(lab.build().context("building the lab")?);
         Ok(lab)
     }
 
-    fn build(&self) -> Result<()> {
+    fn build(&self) -> Result<writer::Writer> {
         for ns in [CLIENT_NS, LB_NS, RS_NS] {
             ip(&["netns", "add", ns])?;
             in_ns(ns, &["ip", "link", "set", "lo", "up"])?;
@@ -125,25 +134,64 @@ impl Lab {
                }}
              }}\n"
         );
-        let mut nft = Command::new("ip")
-            .args(["netns", "exec", LB_NS, "nft", "-f", "-"])
-            .stdin(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .context("running nft (install nftables)")?;
-        nft.stdin
-            .take()
-            .context("nft stdin")?
-            .write_all(rules.as_bytes())?;
-        let out = nft.wait_with_output()?;
-        if !out.status.success() {
-            bail!("nft failed: {}", String::from_utf8_lossy(&out.stderr));
-        }
+        nft_in_lb(&rules)?;
         for cg in [self.client_cgroup(), self.rs_cgroup(), self.plain_cgroup()] {
             fs::create_dir_all(&cg).with_context(|| format!("creating cgroup {}", cg.display()))?;
         }
-        writer::attach(&self.client_cgroup()).context("attaching the option writer")?;
-        Ok(())
+        writer::attach(&self.client_cgroup()).context("attaching the option writer")
+    }
+
+    /// Changes what the option writer in the client cgroup writes.
+    pub fn set_writer(&self, config: WriterConfig) -> Result<()> {
+        self.writer
+            .as_ref()
+            .context("the writer is not held by this process")?
+            .set(config)
+    }
+
+    /// Makes the LB overwrite the writer's 20-byte placeholder option
+    /// ([`PLACEHOLDER`]) in the handshake ACK with `bytes`, as a broken or
+    /// hostile LB would send them; `None` stops it. The placeholder is the
+    /// last option after the timestamps, at TCP header offset 32.
+    pub fn mangle_handshake_option(&self, bytes: Option<[u8; 20]>) -> Result<()> {
+        let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
+        let mut rules = String::from(
+            "table ip ttm_lab {\n chain mangle {\n type filter hook postrouting priority mangle; policy accept;\n }\n}\nflush chain ip ttm_lab mangle\n",
+        );
+        if let Some(b) = bytes {
+            rules.push_str(&format!(
+                "add rule ip ttm_lab mangle ip daddr {RS_IP} tcp dport 8080 @th,256,32 0x{} @th,256,128 set 0x{} @th,384,32 set 0x{}\n",
+                hex(&PLACEHOLDER[..4]),
+                hex(&b[..16]),
+                hex(&b[16..])
+            ));
+        }
+        nft_in_lb(&rules)
+    }
+
+    /// How many packets toward the real server carried `option` (8 bytes) as
+    /// the last option after the timestamps of a non-SYN (offset 32) or SYN
+    /// (offset 40) segment, since the counter was installed by the first call.
+    pub fn option_sightings(&self, option: [u8; 8]) -> Result<u64> {
+        let hex: String = option.iter().map(|x| format!("{x:02x}")).collect();
+        let name = format!("seen_{hex}");
+        let out = Command::new("ip")
+            .args([
+                "netns", "exec", LB_NS, "nft", "list", "counter", "ip", "ttm_lab", &name,
+            ])
+            .output()?;
+        if !out.status.success() {
+            nft_in_lb(&format!(
+                "table ip ttm_lab {{\n counter {name} {{ }}\n chain sightings {{\n type filter hook postrouting priority mangle; policy accept;\n ip daddr {RS_IP} @th,256,64 0x{hex} counter name {name}\n ip daddr {RS_IP} @th,320,64 0x{hex} counter name {name}\n }}\n}}\n"
+            ))?;
+            return Ok(0);
+        }
+        let text = String::from_utf8_lossy(&out.stdout);
+        text.split_whitespace()
+            .skip_while(|w| *w != "packets")
+            .nth(1)
+            .and_then(|n| n.parse().ok())
+            .context("reading the nft counter")
     }
 
     /// cgroup of client processes (the option writer acts on their sockets).
@@ -184,6 +232,28 @@ impl Lab {
             let _ = fs::remove_dir(&dir);
         }
     }
+}
+
+/// Runs an nft script in the LB namespace.
+fn nft_in_lb(rules: &str) -> Result<()> {
+    let mut nft = Command::new("ip")
+        .args(["netns", "exec", LB_NS, "nft", "-f", "-"])
+        .stdin(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("running nft (install nftables)")?;
+    nft.stdin
+        .take()
+        .context("nft stdin")?
+        .write_all(rules.as_bytes())?;
+    let out = nft.wait_with_output()?;
+    if !out.status.success() {
+        bail!(
+            "nft failed: {}\n{rules}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(())
 }
 
 /// Kills every process left in cgroup `cg` and waits briefly for it to empty.

@@ -28,8 +28,26 @@ struct ProgAttachAttr {
     replace_bpf_fd: u32,
 }
 
+/// The attached writer; its configuration can change while it runs.
+pub struct Writer {
+    ebpf: std::sync::Mutex<Ebpf>,
+}
+
+impl Writer {
+    /// Makes the writer write `config` on connections from now on.
+    pub fn set(&self, config: WriterConfig) -> Result<()> {
+        let mut ebpf = self.ebpf.lock().unwrap_or_else(|e| e.into_inner());
+        let mut map: Array<_, WriterConfig> = Array::try_from(
+            ebpf.map_mut("WRITER_CONFIG")
+                .context("WRITER_CONFIG missing")?,
+        )?;
+        map.set(0, config, 0).context("writing the writer config")?;
+        Ok(())
+    }
+}
+
 /// Loads the writer with the default config and attaches it to `cgroup`.
-pub fn attach(cgroup: &Path) -> Result<()> {
+pub fn attach(cgroup: &Path) -> Result<Writer> {
     let mut ebpf = Ebpf::load(WRITER_OBJECT).context("loading the option writer")?;
     let mut config: Array<_, WriterConfig> = Array::try_from(
         ebpf.map_mut("WRITER_CONFIG")
@@ -68,5 +86,7 @@ pub fn attach(cgroup: &Path) -> Result<()> {
             std::io::Error::last_os_error()
         );
     }
-    Ok(())
+    Ok(Writer {
+        ebpf: std::sync::Mutex::new(ebpf),
+    })
 }

@@ -6,10 +6,11 @@ mod common;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{lab_bin, World};
+use common::{app, lab_bin, python_server, report, start_app, World};
 use ttm_common::Counter;
 use ttm_lab::lab;
 use ttm_lab::process::{place, spawn_in, Guarded};
@@ -17,37 +18,6 @@ use ttm_lab::process::{place, spawn_in, Guarded};
 const ENOPROTOOPT: i64 = 92;
 const EINVAL: i64 = 22;
 const AF_INET: i64 = 2;
-
-fn app(path: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("apps")
-        .join(path)
-}
-
-/// Starts `program args` in the real server's cgroup and netns and waits for "listening".
-fn start_app(world: &World, program: &str, args: &[&str]) -> Guarded {
-    let mut cmd = Command::new(program);
-    cmd.args(args);
-    place(&mut cmd, &world.lab.rs_cgroup(), lab::RS_NS);
-    let app = Guarded::spawn(cmd).expect("spawn app");
-    app.wait_for(Duration::from_secs(10), |l| l == "listening")
-        .expect("app listening");
-    app
-}
-
-/// The Python peer server on `host`, accepting `count` connections.
-fn python_server(world: &World, host: &str, count: usize, extra: &[&str]) -> Guarded {
-    let script = app("peer_server.py");
-    let count = count.to_string();
-    let mut args = vec![script.to_str().expect("path"), host, "8080", &count];
-    args.extend_from_slice(extra);
-    start_app(world, "python3", &args)
-}
-
-fn report(app: &Guarded) -> serde_json::Value {
-    let line = app.line(Duration::from_secs(10)).expect("app report");
-    serde_json::from_str(&line).unwrap_or_else(|e| panic!("{line}: {e}"))
-}
 
 #[test]
 fn python_sees_the_client_through_getsockopt_accept_and_getpeername() {

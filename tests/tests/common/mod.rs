@@ -6,11 +6,13 @@ use std::path::Path;
 use std::sync::MutexGuard;
 use std::time::Duration;
 
+use std::path::PathBuf;
+use std::process::Command;
 use ttm::pins::PinDir;
 use ttm::records::RecordStore;
 use ttm::stats::Stats;
 use ttm_lab::lab::{self, Lab};
-use ttm_lab::process::{serial, spawn_in, Guarded};
+use ttm_lab::process::{place, serial, spawn_in, Guarded};
 use ttm_lab::TtmDaemon;
 
 /// Pin directory the tests' daemons use.
@@ -154,4 +156,37 @@ impl World {
         ttm::stats::read(&ttm::stats::open(&PinDir::new(PIN_DIR)).expect("open pinned stats"))
             .expect("read stats")
     }
+}
+
+// Real applications on the real server.
+
+pub fn app(path: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("apps")
+        .join(path)
+}
+
+/// Starts `program args` in the real server's cgroup and netns and waits for "listening".
+pub fn start_app(world: &World, program: &str, args: &[&str]) -> Guarded {
+    let mut cmd = Command::new(program);
+    cmd.args(args);
+    place(&mut cmd, &world.lab.rs_cgroup(), lab::RS_NS);
+    let app = Guarded::spawn(cmd).expect("spawn app");
+    app.wait_for(Duration::from_secs(10), |l| l == "listening")
+        .expect("app listening");
+    app
+}
+
+/// The Python peer server on `host`, accepting `count` connections.
+pub fn python_server(world: &World, host: &str, count: usize, extra: &[&str]) -> Guarded {
+    let script = app("peer_server.py");
+    let count = count.to_string();
+    let mut args = vec![script.to_str().expect("path"), host, "8080", &count];
+    args.extend_from_slice(extra);
+    start_app(world, "python3", &args)
+}
+
+pub fn report(app: &Guarded) -> serde_json::Value {
+    let line = app.line(Duration::from_secs(10)).expect("app report");
+    serde_json::from_str(&line).unwrap_or_else(|e| panic!("{line}: {e}"))
 }
