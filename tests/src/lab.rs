@@ -27,8 +27,8 @@ pub const RS_IP: &str = "10.0.2.2";
 pub const LB_NET: &str = "10.0.2.0/24";
 /// Directory under the cgroup2 mount holding the lab's cgroups.
 pub const CGROUP_DIR: &str = "ttm-lab";
-/// A 20-byte option the writer puts in the handshake ACK for the LB to
-/// overwrite ([`Lab::mangle_handshake_option`]): kind 253, a marker, zeros.
+/// The 20-byte option the writer puts in the handshake ACK for the LB to
+/// overwrite ([`Lab::send_handshake_option_area`]): kind 253, a marker, zeros.
 pub const PLACEHOLDER: [u8; 20] = [
     253, 20, 0xab, 0xcd, b't', b't', b'm', 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
 ];
@@ -149,18 +149,34 @@ impl Lab {
             .set(config)
     }
 
-    /// Makes the LB overwrite the writer's 20-byte placeholder option
-    /// ([`PLACEHOLDER`]) in the handshake ACK with `bytes`, as a broken or
-    /// hostile LB would send them; `None` stops it. The placeholder is the
-    /// last option after the timestamps, at TCP header offset 32.
-    pub fn mangle_handshake_option(&self, bytes: Option<[u8; 20]>) -> Result<()> {
+    /// Makes the handshake ACKs of client connections reach the real server
+    /// with `bytes` as the last 20 bytes of their option area, as a broken or
+    /// hostile LB would send them (`None`: stop). The writer inserts a
+    /// placeholder option (kind 253, marker `ab cd`) whose free bytes are
+    /// chosen so that its TCP checksum contribution equals that of `bytes`;
+    /// the LB then overwrites it in place (nftables raw payload writes do not
+    /// fix the checksum, so the swap must be checksum-neutral).
+    pub fn send_handshake_option_area(&self, bytes: Option<[u8; 20]>) -> Result<()> {
+        let placeholder = match bytes {
+            Some(b) => checksum_twin(&b),
+            None => PLACEHOLDER,
+        };
+        self.set_writer(
+            WriterConfig::raw(&placeholder).context("placeholder is a valid 20-byte option")?,
+        )?;
+        self.mangle_handshake_option(bytes)
+    }
+
+    /// Installs (or with `None` removes) the LB rule that overwrites the
+    /// placeholder at TCP header offset 32 (after the timestamps).
+    fn mangle_handshake_option(&self, bytes: Option<[u8; 20]>) -> Result<()> {
         let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
         let mut rules = String::from(
             "table ip ttm_lab {\n chain mangle {\n type filter hook postrouting priority mangle; policy accept;\n }\n}\nflush chain ip ttm_lab mangle\n",
         );
         if let Some(b) = bytes {
             rules.push_str(&format!(
-                "add rule ip ttm_lab mangle ip daddr {RS_IP} tcp dport 8080 @th,256,32 0x{} @th,256,128 set 0x{} @th,384,32 set 0x{}\n",
+                "add rule ip ttm_lab mangle ip daddr {RS_IP} tcp dport 8080 @th,256,32 0x{} counter @th,256,128 set 0x{} @th,384,32 set 0x{}\n",
                 hex(&PLACEHOLDER[..4]),
                 hex(&b[..16]),
                 hex(&b[16..])
@@ -234,6 +250,32 @@ impl Lab {
     }
 }
 
+/// Ones'-complement sum of big-endian 16-bit words, folded.
+fn csum16(bytes: &[u8]) -> u16 {
+    let mut sum: u32 = bytes
+        .chunks(2)
+        .map(|w| u32::from(u16::from_be_bytes([w[0], *w.get(1).unwrap_or(&0)])))
+        .sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    sum as u16
+}
+
+/// The placeholder option whose checksum contribution equals `target`'s:
+/// kind 253, length 20, marker `ab cd`, one adjusting word, zeros.
+pub fn checksum_twin(target: &[u8; 20]) -> [u8; 20] {
+    let mut twin = [0u8; 20];
+    twin[..4].copy_from_slice(&PLACEHOLDER[..4]);
+    // want: csum(twin fixed part) + w == csum(target), in ones' complement.
+    let mut w = u32::from(csum16(target)) + u32::from(!csum16(&twin[..4]));
+    while w > 0xffff {
+        w = (w & 0xffff) + (w >> 16);
+    }
+    twin[4..6].copy_from_slice(&(w as u16).to_be_bytes());
+    twin
+}
+
 /// Runs an nft script in the LB namespace.
 fn nft_in_lb(rules: &str) -> Result<()> {
     let mut nft = Command::new("ip")
@@ -278,5 +320,26 @@ fn kill_cgroup(cg: &Path) {
 impl Drop for Lab {
     fn drop(&mut self) {
         Lab::down_quietly();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_checksum_twin_sums_like_its_target_and_keeps_the_marker() {
+        let targets: [[u8; 20]; 3] = [
+            [254, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1],
+            [0xff; 20],
+            [0; 20],
+        ];
+        for t in targets {
+            let twin = checksum_twin(&t);
+            assert_eq!(&twin[..4], &PLACEHOLDER[..4]);
+            // Equal in ones' complement: 0x0000 and 0xffff are the same value.
+            let (a, b) = (csum16(&twin), csum16(&t));
+            assert!(a == b || (a % 0xffff == b % 0xffff), "{a:#x} vs {b:#x}");
+        }
     }
 }

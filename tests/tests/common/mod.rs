@@ -94,7 +94,18 @@ impl World {
     /// LB, each round-tripping `payload` bytes; asserts they all worked and
     /// returns each client's own address.
     pub fn connect(&self, cgroup: &Path, count: usize, payload: usize) -> Vec<SocketAddr> {
-        let target = format!("{}:8080", lab::VIP);
+        self.connect_to(cgroup, &format!("{}:8080", lab::VIP), count, payload)
+    }
+
+    /// Like [`World::connect`], to `target` (the VIP, or the real server
+    /// directly, bypassing the LB's NAT).
+    pub fn connect_to(
+        &self,
+        cgroup: &Path,
+        target: &str,
+        count: usize,
+        payload: usize,
+    ) -> Vec<SocketAddr> {
         let mut client = spawn_in(
             lab_bin(),
             cgroup,
@@ -102,7 +113,7 @@ impl World {
             &[
                 "connect",
                 "--to",
-                &target,
+                target,
                 "--count",
                 &count.to_string(),
                 "--payload",
