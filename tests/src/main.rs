@@ -242,6 +242,10 @@ fn helper(cgroup: &std::path::Path, netns: &str, args: &[&str]) -> Result<Guarde
     spawn_in(&std::env::current_exe()?, cgroup, netns, args)
 }
 
+/// The IPv6 client the demo's LB claims for its 6to4 connection.
+const DEMO_CLIENT6: &str = "2001:db8::7";
+const DEMO_PORT6: u16 = 4242;
+
 fn demo(connections: usize) -> Result<()> {
     println!("== building the full-NAT lab");
     let lab = Lab::up()?;
@@ -261,7 +265,8 @@ fn demo(connections: usize) -> Result<()> {
         pin_dir.display()
     );
     let daemon = TtmDaemon::start(lab::LB_NET, &lab.rs_cgroup(), &pin_dir, &[])?;
-    let total = connections + 1;
+    // The 4to4 connections, one without the option, one 6to4.
+    let total = connections + 2;
     let mut server = helper(
         &lab.rs_cgroup(),
         lab::RS_NS,
@@ -297,12 +302,28 @@ fn demo(connections: usize) -> Result<()> {
     {
         bail!("lab clients failed");
     }
+    println!("== 1 connection whose LB carries an IPv6 client, {DEMO_CLIENT6} (6to4)");
+    let v6: std::net::Ipv6Addr = DEMO_CLIENT6.parse()?;
+    lab.set_writer(
+        ttm_lab::writer::WriterConfig::claim(254, 20, DEMO_PORT6, &v6.octets())
+            .context("6to4 writer config")?,
+    )?;
+    let mut six = helper(
+        &lab.client_cgroup(),
+        lab::CLIENT_NS,
+        &["connect", "--to", &target, "--count", "1"],
+    )?;
+    if !six.wait(Duration::from_secs(30))?.success() {
+        bail!("6to4 lab client failed");
+    }
+    let six_truth = format!("[{DEMO_CLIENT6}]:{DEMO_PORT6}");
     println!();
     println!(
         "{:<24} {:<24} {:<24} {:<24} verdict",
         "app's getpeername()", "kernel peer (LB)", "ttm record", "client's true address"
     );
     let mut recovered = 0;
+    let mut recovered6 = 0;
     for _ in 0..total {
         let line = server.line(Duration::from_secs(10))?;
         let v: serde_json::Value = serde_json::from_str(&line)?;
@@ -311,16 +332,21 @@ fn demo(connections: usize) -> Result<()> {
         let local = v["local"].as_str().unwrap_or_default().to_string();
         let truth = v["claimed"].as_str().unwrap_or_default().to_string();
         let (code, out) = daemon.cli(&["lookup", "--local", &local, "--peer", &seen, "--json"])?;
-        let (client, kernel_peer) = if code == 0 {
+        let (client, kernel_peer, family) = if code == 0 {
             let r: serde_json::Value = serde_json::from_str(&out)?;
             (
                 r["client"].as_str().unwrap_or_default().to_string(),
                 r["kernel_peer"].as_str().unwrap_or_default().to_string(),
+                r["family"].as_str().unwrap_or_default().to_string(),
             )
         } else {
-            ("(no record)".to_string(), seen.clone())
+            ("(no record)".to_string(), seen.clone(), String::new())
         };
-        let verdict = if client == truth && seen == truth {
+        let truth = if family == "6to4" { six_truth.clone() } else { truth };
+        let verdict = if family == "6to4" && client == truth {
+            recovered6 += 1;
+            "6to4: AF_INET app sees the LB; getsockopt/lookup give the client"
+        } else if client == truth && seen == truth {
             recovered += 1;
             "recovered"
         } else if code == 1 {
@@ -338,11 +364,11 @@ fn demo(connections: usize) -> Result<()> {
     drop(daemon);
     drop(lab);
     println!("== lab torn down");
-    if recovered != connections {
-        bail!("recovered {recovered} of {connections} client addresses");
+    if recovered != connections || recovered6 != 1 {
+        bail!("recovered {recovered} of {connections} IPv4 and {recovered6} of 1 IPv6 client addresses");
     }
     println!(
-        "ttm recovered {recovered}/{connections} real client addresses behind the full-NAT LB"
+        "ttm recovered {recovered}/{connections} real client addresses behind the full-NAT LB, and the 6to4 client"
     );
     Ok(())
 }
