@@ -342,7 +342,11 @@ fn demo(connections: usize) -> Result<()> {
         } else {
             ("(no record)".to_string(), seen.clone(), String::new())
         };
-        let truth = if family == "6to4" { six_truth.clone() } else { truth };
+        let truth = if family == "6to4" {
+            six_truth.clone()
+        } else {
+            truth
+        };
         let verdict = if family == "6to4" && client == truth {
             recovered6 += 1;
             "6to4: AF_INET app sees the LB; getsockopt/lookup give the client"

@@ -9,7 +9,7 @@ use anyhow::{bail, Context as _, Result};
 /// The bpf-linker version known to build and work here (newer ones need a newer LLVM).
 const BPF_LINKER_VERSION: &str = "0.10.4";
 /// Commands the lab and the tests need, with the Debian package providing each.
-const APT_COMMANDS: [(&str, &str); 7] = [
+const APT_COMMANDS: [(&str, &str); 8] = [
     ("nft", "nftables"),
     ("ip", "iproute2"),
     ("sysctl", "procps"),
@@ -19,6 +19,8 @@ const APT_COMMANDS: [(&str, &str); 7] = [
     // The compatibility tests run real applications: a C server and stock nginx.
     ("gcc", "gcc"),
     ("nginx", "nginx"),
+    // The benchmarks read kernel struct sizes from BTF.
+    ("bpftool", "bpftool"),
 ];
 
 /// Runs every step.

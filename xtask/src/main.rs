@@ -10,7 +10,10 @@ use anyhow::{bail, Context as _, Result};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "xtask", about = "Build, lab, demo and tests for ttm")]
+#[command(
+    name = "xtask",
+    about = "Build, lab, demo, tests and benchmarks for ttm"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Cmd,
@@ -33,8 +36,14 @@ enum Cmd {
     },
     /// The end-to-end demo: lab, ttm daemon, client connections, recovered addresses.
     Demo,
-    /// Unit tests and the lab integration tests (needs root).
+    /// Unit tests, the lab integration tests and a benchmark smoke run (needs root).
     Test,
+    /// Measure ttm's costs side by side and write BENCHMARKS.md (release build, needs root).
+    Bench {
+        /// A short smoke run; writes target/bench-quick/BENCHMARKS.md instead.
+        #[arg(long)]
+        quick: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -83,13 +92,57 @@ fn run(cli: Cli) -> Result<()> {
             require_root("the integration tests build network namespaces")?;
             build(false)?;
             // Lab tests move processes between cgroups and namespaces: one at a time.
-            cargo(&["test", "--", "--test-threads=1"])
+            cargo(&["test", "--", "--test-threads=1"])?;
+            // The benchmark code must keep working: a smoke run of every section.
+            bench(true)
+        }
+        Cmd::Bench { quick } => {
+            require_root("the benchmarks build network namespaces")?;
+            bench(quick)
         }
     }
 }
 
+/// Runs the benchmarks: release build for real figures, debug for the smoke run.
+fn bench(quick: bool) -> Result<()> {
+    build(!quick)?;
+    let profile = if quick { "debug" } else { "release" };
+    let root = std::env::current_dir()?;
+    let target = root.join("target").join(profile);
+    let out = if quick {
+        let dir = root.join("target").join("bench-quick");
+        std::fs::create_dir_all(&dir)?;
+        dir.join("BENCHMARKS.md")
+    } else {
+        root.join("BENCHMARKS.md")
+    };
+    let mut args = vec!["run".to_string(), "--out".into(), out.display().to_string()];
+    if quick {
+        args.push("--quick".into());
+    }
+    let status = Command::new(target.join("ttm-bench"))
+        .args(&args)
+        .env("TTM_BIN", target.join("ttm"))
+        .status()
+        .context("running ttm-bench")?;
+    if !status.success() {
+        bail!("ttm-bench failed ({status})");
+    }
+    println!("benchmarks written to {}", out.display());
+    Ok(())
+}
+
 fn build(release: bool) -> Result<()> {
-    let mut args = vec!["build", "-p", "ttm-userspace", "-p", "ttm-tests", "--bins"];
+    let mut args = vec![
+        "build",
+        "-p",
+        "ttm-userspace",
+        "-p",
+        "ttm-tests",
+        "-p",
+        "ttm-bench",
+        "--bins",
+    ];
     if release {
         args.push("--release");
     }

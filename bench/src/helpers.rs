@@ -1,0 +1,202 @@
+//! The bench's own processes inside the lab (started in a namespace and
+//! cgroup by the orchestrator): a minimal server, a connection-rate client,
+//! the per-call timer and the lookup load generator. Each prints one JSON line.
+
+use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::fd::AsRawFd as _;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _, Result};
+
+use crate::stats::Summary;
+
+/// Accepts forever: reads one byte, answers one byte, closes (the server
+/// closes first, so TIME_WAIT stays on this side). With `getsockopt`, also
+/// asks `getsockopt(SOL_IP, 1345)` per connection like a TOA-aware app.
+pub fn echo_server(listen: SocketAddr, getsockopt: bool) -> Result<()> {
+    let listener = TcpListener::bind(listen).with_context(|| format!("binding {listen}"))?;
+    println!("listening");
+    std::io::stdout().flush()?;
+    loop {
+        let (mut conn, _peer) = listener.accept()?;
+        if getsockopt {
+            let mut buf = [0u8; 20];
+            let mut len = buf.len() as libc::socklen_t;
+            // SAFETY: valid fd and buffer; failure (no record) is fine here.
+            unsafe {
+                libc::getsockopt(
+                    conn.as_raw_fd(),
+                    libc::SOL_IP,
+                    1345,
+                    buf.as_mut_ptr().cast(),
+                    &mut len,
+                )
+            };
+        }
+        let mut byte = [0u8; 1];
+        if conn.read_exact(&mut byte).is_ok() {
+            let _ = conn.write_all(&byte);
+        }
+    }
+}
+
+/// Opens `count` connections to `to` from `parallel` threads, each sending
+/// and receiving one byte; prints {"seconds":…,"ok":…}.
+pub fn conn_rate(to: SocketAddr, count: usize, parallel: usize) -> Result<()> {
+    let started = Instant::now();
+    let per_thread = count.div_ceil(parallel);
+    let workers: Vec<_> = (0..parallel)
+        .map(|_| {
+            std::thread::spawn(move || {
+                let mut ok = 0usize;
+                for _ in 0..per_thread {
+                    let Ok(mut s) = TcpStream::connect_timeout(&to, Duration::from_secs(5)) else {
+                        continue;
+                    };
+                    let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+                    let mut byte = [7u8; 1];
+                    if s.write_all(&byte).is_ok() && s.read_exact(&mut byte).is_ok() {
+                        ok += 1;
+                    }
+                }
+                ok
+            })
+        })
+        .collect();
+    let ok: usize = workers.into_iter().map(|w| w.join().unwrap_or(0)).sum();
+    let seconds = started.elapsed().as_secs_f64();
+    println!("{}", serde_json::json!({"seconds": seconds, "ok": ok}));
+    Ok(())
+}
+
+/// Accepts one lab connection (reads its line, echoes it), returns it.
+fn accept_lab_connection(listen: SocketAddr) -> Result<TcpStream> {
+    let listener = TcpListener::bind(listen).with_context(|| format!("binding {listen}"))?;
+    println!("listening");
+    std::io::stdout().flush()?;
+    let (conn, _) = listener.accept()?;
+    let mut line = String::new();
+    BufReader::new(conn.try_clone()?).read_line(&mut line)?;
+    (&conn).write_all(line.as_bytes())?;
+    Ok(conn)
+}
+
+/// Nanoseconds per call of `f`, over `iterations` calls.
+fn per_call(iterations: usize, mut f: impl FnMut() -> i32) -> f64 {
+    let started = Instant::now();
+    let mut sink = 0i64;
+    for _ in 0..iterations {
+        sink += i64::from(f());
+    }
+    std::hint::black_box(sink);
+    started.elapsed().as_nanos() as f64 / iterations as f64
+}
+
+/// Times getpeername and getsockopt variants on one accepted lab connection;
+/// prints {"getpeername":ns,"sockopt_1345":ns,"so_cookie":ns,"so_rcvbuf":ns}.
+pub fn calls(listen: SocketAddr, iterations: usize) -> Result<()> {
+    let conn = accept_lab_connection(listen)?;
+    let fd = conn.as_raw_fd();
+    let getsockopt = |level: i32, name: i32, size: usize| {
+        move || {
+            let mut buf = [0u8; 20];
+            let mut len = size as libc::socklen_t;
+            // SAFETY: valid fd, buffer of at least `len` bytes.
+            unsafe { libc::getsockopt(fd, level, name, buf.as_mut_ptr().cast(), &mut len) }
+        }
+    };
+    let getpeername = || {
+        let mut addr: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+        let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+        // SAFETY: valid fd and out-pointers.
+        unsafe { libc::getpeername(fd, (&raw mut addr).cast(), &mut len) }
+    };
+    // Warm up, then measure each.
+    per_call(iterations / 10, getpeername);
+    let report = serde_json::json!({
+        "getpeername": per_call(iterations, getpeername),
+        "sockopt_1345": per_call(iterations, getsockopt(libc::SOL_IP, 1345, 20)),
+        "so_cookie": per_call(iterations, getsockopt(libc::SOL_SOCKET, libc::SO_COOKIE, 8)),
+        "so_rcvbuf": per_call(iterations, getsockopt(libc::SOL_SOCKET, libc::SO_RCVBUF, 4)),
+    });
+    println!("{report}");
+    std::io::stdout().flush()?;
+    let mut rest = Vec::new();
+    let _ = (&conn).read_to_end(&mut rest);
+    Ok(())
+}
+
+/// Lookup load against the daemon on `socket` for one accepted lab
+/// connection: `clients` threads, `requests` each, by fd then by cookie.
+/// Prints {"fd":{…},"cookie":{…}} with throughput and latency percentiles.
+pub fn lookup_load(
+    listen: SocketAddr,
+    socket: &Path,
+    clients: usize,
+    requests: usize,
+) -> Result<()> {
+    let conn = Arc::new(accept_lab_connection(listen)?);
+    let cookie = ttm_client::socket_cookie(&*conn)?;
+    let mut report = serde_json::Map::new();
+    for by_fd in [true, false] {
+        let started = Instant::now();
+        let workers: Vec<_> = (0..clients)
+            .map(|_| {
+                let conn = conn.clone();
+                let socket = socket.to_path_buf();
+                std::thread::spawn(move || -> Result<Vec<u64>> {
+                    let mut client = ttm_client::Client::connect(&socket)?;
+                    let mut latencies = Vec::with_capacity(requests);
+                    for _ in 0..requests {
+                        let t = Instant::now();
+                        let found = if by_fd {
+                            client.lookup_fd(&*conn)?
+                        } else {
+                            client.lookup_cookie(cookie)?
+                        };
+                        latencies.push(t.elapsed().as_nanos() as u64);
+                        if found.is_none() {
+                            bail!("the lab connection has no record");
+                        }
+                    }
+                    Ok(latencies)
+                })
+            })
+            .collect();
+        let mut all = Vec::with_capacity(clients * requests);
+        for w in workers {
+            all.extend(w.join().map_err(|_| anyhow::anyhow!("worker panicked"))??);
+        }
+        let seconds = started.elapsed().as_secs_f64();
+        let s = Summary::of(&mut all);
+        report.insert(
+            (if by_fd { "fd" } else { "cookie" }).to_string(),
+            serde_json::json!({
+                "per_second": all.len() as f64 / seconds,
+                "p50_us": s.p50 as f64 / 1000.0,
+                "p99_us": s.p99 as f64 / 1000.0,
+            }),
+        );
+    }
+    println!("{}", serde_json::Value::Object(report));
+    std::io::stdout().flush()?;
+    let mut rest = Vec::new();
+    let _ = (&*conn).read_to_end(&mut rest);
+    Ok(())
+}
+
+/// One connection: sends a line, reads its echo, then waits for the server to close.
+pub fn line_client(to: SocketAddr) -> Result<()> {
+    let mut s = TcpStream::connect_timeout(&to, Duration::from_secs(5))?;
+    s.set_read_timeout(Some(Duration::from_secs(60)))?;
+    s.write_all(b"bench\n")?;
+    let mut line = String::new();
+    BufReader::new(s.try_clone()?).read_line(&mut line)?;
+    s.shutdown(std::net::Shutdown::Write)?;
+    let mut rest = Vec::new();
+    let _ = s.read_to_end(&mut rest);
+    Ok(())
+}

@@ -1,0 +1,106 @@
+//! `ttm-bench`: measures what ttm costs and how it scales, side by side in
+//! one run against the veth lab, and writes BENCHMARKS.md. `cargo xtask
+//! bench` runs it (release build); `--quick` is the smoke run inside
+//! `cargo xtask test`. The other subcommands are its helpers inside the lab.
+
+mod helpers;
+mod report;
+mod sections;
+mod stats;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "ttm-bench", about = "ttm's benchmarks")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run every benchmark and write the report.
+    Run {
+        /// Small counts: a smoke run that keeps the code working.
+        #[arg(long)]
+        quick: bool,
+        /// Where to write the Markdown report (the SVG chart goes beside it).
+        #[arg(long, default_value = "BENCHMARKS.md")]
+        out: PathBuf,
+    },
+    /// Helper: accept forever, one byte each way.
+    #[command(hide = true)]
+    EchoServer {
+        #[arg(long)]
+        listen: SocketAddr,
+        #[arg(long)]
+        getsockopt: bool,
+    },
+    /// Helper: connection-rate client.
+    #[command(hide = true)]
+    ConnRate {
+        #[arg(long)]
+        to: SocketAddr,
+        #[arg(long)]
+        count: usize,
+        #[arg(long)]
+        parallel: usize,
+    },
+    /// Helper: one connection that sends a line and waits for its echo.
+    #[command(hide = true)]
+    LineClient {
+        #[arg(long)]
+        to: SocketAddr,
+    },
+    /// Helper: per-call timings on one accepted connection.
+    #[command(hide = true)]
+    Calls {
+        #[arg(long)]
+        listen: SocketAddr,
+        #[arg(long)]
+        iterations: usize,
+    },
+    /// Helper: lookup load on one accepted connection.
+    #[command(hide = true)]
+    LookupLoad {
+        #[arg(long)]
+        listen: SocketAddr,
+        #[arg(long)]
+        socket: PathBuf,
+        #[arg(long)]
+        clients: usize,
+        #[arg(long)]
+        requests: usize,
+    },
+}
+
+fn main() -> ExitCode {
+    let result = match Cli::parse().command {
+        Cmd::Run { quick, out } => sections::run(quick, &out),
+        Cmd::EchoServer { listen, getsockopt } => helpers::echo_server(listen, getsockopt),
+        Cmd::ConnRate {
+            to,
+            count,
+            parallel,
+        } => helpers::conn_rate(to, count, parallel),
+        Cmd::LineClient { to } => helpers::line_client(to),
+        Cmd::Calls { listen, iterations } => helpers::calls(listen, iterations),
+        Cmd::LookupLoad {
+            listen,
+            socket,
+            clients,
+            requests,
+        } => helpers::lookup_load(listen, &socket, clients, requests),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("ttm-bench: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
