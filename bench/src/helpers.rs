@@ -141,6 +141,35 @@ pub fn lookup_load(
     let conn = Arc::new(accept_lab_connection(listen)?);
     let cookie = ttm_client::socket_cookie(&*conn)?;
     let mut report = serde_json::Map::new();
+    // Pipelined: batches of PIPELINE cookies per exchange.
+    const PIPELINE: usize = 64;
+    let started = Instant::now();
+    let workers: Vec<_> = (0..clients)
+        .map(|_| {
+            let socket = socket.to_path_buf();
+            std::thread::spawn(move || -> Result<usize> {
+                let mut client = ttm_client::Client::connect(&socket)?;
+                let batch = vec![cookie; PIPELINE];
+                let mut done = 0;
+                while done < requests {
+                    let found = client.lookup_cookies(&batch)?;
+                    if found.iter().any(Option::is_none) {
+                        bail!("the lab connection has no record");
+                    }
+                    done += PIPELINE;
+                }
+                Ok(done)
+            })
+        })
+        .collect();
+    let mut total = 0;
+    for w in workers {
+        total += w.join().map_err(|_| anyhow::anyhow!("worker panicked"))??;
+    }
+    report.insert(
+        "pipelined".to_string(),
+        serde_json::json!({"per_second": total as f64 / started.elapsed().as_secs_f64(), "batch": PIPELINE}),
+    );
     for by_fd in [true, false] {
         let started = Instant::now();
         let workers: Vec<_> = (0..clients)

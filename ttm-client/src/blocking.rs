@@ -88,6 +88,44 @@ impl Client {
         found(self.call(&Request::Tuple { local, peer }, None))
     }
 
+    /// The real clients of many connections by cookie, in one pipelined
+    /// exchange (all requests written at once, then all answers read): far
+    /// higher throughput than one call per cookie. At most
+    /// [`MAX_BATCH`](crate::MAX_BATCH) cookies per call.
+    pub fn lookup_cookies(
+        &mut self,
+        cookies: &[u64],
+    ) -> Result<Vec<Option<Connection>>, ClientError> {
+        if cookies.len() > crate::MAX_BATCH {
+            return Err(ClientError::Protocol(format!(
+                "at most {} lookups per batch",
+                crate::MAX_BATCH
+            )));
+        }
+        if self.poisoned {
+            let fresh = Client::connect(&self.path)?;
+            let timeout = self.timeout;
+            *self = fresh;
+            self.set_timeout(timeout)?;
+        }
+        self.poisoned = true;
+        let mut lines = Vec::with_capacity(cookies.len() * 40);
+        for &cookie in cookies {
+            encode_line(&Request::Cookie { cookie }, &mut lines);
+        }
+        self.stream
+            .write_all(&lines)
+            .map_err(|e| ClientError::timeout_or_io(e, self.timeout))?;
+        let mut found = Vec::with_capacity(cookies.len());
+        for _ in cookies {
+            let reply = self.read_line()?;
+            let reply = decode_reply(&reply).map_err(|e| ClientError::Protocol(e.to_string()));
+            found.push(self::found(reply)?);
+        }
+        self.poisoned = false;
+        Ok(found)
+    }
+
     /// The daemon's counters.
     pub fn stats(&mut self) -> Result<StatsReply, ClientError> {
         answered(self.call(&Request::Stats, None))

@@ -36,6 +36,9 @@ pub use error::ClientError;
 pub use nonblocking::AsyncClient;
 pub use protocol::{Connection, StatsReply, VersionReply, DEFAULT_SOCKET};
 
+/// Most lookups one pipelined batch may carry.
+pub const MAX_BATCH: usize = 256;
+
 /// How long a client waits for each answer unless told otherwise.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(2);
 
