@@ -8,16 +8,16 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context as _, Result};
 use aya::maps::{lpm_trie::Key, Array, LpmTrie};
-use aya::programs::{links::CgroupAttachMode, CgroupSockAddr, CgroupSockopt, SockOps};
 use aya::{Ebpf, EbpfLoader};
 use log::{info, warn};
+use std::os::fd::AsFd;
 use ttm_common::{format::FormatTable, maps, Config, TrustKey};
 
 use crate::host;
-use crate::pins::{PinDir, PINNED_MAPS};
+use crate::pins::{PinDir, LINKED_PROGRAMS, PINNED_MAPS};
 use crate::service::{Limits, LookupService, PinnedDirectory};
 use crate::trust::TrustedLbs;
-use crate::{EBPF_OBJECT, GETPEERNAME_PROGRAMS, GETSOCKOPT_PROGRAM, SOCKOPS_PROGRAM};
+use crate::{EBPF_OBJECT, GETSOCKOPT_PROGRAM, SOCKOPS_PROGRAM};
 
 /// Everything `ttm daemon` is told.
 #[derive(Clone, Debug)]
@@ -46,6 +46,8 @@ pub struct DaemonConfig {
     pub nat64_getsockopt_name: Option<u32>,
     /// Rewrite `accept()`/`getpeername()` to the client.
     pub rewrite: bool,
+    /// Take over from a running daemon without a gap (`--upgrade`).
+    pub upgrade: bool,
 }
 
 impl DaemonConfig {
@@ -78,11 +80,14 @@ impl DaemonConfig {
 
 /// A running decoder. Dropping it detaches the program and removes the pins.
 pub struct Daemon {
-    ebpf: Ebpf,
+    /// Owns the loaded programs and maps (the links are pinned, not owned).
+    _ebpf: Ebpf,
     pins: PinDir,
     cgroup: PathBuf,
     logger: Option<KernelLogger>,
     service: Option<LookupService>,
+    /// Set on hand-over: leave links and pins for the next daemon.
+    keep_attached: bool,
     _lock: InstanceLock,
 }
 
@@ -100,11 +105,21 @@ impl Daemon {
         };
         host::check_cgroup2(&cgroup)?;
         host::raise_open_files_limit();
+        if config.upgrade {
+            hand_over(config.pins.path())?;
+        }
         let lock = InstanceLock::acquire(config.pins.path())?;
-        remove_pins(&config.pins);
+        fs::create_dir_all(config.pins.path())
+            .with_context(|| format!("creating pin directory {}", config.pins.path().display()))?;
 
-        let mut ebpf = EbpfLoader::new()
-            .map_max_entries(maps::RECORDS, config.max_records)
+        // Maps are pinned by name: a daemon after a crash or an upgrade
+        // reuses them, with the records and counters they hold.
+        let mut loader = EbpfLoader::new();
+        loader.map_max_entries(maps::RECORDS, config.max_records);
+        for name in PINNED_MAPS {
+            loader.map_pin_path(name, config.pins.map(name));
+        }
+        let mut ebpf = loader
             .load(EBPF_OBJECT)
             .context("loading the ttm eBPF object — the kernel needs BTF, BPF_MAP_TYPE_SK_STORAGE and sockops (Linux 5.10+)")?;
         let logger = match aya_log::EbpfLogger::init(&mut ebpf) {
@@ -116,55 +131,22 @@ impl Daemon {
             }
         };
         write_config(&mut ebpf, config)?;
-
-        let cgroup_file =
-            File::open(&cgroup).with_context(|| format!("opening cgroup {}", cgroup.display()))?;
-        let program: &mut SockOps = ebpf
-            .program_mut(SOCKOPS_PROGRAM)
-            .context("sockops program missing from the object")?
-            .try_into()?;
-        program
-            .load()
-            .context("the kernel rejected the sockops program (see the verifier log above)")?;
-        // With bpf_link (Linux 5.7+) attachments always coexist with other
-        // programs on the cgroup; the kernel wants mode flags of 0 there.
-        program
-            .attach(&cgroup_file, CgroupAttachMode::Single)
-            .with_context(|| format!("attaching sockops to cgroup {}", cgroup.display()))?;
-
-        let shim: &mut CgroupSockopt = ebpf
-            .program_mut(GETSOCKOPT_PROGRAM)
-            .context("getsockopt program missing from the object")?
-            .try_into()?;
-        shim.load()
-            .context("the kernel rejected the getsockopt shim (needs Linux 5.3+)")?;
-        shim.attach(&cgroup_file, CgroupAttachMode::Single)
-            .with_context(|| format!("attaching the getsockopt shim to {}", cgroup.display()))?;
-
-        if config.rewrite {
-            for name in GETPEERNAME_PROGRAMS {
-                let rewrite: &mut CgroupSockAddr = ebpf
-                    .program_mut(name)
-                    .with_context(|| format!("{name} missing from the object"))?
-                    .try_into()?;
-                rewrite
-                    .load()
-                    .with_context(|| format!("the kernel rejected {name} (getpeername hooks need Linux 5.8+) — run with --no-rewrite to do without"))?;
-                rewrite
-                    .attach(&cgroup_file, CgroupAttachMode::Single)
-                    .with_context(|| format!("attaching {name} to {}", cgroup.display()))?;
-            }
-        }
+        let adopted = attach_all(&mut ebpf, config, &cgroup)?;
 
         let mut daemon = Daemon {
-            ebpf,
+            _ebpf: ebpf,
             pins: config.pins.clone(),
             cgroup,
             logger,
             service: None,
+            keep_attached: false,
             _lock: lock,
         };
-        daemon.pin_maps()?;
+        if adopted > 0 {
+            info!(
+                "took over {adopted} pinned attachment(s) with an atomic program swap: no connection went unrecorded"
+            );
+        }
         let directory = PinnedDirectory::open(&daemon.pins).context("opening the pinned maps")?;
         daemon.service = Some(
             LookupService::bind(
@@ -204,26 +186,13 @@ impl Daemon {
         Ok(daemon)
     }
 
-    fn pin_maps(&mut self) -> Result<()> {
-        fs::create_dir_all(self.pins.path())
-            .with_context(|| format!("creating pin directory {}", self.pins.path().display()))?;
-        for name in PINNED_MAPS {
-            let map = self
-                .ebpf
-                .map(name)
-                .with_context(|| format!("map {name} missing"))?;
-            map.pin(self.pins.map(name))
-                .with_context(|| format!("pinning {name} in {}", self.pins.path().display()))?;
-        }
-        Ok(())
-    }
-
     /// Runs until SIGINT or SIGTERM, forwarding kernel-side logs.
     pub async fn run_until_signal(mut self) -> Result<()> {
         use tokio::io::unix::AsyncFd;
         use tokio::signal::unix::{signal, SignalKind};
         let mut term = signal(SignalKind::terminate())?;
         let mut int = signal(SignalKind::interrupt())?;
+        let mut hand_over = signal(SignalKind::user_defined2())?;
         let mut logs = match self.logger.take() {
             // SAFETY: the logger owns its ring buffer fd for as long as the AsyncFd lives.
             Some(l) => Some(
@@ -238,6 +207,11 @@ impl Daemon {
             tokio::select! {
                 _ = term.recv() => { info!("SIGTERM: detaching"); break }
                 _ = int.recv() => { info!("SIGINT: detaching"); break }
+                _ = hand_over.recv() => {
+                    info!("SIGUSR2: handing over to a new daemon; programs stay attached");
+                    self.keep_attached = true;
+                    break
+                }
                 guard = async { logs.as_mut().expect("guarded").readable_mut().await }, if logs.is_some() => {
                     let mut guard = guard?;
                     guard.get_inner_mut().flush();
@@ -258,18 +232,176 @@ impl Daemon {
 
 impl Drop for Daemon {
     fn drop(&mut self) {
+        if self.keep_attached {
+            info!(
+                "handed over: programs stay attached to {}, pins kept in {}",
+                self.cgroup.display(),
+                self.pins.path().display()
+            );
+            return;
+        }
         remove_pins(&self.pins);
         info!("ttm detached from {}; pins removed", self.cgroup.display());
-        // `ebpf` drops after this, closing the link and the programs.
+        // `ebpf` drops after this, closing the programs.
     }
 }
 
-/// Removes ttm's pins (and the directory if empty). Missing pins are fine.
-pub fn remove_pins(pins: &PinDir) {
+/// Removes ttm's pins — links first, which detaches the programs — and the
+/// directory if it is then empty. Missing pins are fine. Returns how many
+/// pins were removed.
+pub fn remove_pins(pins: &PinDir) -> usize {
+    let mut removed = 0;
+    for name in LINKED_PROGRAMS {
+        removed += usize::from(fs::remove_file(pins.link(name)).is_ok());
+    }
     for name in PINNED_MAPS {
-        let _ = fs::remove_file(pins.map(name));
+        removed += usize::from(fs::remove_file(pins.map(name)).is_ok());
     }
     let _ = fs::remove_dir(pins.path());
+    removed
+}
+
+/// `ttm detach`: removes everything a daemon on `pins` attached and pinned
+/// (after a crash, or to stop using ttm), refusing while a daemon runs.
+pub fn detach(pins: &PinDir) -> Result<usize> {
+    let _lock = InstanceLock::acquire(pins.path()).context(
+        "a daemon is running on this pin directory — stop it with SIGTERM (it detaches everything itself)",
+    )?;
+    Ok(remove_pins(pins))
+}
+
+/// Asks the daemon holding `pin_dir`'s lock to exit without detaching
+/// (SIGUSR2), and waits until it has.
+fn hand_over(pin_dir: &Path) -> Result<()> {
+    let lock = InstanceLock::path_for(pin_dir);
+    let holder: Option<i32> = fs::read_to_string(&lock)
+        .ok()
+        .and_then(|s| s.trim().parse().ok());
+    let Some(pid) = holder else {
+        info!(
+            "--upgrade: no running daemon on {}; starting fresh",
+            pin_dir.display()
+        );
+        return Ok(());
+    };
+    // SAFETY: plain kill(2).
+    if unsafe { libc::kill(pid, libc::SIGUSR2) } != 0 {
+        info!("--upgrade: daemon pid {pid} is gone; starting fresh");
+        return Ok(());
+    }
+    info!("--upgrade: asked daemon pid {pid} to hand over");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while std::time::Instant::now() < deadline {
+        // SAFETY: signal 0 only checks that the process exists.
+        if unsafe { libc::kill(pid, 0) } != 0 {
+            return Ok(());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    bail!("daemon pid {pid} did not hand over within 20 s — check its log")
+}
+
+/// One program ttm attaches to the cgroup.
+struct Attachment {
+    name: &'static str,
+    attach_type: u32,
+    wanted: bool,
+}
+
+/// Loads every program and attaches it through a pinned link: an existing
+/// link to the same cgroup gets the new program by an atomic swap, else a new
+/// link is created and pinned. Links no longer wanted are unpinned (which
+/// detaches them). Returns how many links were taken over.
+fn attach_all(ebpf: &mut Ebpf, config: &DaemonConfig, cgroup: &Path) -> Result<usize> {
+    use crate::links::{self, attach_type};
+    let cgroup_file =
+        File::open(cgroup).with_context(|| format!("opening cgroup {}", cgroup.display()))?;
+    let cgroup_id = links::cgroup_id(cgroup)?;
+    let wanted = [
+        Attachment {
+            name: LINKED_PROGRAMS[0],
+            attach_type: attach_type::SOCK_OPS,
+            wanted: true,
+        },
+        Attachment {
+            name: LINKED_PROGRAMS[1],
+            attach_type: attach_type::GETSOCKOPT,
+            wanted: true,
+        },
+        Attachment {
+            name: LINKED_PROGRAMS[2],
+            attach_type: attach_type::GETPEERNAME4,
+            wanted: config.rewrite,
+        },
+        Attachment {
+            name: LINKED_PROGRAMS[3],
+            attach_type: attach_type::GETPEERNAME6,
+            wanted: config.rewrite,
+        },
+    ];
+    let mut adopted = 0;
+    for a in wanted {
+        let pin = config.pins.link(a.name);
+        let existing = links::open_pinned(&pin).ok();
+        if !a.wanted {
+            if existing.is_some() {
+                fs::remove_file(&pin).with_context(|| format!("unpinning {}", pin.display()))?;
+                info!("{} detached (no longer configured)", a.name);
+            }
+            continue;
+        }
+        let prog_fd = load_program(ebpf, a.name)?;
+        match existing {
+            Some(link) if links::info(link.as_fd())?.cgroup_id == cgroup_id => {
+                links::update(link.as_fd(), prog_fd.as_fd())
+                    .with_context(|| format!("swapping the program behind {}", pin.display()))?;
+                adopted += 1;
+            }
+            other => {
+                if other.is_some() {
+                    // Attached to another cgroup before: move it.
+                    fs::remove_file(&pin)
+                        .with_context(|| format!("unpinning {}", pin.display()))?;
+                }
+                let link = links::create(prog_fd.as_fd(), cgroup_file.as_fd(), a.attach_type)
+                    .with_context(|| {
+                        format!("attaching {} to cgroup {}", a.name, cgroup.display())
+                    })?;
+                links::pin(link.as_fd(), &pin).with_context(|| {
+                    format!("pinning the link of {} at {}", a.name, pin.display())
+                })?;
+            }
+        }
+    }
+    Ok(adopted)
+}
+
+/// Loads program `name` (by its type) and returns a copy of its fd.
+fn load_program(ebpf: &mut Ebpf, name: &str) -> Result<std::os::fd::OwnedFd> {
+    let program = ebpf
+        .program_mut(name)
+        .with_context(|| format!("{name} missing from the object"))?;
+    let hint = match name {
+        n if n == SOCKOPS_PROGRAM => "the kernel rejected the sockops program (see the verifier log above)",
+        n if n == GETSOCKOPT_PROGRAM => "the kernel rejected the getsockopt shim (needs Linux 5.3+)",
+        _ => "the kernel rejected a getpeername program (needs Linux 5.8+) — run with --no-rewrite to do without",
+    };
+    let fd = match program {
+        aya::programs::Program::SockOps(p) => {
+            p.load().context(hint)?;
+            p.fd()?.as_fd().try_clone_to_owned()?
+        }
+        aya::programs::Program::CgroupSockopt(p) => {
+            p.load().context(hint)?;
+            p.fd()?.as_fd().try_clone_to_owned()?
+        }
+        aya::programs::Program::CgroupSockAddr(p) => {
+            p.load().context(hint)?;
+            p.fd()?.as_fd().try_clone_to_owned()?
+        }
+        _ => bail!("{name} has an unexpected program type"),
+    };
+    Ok(fd)
 }
 
 fn write_config(ebpf: &mut Ebpf, config: &DaemonConfig) -> Result<()> {
@@ -304,14 +436,19 @@ struct InstanceLock {
 }
 
 impl InstanceLock {
-    fn acquire(pin_dir: &Path) -> Result<InstanceLock> {
-        let dir = Path::new("/run/ttm");
-        fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    /// The lock file of `pin_dir`.
+    fn path_for(pin_dir: &Path) -> PathBuf {
         let name = pin_dir
             .to_string_lossy()
             .trim_matches('/')
             .replace('/', "_");
-        let path = dir.join(format!("{name}.lock"));
+        Path::new("/run/ttm").join(format!("{name}.lock"))
+    }
+
+    fn acquire(pin_dir: &Path) -> Result<InstanceLock> {
+        let dir = Path::new("/run/ttm");
+        fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        let path = InstanceLock::path_for(pin_dir);
         let mut file = fs::OpenOptions::new()
             .create(true)
             .truncate(false)

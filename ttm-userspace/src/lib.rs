@@ -4,6 +4,7 @@
 pub mod daemon;
 pub mod formats;
 pub mod host;
+pub mod links;
 pub mod pins;
 pub mod records;
 pub mod service;

@@ -71,6 +71,11 @@ enum Command {
         /// Leave accept()/getpeername() alone (they then return the load balancer).
         #[arg(long)]
         no_rewrite: bool,
+        /// Take over from the daemon running on this pin directory: it exits
+        /// leaving its programs attached, and this one swaps in its programs
+        /// atomically (no connection goes unrecorded).
+        #[arg(long)]
+        upgrade: bool,
         /// Seconds a lookup client may stay silent (or not read its answers) before it is dropped.
         #[arg(long, value_name = "SECS", default_value_t = Limits::default().idle_timeout.as_secs_f64())]
         client_timeout: f64,
@@ -99,6 +104,13 @@ enum Command {
     },
     /// List the option layouts `--format` accepts, with their bytes.
     Formats,
+    /// Remove everything a daemon attached and pinned (after a crash, or to
+    /// stop using ttm). Refuses while a daemon runs: stop it with SIGTERM.
+    Detach {
+        /// bpffs directory of the daemon.
+        #[arg(long, value_name = "DIR", default_value = DEFAULT_PIN_DIR)]
+        pin_dir: PathBuf,
+    },
     /// Print the decoder's counters.
     Stats {
         /// Print JSON.
@@ -140,6 +152,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             getsockopt_name,
             nat64_getsockopt,
             no_rewrite,
+            upgrade,
         } => {
             let idle_timeout = Duration::try_from_secs_f64(client_timeout)
                 .ok()
@@ -162,6 +175,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 getsockopt_name,
                 nat64_getsockopt_name: nat64_getsockopt,
                 rewrite: !no_rewrite,
+                upgrade,
             };
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
@@ -214,6 +228,14 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     Ok(ExitCode::from(1))
                 }
             }
+        }
+        Command::Detach { pin_dir } => {
+            let removed = ttm::daemon::detach(&PinDir::new(&pin_dir))?;
+            println!(
+                "removed {removed} pin(s) from {}: ttm's programs are detached",
+                pin_dir.display()
+            );
+            Ok(ExitCode::SUCCESS)
         }
         Command::Formats => {
             for preset in &ttm::formats::PRESETS {

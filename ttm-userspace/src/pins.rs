@@ -7,8 +7,23 @@ use ttm_common::maps;
 /// Default pin directory on bpffs.
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/ttm";
 
-/// The maps ttm pins, by name (the pin file has the map's name).
-pub const PINNED_MAPS: [&str; 4] = [maps::RECORDS, maps::STATS, maps::CONFIG, maps::TRUSTED_LBS];
+/// The maps ttm pins, by name (the pin file has the map's name). A new
+/// daemon reuses them, so records and counters survive restarts.
+pub const PINNED_MAPS: [&str; 5] = [
+    maps::RECORDS,
+    maps::PEER_STORAGE,
+    maps::STATS,
+    maps::CONFIG,
+    maps::TRUSTED_LBS,
+];
+
+/// The programs ttm attaches, by name; each link is pinned as `link_<name>`.
+pub const LINKED_PROGRAMS: [&str; 4] = [
+    "ttm_sockops",
+    "ttm_getsockopt",
+    "ttm_getpeername4",
+    "ttm_getpeername6",
+];
 
 /// A pin directory and the paths inside it.
 #[derive(Clone, Debug)]
@@ -28,6 +43,11 @@ impl PinDir {
     /// Path of the pin of map `name`.
     pub fn map(&self, name: &str) -> PathBuf {
         self.0.join(name)
+    }
+
+    /// Path of the pinned link of program `name`.
+    pub fn link(&self, name: &str) -> PathBuf {
+        self.0.join(format!("link_{name}"))
     }
 }
 

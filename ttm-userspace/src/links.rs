@@ -1,0 +1,124 @@
+//! Pinned cgroup links: the attachments outlive the daemon process, so a
+//! crash or an upgrade never leaves connections unrecorded. Raw `bpf(2)`
+//! calls, because aya cannot pin the links of every program type ttm uses.
+
+use std::ffi::CString;
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+
+const BPF_OBJ_PIN: libc::c_long = 6;
+const BPF_OBJ_GET: libc::c_long = 7;
+const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+const BPF_LINK_CREATE: libc::c_long = 28;
+const BPF_LINK_UPDATE: libc::c_long = 29;
+
+/// Kernel attach types of ttm's programs.
+pub mod attach_type {
+    /// `BPF_CGROUP_SOCK_OPS`.
+    pub const SOCK_OPS: u32 = 3;
+    /// `BPF_CGROUP_INET4_GETPEERNAME`.
+    pub const GETPEERNAME4: u32 = 29;
+    /// `BPF_CGROUP_INET6_GETPEERNAME`.
+    pub const GETPEERNAME6: u32 = 30;
+    /// `BPF_CGROUP_GETSOCKOPT`.
+    pub const GETSOCKOPT: u32 = 21;
+}
+
+fn bpf(cmd: libc::c_long, attr: &mut [u64; 8]) -> io::Result<i64> {
+    // SAFETY: bpf(2) with a zeroed, 64-byte attribute holding the command's fields.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            cmd,
+            attr.as_mut_ptr(),
+            std::mem::size_of_val(attr),
+        )
+    };
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(rc)
+    }
+}
+
+fn u32s(a: u32, b: u32) -> u64 {
+    u64::from(a) | (u64::from(b) << 32)
+}
+
+fn owned(fd: i64) -> OwnedFd {
+    // SAFETY: the kernel just returned this new descriptor to us.
+    unsafe { OwnedFd::from_raw_fd(fd as i32) }
+}
+
+/// Attaches `prog` to `cgroup` with a new bpf_link.
+pub fn create(
+    prog: BorrowedFd<'_>,
+    cgroup: BorrowedFd<'_>,
+    attach_type: u32,
+) -> io::Result<OwnedFd> {
+    let mut attr = [0u64; 8];
+    attr[0] = u32s(prog.as_raw_fd() as u32, cgroup.as_raw_fd() as u32);
+    attr[1] = u32s(attach_type, 0);
+    bpf(BPF_LINK_CREATE, &mut attr).map(owned)
+}
+
+/// Pins `fd` (a link) at `path` on bpffs.
+pub fn pin(fd: BorrowedFd<'_>, path: &Path) -> io::Result<()> {
+    let c = CString::new(path.as_os_str().as_bytes())?;
+    let mut attr = [0u64; 8];
+    attr[0] = c.as_ptr() as u64;
+    attr[1] = u32s(fd.as_raw_fd() as u32, 0);
+    bpf(BPF_OBJ_PIN, &mut attr).map(|_| ())
+}
+
+/// Opens the object pinned at `path`.
+pub fn open_pinned(path: &Path) -> io::Result<OwnedFd> {
+    let c = CString::new(path.as_os_str().as_bytes())?;
+    let mut attr = [0u64; 8];
+    attr[0] = c.as_ptr() as u64;
+    bpf(BPF_OBJ_GET, &mut attr).map(owned)
+}
+
+/// Atomically swaps the program behind `link` for `new_prog`.
+pub fn update(link: BorrowedFd<'_>, new_prog: BorrowedFd<'_>) -> io::Result<()> {
+    let mut attr = [0u64; 8];
+    attr[0] = u32s(link.as_raw_fd() as u32, new_prog.as_raw_fd() as u32);
+    bpf(BPF_LINK_UPDATE, &mut attr).map(|_| ())
+}
+
+/// What a cgroup link is attached to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CgroupLinkInfo {
+    /// Link id.
+    pub id: u32,
+    /// Program id behind it.
+    pub prog_id: u32,
+    /// cgroup id (the cgroup directory's inode number).
+    pub cgroup_id: u64,
+    /// Attach type.
+    pub attach_type: u32,
+}
+
+/// Reads a cgroup link's info.
+pub fn info(link: BorrowedFd<'_>) -> io::Result<CgroupLinkInfo> {
+    // struct bpf_link_info { u32 type, id, prog_id; union { struct { u64 cgroup_id; u32 attach_type; } cgroup; ... } }
+    let mut raw = [0u64; 8];
+    let mut attr = [0u64; 8];
+    attr[0] = u32s(link.as_raw_fd() as u32, std::mem::size_of_val(&raw) as u32);
+    attr[1] = raw.as_mut_ptr() as u64;
+    bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr)?;
+    Ok(CgroupLinkInfo {
+        id: (raw[0] >> 32) as u32,
+        prog_id: raw[1] as u32,
+        cgroup_id: raw[2],
+        attach_type: raw[3] as u32,
+    })
+}
+
+/// The id of the cgroup at `path` (its inode number on cgroup2).
+pub fn cgroup_id(path: &Path) -> io::Result<u64> {
+    use std::os::unix::fs::MetadataExt;
+    Ok(std::fs::metadata(path)?.ino())
+}
