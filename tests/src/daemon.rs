@@ -31,6 +31,9 @@ pub struct TtmDaemon {
     pub pin_dir: PathBuf,
     /// Its lookup socket.
     pub socket: PathBuf,
+    /// The process is gone without cleaning up on purpose (crash, hand-over):
+    /// dropping this value must not remove what the next daemon uses.
+    keep_pins: bool,
 }
 
 /// The lookup socket of the daemon that pins in `pin_dir`: one per pin
@@ -64,6 +67,7 @@ impl TtmDaemon {
             process,
             pin_dir: pin_dir.to_path_buf(),
             socket,
+            keep_pins: false,
         })
     }
 
@@ -88,12 +92,23 @@ impl TtmDaemon {
     }
 
     /// Kills the daemon with SIGKILL and leaves what it left behind (pins,
-    /// socket file), as a crash would.
+    /// links, socket file), as a crash would.
     pub fn crash(mut self) {
+        self.crash_in_place();
+    }
+
+    /// Like [`TtmDaemon::crash`], keeping this value (its Drop then cleans nothing).
+    pub fn crash_in_place(&mut self) {
         self.process.signal(libc::SIGKILL);
         let _ = self.process.wait(Duration::from_secs(10));
-        // Skip this value's cleanup; the process is gone and reaped.
-        let _ = std::mem::ManuallyDrop::new(self);
+        self.keep_pins = true;
+    }
+
+    /// Waits for the daemon to exit after handing over to an `--upgrade`
+    /// daemon; its Drop then cleans nothing.
+    pub fn wait_handed_over(&mut self) -> Result<std::process::ExitStatus> {
+        self.keep_pins = true;
+        self.process.wait(Duration::from_secs(20))
     }
 
     /// Stops the daemon with SIGTERM and returns its exit status.
@@ -105,6 +120,9 @@ impl TtmDaemon {
 
 impl Drop for TtmDaemon {
     fn drop(&mut self) {
+        if self.keep_pins {
+            return;
+        }
         self.process.signal(libc::SIGTERM);
         let _ = self.process.wait(Duration::from_secs(20));
         ttm::daemon::remove_pins(&ttm::pins::PinDir::new(&self.pin_dir));

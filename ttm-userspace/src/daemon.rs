@@ -105,10 +105,11 @@ impl Daemon {
         };
         host::check_cgroup2(&cgroup)?;
         host::raise_open_files_limit();
-        if config.upgrade {
-            hand_over(config.pins.path())?;
-        }
-        let lock = InstanceLock::acquire(config.pins.path())?;
+        let lock = if config.upgrade {
+            hand_over(config.pins.path())?
+        } else {
+            InstanceLock::acquire(config.pins.path())?
+        };
         fs::create_dir_all(config.pins.path())
             .with_context(|| format!("creating pin directory {}", config.pins.path().display()))?;
 
@@ -271,34 +272,31 @@ pub fn detach(pins: &PinDir) -> Result<usize> {
 }
 
 /// Asks the daemon holding `pin_dir`'s lock to exit without detaching
-/// (SIGUSR2), and waits until it has.
-fn hand_over(pin_dir: &Path) -> Result<()> {
+/// (SIGUSR2), and takes the lock once it has let go.
+fn hand_over(pin_dir: &Path) -> Result<InstanceLock> {
     let lock = InstanceLock::path_for(pin_dir);
     let holder: Option<i32> = fs::read_to_string(&lock)
         .ok()
         .and_then(|s| s.trim().parse().ok());
-    let Some(pid) = holder else {
-        info!(
-            "--upgrade: no running daemon on {}; starting fresh",
-            pin_dir.display()
-        );
-        return Ok(());
-    };
-    // SAFETY: plain kill(2).
-    if unsafe { libc::kill(pid, libc::SIGUSR2) } != 0 {
-        info!("--upgrade: daemon pid {pid} is gone; starting fresh");
-        return Ok(());
-    }
-    info!("--upgrade: asked daemon pid {pid} to hand over");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while std::time::Instant::now() < deadline {
-        // SAFETY: signal 0 only checks that the process exists.
-        if unsafe { libc::kill(pid, 0) } != 0 {
-            return Ok(());
+    match holder {
+        // SAFETY: plain kill(2).
+        Some(pid) if unsafe { libc::kill(pid, libc::SIGUSR2) } == 0 => {
+            info!("--upgrade: asked daemon pid {pid} to hand over");
         }
-        std::thread::sleep(std::time::Duration::from_millis(20));
+        _ => info!("--upgrade: no running daemon on {}", pin_dir.display()),
     }
-    bail!("daemon pid {pid} did not hand over within 20 s — check its log")
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        match InstanceLock::acquire(pin_dir) {
+            Ok(lock) => return Ok(lock),
+            Err(e) if std::time::Instant::now() > deadline => {
+                return Err(
+                    e.context("the running daemon did not hand over within 20 s — check its log")
+                )
+            }
+            Err(_) => std::thread::sleep(std::time::Duration::from_millis(20)),
+        }
+    }
 }
 
 /// One program ttm attaches to the cgroup.

@@ -67,6 +67,18 @@ impl World {
         }
     }
 
+    /// Replaces the daemon with a new one (the old value must be gone: crashed
+    /// or handed over).
+    pub fn restart_daemon(&mut self, extra: &[&str]) {
+        self.daemon = TtmDaemon::start(
+            lab::LB_NET,
+            &self.lab.rs_cgroup(),
+            Path::new(PIN_DIR),
+            extra,
+        )
+        .expect("start ttm daemon again");
+    }
+
     /// Starts the lab server in the real server's cgroup and namespace.
     pub fn serve(&self, count: usize) -> Guarded {
         self.serve_with(count, &[])

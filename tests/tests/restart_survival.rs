@@ -1,0 +1,206 @@
+//! Connections never depend on the daemon being up: after a crash the
+//! kernel side keeps decoding and answering, a new daemon adopts what is
+//! pinned, `--upgrade` swaps programs without a gap, `ttm detach` cleans up.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::{lab_bin, python_server, report, World, PIN_DIR};
+use ttm_common::Counter;
+use ttm_lab::daemon::ttm_bin;
+use ttm_lab::lab;
+use ttm_lab::process::spawn_in;
+use ttm_lab::TtmDaemon;
+
+fn ttm(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(ttm_bin().expect("ttm"))
+        .args(args)
+        .output()
+        .expect("run ttm");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn ttm_programs_loaded() -> usize {
+    aya::programs::loaded_programs()
+        .filter_map(Result::ok)
+        .filter(|p| {
+            // The kernel keeps 15 characters of a program's name.
+            p.name_as_str().is_some_and(|n| {
+                ttm::pins::LINKED_PROGRAMS
+                    .iter()
+                    .any(|full| &full[..full.len().min(15)] == n)
+            })
+        })
+        .count()
+}
+
+#[test]
+fn after_a_crash_the_kernel_keeps_decoding_and_a_new_daemon_adopts_it() {
+    let mut world = World::new();
+    world.daemon.crash_in_place();
+
+    // Daemon down: an unmodified app still sees the client.
+    let server = python_server(&world, "0.0.0.0", 1, &[]);
+    let clients = world.connect(&world.lab.client_cgroup(), 1, 0);
+    let r = report(&server);
+    assert_eq!(r["accept"], clients[0].to_string().as_str(), "{r}");
+    assert_eq!(
+        r["sockopt"]["client"],
+        clients[0].to_string().as_str(),
+        "{r}"
+    );
+    drop(server);
+
+    // A connection made during the downtime, held open.
+    let server = world.serve(1);
+    world.connect(&world.lab.client_cgroup(), 1, 0);
+    let a = world.accepted(&server, 1).pop().expect("accepted");
+    let (code, out, _) = ttm(&[
+        "lookup",
+        "--cookie",
+        &a.cookie.to_string(),
+        "--pin-dir",
+        PIN_DIR,
+        "--json",
+    ]);
+    assert_eq!(
+        code, 0,
+        "the pinned map answers while the daemon is down: {out}"
+    );
+    assert_eq!(world.stats().get(Counter::Decoded), 2);
+
+    // A new daemon takes over the pinned links and maps...
+    world.restart_daemon(&[]);
+    assert_eq!(
+        ttm_programs_loaded(),
+        4,
+        "one copy of each program, the new ones"
+    );
+    // ...and answers for the connection made while it was down.
+    let mut client = ttm_client::Client::connect(&world.daemon.socket).expect("client");
+    let found = client
+        .lookup_cookie(a.cookie)
+        .expect("lookup")
+        .expect("record from the downtime");
+    assert_eq!(found.client, a.claimed);
+    // Counters carried over.
+    assert_eq!(world.stats().get(Counter::Decoded), 2);
+}
+
+#[test]
+fn an_upgrade_swaps_programs_without_losing_a_connection() {
+    const ROUNDS: usize = 30;
+    const PER_ROUND: usize = 5;
+    let mut world = World::new();
+    let server = world.serve(ROUNDS * PER_ROUND);
+    // Connections keep coming while the upgrade happens.
+    let cgroup = world.lab.client_cgroup();
+    let traffic = std::thread::spawn(move || {
+        let target = format!("{}:8080", lab::VIP);
+        for _ in 0..ROUNDS {
+            let mut c = spawn_in(
+                lab_bin(),
+                &cgroup,
+                lab::CLIENT_NS,
+                &[
+                    "connect",
+                    "--to",
+                    &target,
+                    "--count",
+                    &PER_ROUND.to_string(),
+                ],
+            )
+            .expect("spawn clients");
+            assert!(c.wait(Duration::from_secs(30)).expect("clients").success());
+            std::thread::sleep(Duration::from_millis(30));
+        }
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    let old_programs: Vec<u32> = aya::programs::loaded_programs()
+        .filter_map(Result::ok)
+        .filter(|p| p.name_as_str() == Some(ttm::SOCKOPS_PROGRAM))
+        .map(|p| p.id())
+        .collect();
+    let upgraded = TtmDaemon::start(
+        lab::LB_NET,
+        &world.lab.rs_cgroup(),
+        Path::new(PIN_DIR),
+        &["--upgrade"],
+    )
+    .expect("upgrade");
+    let status = world.daemon.wait_handed_over().expect("old daemon exits");
+    assert!(
+        status.success(),
+        "the old daemon hands over cleanly: {status}"
+    );
+    world.daemon = upgraded;
+    traffic.join().expect("traffic");
+
+    let accepted = world.accepted(&server, ROUNDS * PER_ROUND);
+    let records = world.records();
+    for a in &accepted {
+        let r = records.by_cookie(a.cookie).expect("records");
+        assert_eq!(r.map(|r| r.client), Some(a.claimed), "{a:?}");
+    }
+    let stats = world.stats();
+    assert_eq!(
+        stats.get(Counter::ConnectionsSeen),
+        (ROUNDS * PER_ROUND) as u64
+    );
+    assert_eq!(stats.get(Counter::Decoded), (ROUNDS * PER_ROUND) as u64);
+    // The old programs are gone, the new ones attached.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let now: Vec<u32> = aya::programs::loaded_programs()
+            .filter_map(Result::ok)
+            .filter(|p| p.name_as_str() == Some(ttm::SOCKOPS_PROGRAM))
+            .map(|p| p.id())
+            .collect();
+        if now.len() == 1 && !old_programs.contains(&now[0]) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "old {old_programs:?}, now {now:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn ttm_detach_removes_what_a_crashed_daemon_left() {
+    let mut world = World::new();
+    let (code, _, err) = ttm(&["detach", "--pin-dir", PIN_DIR]);
+    assert_eq!(code, 2, "refuses while a daemon runs");
+    assert!(err.contains("stop it with SIGTERM"), "{err}");
+
+    world.daemon.crash_in_place();
+    assert!(
+        ttm_programs_loaded() > 0,
+        "the crash left the programs attached"
+    );
+    let (code, out, err) = ttm(&["detach", "--pin-dir", PIN_DIR]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("removed 9 pin(s)"), "{out}");
+    assert!(!Path::new(PIN_DIR).exists());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while ttm_programs_loaded() != 0 {
+        assert!(
+            Instant::now() < deadline,
+            "programs still loaded after detach"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Nothing is decoded or rewritten any more.
+    let server = world.serve(1);
+    world.connect(&world.lab.client_cgroup(), 1, 0);
+    let a = world.accepted(&server, 1).pop().expect("accepted");
+    assert_eq!(a.peer.ip().to_string(), lab::LB_IP);
+}
