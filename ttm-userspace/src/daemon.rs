@@ -88,6 +88,12 @@ pub struct Daemon {
     service: Option<LookupService>,
     /// Set on hand-over: leave links and pins for the next daemon.
     keep_attached: bool,
+    /// The lookup service's counters, for the metrics endpoint.
+    service_counters: Option<Arc<crate::service::ServiceCounters>>,
+    /// Capacity of the cookie map.
+    capacity: u32,
+    /// The metrics endpoint, if serving.
+    metrics: Option<tokio::task::JoinHandle<()>>,
     _lock: InstanceLock,
 }
 
@@ -141,6 +147,9 @@ impl Daemon {
             logger,
             service: None,
             keep_attached: false,
+            service_counters: None,
+            capacity: config.max_records,
+            metrics: None,
             _lock: lock,
         };
         if adopted > 0 {
@@ -149,15 +158,15 @@ impl Daemon {
             );
         }
         let directory = PinnedDirectory::open(&daemon.pins).context("opening the pinned maps")?;
-        daemon.service = Some(
-            LookupService::bind(
-                &config.socket,
-                config.socket_group,
-                config.limits,
-                Arc::new(directory),
-            )
-            .context("starting the lookup service")?,
-        );
+        let service = LookupService::bind(
+            &config.socket,
+            config.socket_group,
+            config.limits,
+            Arc::new(directory),
+        )
+        .context("starting the lookup service")?;
+        daemon.service_counters = Some(service.counters());
+        daemon.service = Some(service);
         info!(
             "ttm attached to cgroup {} — trusting {} — getsockopt(SOL_IP, {}){} — accept()/getpeername() {} — maps pinned in {}",
             daemon.cgroup.display(),
@@ -185,6 +194,20 @@ impl Daemon {
             daemon.pins.path().display()
         );
         Ok(daemon)
+    }
+
+    /// Serves Prometheus metrics on `addr` while the daemon runs.
+    pub async fn serve_metrics(&mut self, addr: std::net::SocketAddr) -> Result<()> {
+        self.metrics = Some(
+            crate::metrics::serve(
+                addr,
+                self.pins.clone(),
+                self.service_counters.clone(),
+                self.capacity,
+            )
+            .await?,
+        );
+        Ok(())
     }
 
     /// Runs until SIGINT or SIGTERM, forwarding kernel-side logs.
@@ -224,6 +247,9 @@ impl Daemon {
             service.abort();
             // Dropping the service removes its socket file.
             let _ = service.await;
+        }
+        if let Some(metrics) = self.metrics.take() {
+            metrics.abort();
         }
         drop(logs);
         drop(self);

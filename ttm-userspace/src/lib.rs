@@ -1,10 +1,12 @@
 //! The ttm agent's library: loading and attaching the decoder, reading its
 //! records and counters, serving lookups. The `ttm` binary is a thin CLI over it.
 
+pub mod config;
 pub mod daemon;
 pub mod formats;
 pub mod host;
 pub mod links;
+pub mod metrics;
 pub mod pins;
 pub mod records;
 pub mod service;

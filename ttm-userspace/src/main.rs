@@ -6,16 +6,12 @@ use std::process::ExitCode;
 
 use anyhow::{Context as _, Result};
 use clap::{Parser, Subcommand};
-use std::time::Duration;
-use ttm::daemon::{Daemon, DaemonConfig};
+use ttm::daemon::Daemon;
 use ttm::pins::{PinDir, DEFAULT_PIN_DIR};
 
-use ttm::host;
+use ttm::config::{DaemonArgs, Settings};
 use ttm::records::RecordStore;
-use ttm::service::Limits;
-use ttm::trust::TrustedLbs;
 use ttm_client::{Client, Connection, DEFAULT_SOCKET};
-use ttm_common::maps::DEFAULT_RECORDS_CAPACITY;
 
 #[derive(Parser)]
 #[command(
@@ -29,56 +25,21 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
+enum ConfigAction {
+    /// Validate and print the effective settings.
+    Check(DaemonArgs),
+}
+
+#[derive(Subcommand)]
 enum Command {
-    /// Load and attach the decoder, pin its maps, run until SIGINT/SIGTERM.
-    Daemon {
-        /// Trusted load-balancer network (CIDR or address; repeatable, comma lists allowed).
-        /// Options are decoded only from peers inside these networks.
-        #[arg(long, value_name = "CIDR")]
-        trust: Vec<String>,
-        /// Decode options from any peer. UNSAFE: any client can then choose its own address.
-        #[arg(long)]
-        trust_any: bool,
-        /// cgroup v2 directory whose sockets are decoded (default: the cgroup2 root, every socket).
-        #[arg(long, value_name = "PATH")]
-        cgroup: Option<PathBuf>,
-        /// bpffs directory for the pinned maps.
-        #[arg(long, value_name = "DIR", default_value = DEFAULT_PIN_DIR)]
-        pin_dir: PathBuf,
-        /// Option layout to decode: a preset (toa, kind253, kind200) or
-        /// custom:KIND/LEN/v4|v6; repeatable, in priority order (default: toa). See `ttm formats`.
-        #[arg(long = "format", value_name = "NAME")]
-        formats: Vec<String>,
-        /// Capacity of the connection map (live decoded connections).
-        #[arg(long, value_name = "N", default_value_t = DEFAULT_RECORDS_CAPACITY)]
-        max_records: u32,
-        /// Unix socket of the lookup service.
-        #[arg(long, value_name = "PATH", default_value = DEFAULT_SOCKET)]
-        socket: PathBuf,
-        /// Group allowed to use the lookup socket (name or gid; the socket is mode 0660).
-        #[arg(long, value_name = "GROUP")]
-        socket_group: Option<String>,
-        /// Lookup clients served at once; more are answered `overloaded`.
-        #[arg(long, value_name = "N", default_value_t = Limits::default().max_clients)]
-        max_clients: usize,
-        /// Option name answered by `getsockopt(fd, SOL_IP, NAME)` with `struct ttm_peer`.
-        #[arg(long, value_name = "NAME", default_value_t = ttm_common::compat::TTM_PEER_SOCKOPT)]
-        getsockopt_name: u32,
-        /// Also answer `getsockopt(fd, SOL_IP, NAME)` with the NAT64 layout
-        /// `{ struct in6_addr saddr; be16 port; }` (DPVS uses 4096).
-        #[arg(long, value_name = "NAME")]
-        nat64_getsockopt: Option<u32>,
-        /// Leave accept()/getpeername() alone (they then return the load balancer).
-        #[arg(long)]
-        no_rewrite: bool,
-        /// Take over from the daemon running on this pin directory: it exits
-        /// leaving its programs attached, and this one swaps in its programs
-        /// atomically (no connection goes unrecorded).
-        #[arg(long)]
-        upgrade: bool,
-        /// Seconds a lookup client may stay silent (or not read its answers) before it is dropped.
-        #[arg(long, value_name = "SECS", default_value_t = Limits::default().idle_timeout.as_secs_f64())]
-        client_timeout: f64,
+    /// Load and attach the decoder, pin its maps and links, serve lookups;
+    /// SIGINT/SIGTERM detach everything, SIGUSR2 hands over (see --upgrade).
+    Daemon(DaemonArgs),
+    /// Settings: `ttm config check [daemon flags]` validates the file and the
+    /// flags and prints the effective settings as TOML.
+    Config {
+        #[command(subcommand)]
+        action: ConfigAction,
     },
     /// Print the real client of one connection on this host.
     Lookup {
@@ -138,54 +99,30 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
-        Command::Daemon {
-            trust,
-            trust_any,
-            cgroup,
-            pin_dir,
-            formats,
-            max_records,
-            socket,
-            socket_group,
-            max_clients,
-            client_timeout,
-            getsockopt_name,
-            nat64_getsockopt,
-            no_rewrite,
-            upgrade,
-        } => {
-            let idle_timeout = Duration::try_from_secs_f64(client_timeout)
-                .ok()
-                .filter(|d| !d.is_zero())
-                .context("--client-timeout must be a positive number of seconds")?;
-            let config = DaemonConfig {
-                trust: TrustedLbs::parse(&trust)?,
-                trust_any,
-                cgroup,
-                pins: PinDir::new(pin_dir),
-                max_records,
-                formats: ttm::formats::table(&formats)?,
-                socket,
-                socket_group: socket_group.as_deref().map(host::group_id).transpose()?,
-                limits: Limits {
-                    max_clients,
-                    idle_timeout,
-                    ..Limits::default()
-                },
-                getsockopt_name,
-                nat64_getsockopt_name: nat64_getsockopt,
-                rewrite: !no_rewrite,
-                upgrade,
-            };
+        Command::Daemon(args) => {
+            let settings = Settings::load(&args)?;
+            let config = settings.daemon_config(args.upgrade)?;
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
                 .enable_all()
                 .build()
                 .context("starting the async runtime")?;
             runtime.block_on(async {
-                let daemon = Daemon::start(&config)?;
+                let mut daemon = Daemon::start(&config)?;
+                if let Some(addr) = settings.metrics {
+                    daemon.serve_metrics(addr).await?;
+                }
                 daemon.run_until_signal().await
             })?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Config {
+            action: ConfigAction::Check(args),
+        } => {
+            let settings = Settings::load(&args)?;
+            settings.daemon_config(false)?;
+            print!("{}", settings.to_toml());
+            eprintln!("ttm: settings are valid");
             Ok(ExitCode::SUCCESS)
         }
         Command::Lookup {

@@ -1,0 +1,139 @@
+//! Operating ttm: the settings file with flags over it, `ttm config check`,
+//! and the Prometheus endpoint.
+
+mod common;
+
+use std::io::{Read as _, Write as _};
+use std::net::TcpStream;
+use std::process::Command;
+use std::time::Duration;
+
+use common::World;
+use ttm_lab::daemon::ttm_bin;
+use ttm_lab::lab;
+
+fn ttm(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(ttm_bin().expect("ttm"))
+        .args(args)
+        .output()
+        .expect("run ttm");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn temp_file(name: &str, text: &str) -> std::path::PathBuf {
+    let path = std::env::temp_dir().join(format!("ttm-{}-{name}", std::process::id()));
+    std::fs::write(&path, text).expect("write temp file");
+    path
+}
+
+#[test]
+fn config_check_merges_the_file_and_the_flags() {
+    let file = temp_file(
+        "good.toml",
+        "trust = [\"10.0.2.0/24\"]\nformats = [\"toa\", \"kind200\"]\nmax_records = 1000\nrewrite = false\n",
+    );
+    let (code, out, err) = ttm(&[
+        "config",
+        "check",
+        "--config",
+        file.to_str().unwrap(),
+        "--max-records",
+        "777",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let effective: toml::Table = out.parse().expect("TOML out");
+    assert_eq!(
+        effective["max_records"].as_integer(),
+        Some(777),
+        "the flag wins"
+    );
+    assert_eq!(effective["formats"].as_array().map(Vec::len), Some(2));
+    assert_eq!(effective["rewrite"].as_bool(), Some(false));
+    assert_eq!(effective["trust"][0].as_str(), Some("10.0.2.0/24"));
+    let _ = std::fs::remove_file(file);
+
+    for (text, expected) in [
+        (
+            "trust = [\"10.0.2.0/24\"]\nmax_clients = 0\n",
+            "key `max_clients`",
+        ),
+        (
+            "trust = [\"10.0.2.0/24\"]\nformats = [\"tao\"]\n",
+            "key `formats`",
+        ),
+        (
+            "trust = [\"10.0.2.0/24\"]\nmax_recrods = 5\n",
+            "unknown field `max_recrods`",
+        ),
+    ] {
+        let file = temp_file("bad.toml", text);
+        let (code, _, err) = ttm(&["config", "check", "--config", file.to_str().unwrap()]);
+        assert_eq!(code, 2, "{text}");
+        assert!(err.contains(expected), "{text}: {err}");
+        let _ = std::fs::remove_file(file);
+    }
+}
+
+#[test]
+fn the_daemon_reads_its_settings_file() {
+    // The file asks for kind 200 only and no rewrite; the flags add the rest.
+    let file = temp_file("daemon.toml", "formats = [\"kind200\"]\nrewrite = false\n");
+    let world = World::with_daemon_args(lab::LB_NET, &["--config", file.to_str().unwrap()]);
+    world
+        .lab
+        .set_writer(ttm_lab::writer::WriterConfig::own_address(200))
+        .expect("writer");
+    let server = world.serve(1);
+    world.connect(&world.lab.client_cgroup(), 1, 0);
+    let a = world.accepted(&server, 1).pop().expect("accepted");
+    let record = world.records().by_cookie(a.cookie).expect("records");
+    assert_eq!(
+        record.map(|r| r.client),
+        Some(a.claimed),
+        "kind 200 decoded"
+    );
+    assert_eq!(a.peer.ip().to_string(), lab::LB_IP, "rewrite off");
+    let _ = std::fs::remove_file(file);
+}
+
+fn scrape(port: u16) -> String {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect to metrics");
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .expect("request");
+    let mut response = String::new();
+    s.read_to_string(&mut response).expect("response");
+    response
+}
+
+#[test]
+fn metrics_expose_every_counter_the_fill_level_and_build_info() {
+    let world = World::with_daemon_args(lab::LB_NET, &["--metrics", "127.0.0.1:19464"]);
+    let server = world.serve(2);
+    world.connect(&world.lab.client_cgroup(), 2, 0);
+    let _ = world.accepted(&server, 2);
+    let text = scrape(19464);
+    assert!(text.starts_with("HTTP/1.1 200 OK"), "{text}");
+    for line in [
+        "ttm_decoded_total 2",
+        "ttm_connections_seen_total 2",
+        "ttm_untrusted_total 0",
+        "ttm_live_records 2",
+        "ttm_records_capacity 65536",
+        "ttm_build_info{version=\"0.1.0\"} 1",
+    ] {
+        assert!(text.contains(line), "{line} missing:\n{text}");
+    }
+    for counter in ttm_common::Counter::ALL {
+        assert!(
+            text.contains(&format!("ttm_{}_total", counter.name())),
+            "{} missing",
+            counter.name()
+        );
+    }
+    assert!(text.contains("ttm_lookup_clients_accepted_total"), "{text}");
+}

@@ -1,0 +1,303 @@
+//! `ttm daemon`'s settings: a TOML file (`--config`, default
+//! `/etc/ttm/ttm.toml`) holding everything the flags hold, flags overriding
+//! it. `ttm config check` prints the effective settings.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context as _, Result};
+use clap::Args;
+use serde::{Deserialize, Serialize};
+
+use crate::daemon::DaemonConfig;
+use crate::pins::{PinDir, DEFAULT_PIN_DIR};
+use crate::service::Limits;
+use crate::trust::TrustedLbs;
+
+/// Where the daemon looks for its file unless `--config` says otherwise.
+pub const DEFAULT_CONFIG: &str = "/etc/ttm/ttm.toml";
+
+/// The daemon's flags; each overrides the file's key of the same name.
+#[derive(Args, Clone, Debug, Default)]
+pub struct DaemonArgs {
+    /// Settings file (TOML; keys as the flags, with underscores). Default /etc/ttm/ttm.toml, if present.
+    #[arg(long, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+    /// Trusted load-balancer network (CIDR or address; repeatable, comma lists allowed).
+    /// Options are decoded only from peers inside these networks.
+    #[arg(long, value_name = "CIDR")]
+    pub trust: Vec<String>,
+    /// Decode options from any peer. UNSAFE: any client can then choose its own address.
+    #[arg(long)]
+    pub trust_any: bool,
+    /// cgroup v2 directory whose sockets are decoded (default: the cgroup2 root, every socket).
+    #[arg(long, value_name = "PATH")]
+    pub cgroup: Option<PathBuf>,
+    /// bpffs directory for the pinned maps and links (default /sys/fs/bpf/ttm).
+    #[arg(long, value_name = "DIR")]
+    pub pin_dir: Option<PathBuf>,
+    /// Option layout to decode: a preset (toa, kind253, kind200) or
+    /// custom:KIND/LEN/v4|v6; repeatable, in priority order (default: toa). See `ttm formats`.
+    #[arg(long = "format", value_name = "NAME")]
+    pub formats: Vec<String>,
+    /// Capacity of the connection map (live decoded connections; default 65536).
+    #[arg(long, value_name = "N")]
+    pub max_records: Option<u32>,
+    /// Unix socket of the lookup service (default /run/ttm/ttm.sock).
+    #[arg(long, value_name = "PATH")]
+    pub socket: Option<PathBuf>,
+    /// Group allowed to use the lookup socket (name or gid; the socket is mode 0660).
+    #[arg(long, value_name = "GROUP")]
+    pub socket_group: Option<String>,
+    /// Lookup clients served at once; more are answered `overloaded` (default 4096).
+    #[arg(long, value_name = "N")]
+    pub max_clients: Option<usize>,
+    /// Seconds a lookup client may stay silent (or not read its answers) before it is dropped (default 30).
+    #[arg(long, value_name = "SECS")]
+    pub client_timeout: Option<f64>,
+    /// Option name answered by `getsockopt(fd, SOL_IP, NAME)` with `struct ttm_peer` (default 1345).
+    #[arg(long, value_name = "NAME")]
+    pub getsockopt_name: Option<u32>,
+    /// Also answer `getsockopt(fd, SOL_IP, NAME)` with the NAT64 layout
+    /// `{ struct in6_addr saddr; be16 port; }` (DPVS uses 4096).
+    #[arg(long, value_name = "NAME")]
+    pub nat64_getsockopt: Option<u32>,
+    /// Leave accept()/getpeername() alone (they then return the load balancer).
+    #[arg(long)]
+    pub no_rewrite: bool,
+    /// Serve Prometheus metrics on this address (off by default), e.g. 127.0.0.1:9464.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<SocketAddr>,
+    /// Take over from the daemon running on this pin directory: it exits
+    /// leaving its programs attached, and this one swaps in its programs
+    /// atomically (no connection goes unrecorded).
+    #[arg(long)]
+    pub upgrade: bool,
+}
+
+/// The file: every key optional, unknown keys refused.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    trust: Option<Vec<String>>,
+    trust_any: Option<bool>,
+    cgroup: Option<PathBuf>,
+    pin_dir: Option<PathBuf>,
+    formats: Option<Vec<String>>,
+    max_records: Option<u32>,
+    socket: Option<PathBuf>,
+    socket_group: Option<String>,
+    max_clients: Option<usize>,
+    client_timeout: Option<f64>,
+    getsockopt_name: Option<u32>,
+    nat64_getsockopt: Option<u32>,
+    rewrite: Option<bool>,
+    metrics: Option<SocketAddr>,
+}
+
+/// The effective settings, printed by `ttm config check` (valid as a file).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Settings {
+    /// Trusted LB networks.
+    pub trust: Vec<String>,
+    /// Decode from any peer.
+    pub trust_any: bool,
+    /// cgroup to attach to (absent: the cgroup2 root).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cgroup: Option<PathBuf>,
+    /// Pin directory.
+    pub pin_dir: PathBuf,
+    /// Option layouts.
+    pub formats: Vec<String>,
+    /// Connection map capacity.
+    pub max_records: u32,
+    /// Lookup socket.
+    pub socket: PathBuf,
+    /// Lookup socket group.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub socket_group: Option<String>,
+    /// Lookup clients at once.
+    pub max_clients: usize,
+    /// Lookup client idle timeout, seconds.
+    pub client_timeout: f64,
+    /// getsockopt option name.
+    pub getsockopt_name: u32,
+    /// NAT64 getsockopt option name.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub nat64_getsockopt: Option<u32>,
+    /// accept()/getpeername() rewrite.
+    pub rewrite: bool,
+    /// Prometheus endpoint.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<SocketAddr>,
+}
+
+impl Settings {
+    /// Merges `args` over the file they name (or the default file, if present).
+    pub fn load(args: &DaemonArgs) -> Result<Settings> {
+        let file = match &args.config {
+            Some(path) => read_file(path)?,
+            None if Path::new(DEFAULT_CONFIG).exists() => read_file(Path::new(DEFAULT_CONFIG))?,
+            None => FileConfig::default(),
+        };
+        Ok(Settings::merge(args, file))
+    }
+
+    /// Parses settings from TOML text (flags none).
+    pub fn from_toml(text: &str) -> Result<Settings> {
+        let file: FileConfig = toml::from_str(text).map_err(|e| anyhow::anyhow!("{e}"))?;
+        Ok(Settings::merge(&DaemonArgs::default(), file))
+    }
+
+    fn merge(args: &DaemonArgs, file: FileConfig) -> Settings {
+        let limits = Limits::default();
+        let list = |flag: &Vec<String>, key: Option<Vec<String>>| {
+            if flag.is_empty() {
+                key.unwrap_or_default()
+            } else {
+                flag.clone()
+            }
+        };
+        Settings {
+            trust: list(&args.trust, file.trust),
+            trust_any: args.trust_any || file.trust_any.unwrap_or(false),
+            cgroup: args.cgroup.clone().or(file.cgroup),
+            pin_dir: args
+                .pin_dir
+                .clone()
+                .or(file.pin_dir)
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_PIN_DIR)),
+            formats: list(&args.formats, file.formats),
+            max_records: args
+                .max_records
+                .or(file.max_records)
+                .unwrap_or(ttm_common::maps::DEFAULT_RECORDS_CAPACITY),
+            socket: args
+                .socket
+                .clone()
+                .or(file.socket)
+                .unwrap_or_else(|| PathBuf::from(ttm_client::DEFAULT_SOCKET)),
+            socket_group: args.socket_group.clone().or(file.socket_group),
+            max_clients: args
+                .max_clients
+                .or(file.max_clients)
+                .unwrap_or(limits.max_clients),
+            client_timeout: args
+                .client_timeout
+                .or(file.client_timeout)
+                .unwrap_or(limits.idle_timeout.as_secs_f64()),
+            getsockopt_name: args
+                .getsockopt_name
+                .or(file.getsockopt_name)
+                .unwrap_or(ttm_common::compat::TTM_PEER_SOCKOPT),
+            nat64_getsockopt: args.nat64_getsockopt.or(file.nat64_getsockopt),
+            rewrite: !args.no_rewrite && file.rewrite.unwrap_or(true),
+            metrics: args.metrics.or(file.metrics),
+        }
+    }
+
+    /// Checks every value and builds the daemon's configuration; each error
+    /// names the key and what is allowed.
+    pub fn daemon_config(&self, upgrade: bool) -> Result<DaemonConfig> {
+        let trust = TrustedLbs::parse(&self.trust).context("key `trust` (CIDRs or addresses)")?;
+        let formats = crate::formats::table(&self.formats).context("key `formats`")?;
+        let idle_timeout = Duration::try_from_secs_f64(self.client_timeout)
+            .ok()
+            .filter(|d| !d.is_zero())
+            .with_context(|| {
+                format!(
+                    "key `client_timeout`: {} is not allowed — a positive number of seconds",
+                    self.client_timeout
+                )
+            })?;
+        if self.max_records == 0 {
+            bail!("key `max_records`: 0 is not allowed — at least 1");
+        }
+        if self.max_clients == 0 {
+            bail!("key `max_clients`: 0 is not allowed — at least 1");
+        }
+        let socket_group = self
+            .socket_group
+            .as_deref()
+            .map(crate::host::group_id)
+            .transpose()
+            .context("key `socket_group`")?;
+        let config = DaemonConfig {
+            trust,
+            trust_any: self.trust_any,
+            cgroup: self.cgroup.clone(),
+            pins: PinDir::new(&self.pin_dir),
+            max_records: self.max_records,
+            formats,
+            socket: self.socket.clone(),
+            socket_group,
+            limits: Limits {
+                max_clients: self.max_clients,
+                idle_timeout,
+                ..Limits::default()
+            },
+            getsockopt_name: self.getsockopt_name,
+            nat64_getsockopt_name: self.nat64_getsockopt,
+            rewrite: self.rewrite,
+            upgrade,
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// The settings as TOML.
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).unwrap_or_default()
+    }
+}
+
+fn read_file(path: &Path) -> Result<FileConfig> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading the settings file {}", path.display()))?;
+    toml::from_str(&text).map_err(|e| anyhow::anyhow!("settings file {}: {e}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_override_the_file_and_defaults_fill_the_rest() {
+        let file: FileConfig = toml::from_str(
+            "trust = [\"10.0.2.0/24\"]\nformats = [\"kind200\"]\nmax_records = 1000\nrewrite = false\n",
+        )
+        .unwrap();
+        let args = DaemonArgs {
+            max_records: Some(2000),
+            ..DaemonArgs::default()
+        };
+        let s = Settings::merge(&args, file);
+        assert_eq!(s.trust, vec!["10.0.2.0/24"]);
+        assert_eq!(s.formats, vec!["kind200"]);
+        assert_eq!(s.max_records, 2000, "the flag wins");
+        assert!(!s.rewrite);
+        assert_eq!(s.pin_dir, PathBuf::from(DEFAULT_PIN_DIR));
+        assert_eq!(s.getsockopt_name, 1345);
+        // What `config check` prints reads back as the same settings.
+        assert_eq!(Settings::from_toml(&s.to_toml()).unwrap(), s);
+    }
+
+    #[test]
+    fn every_bad_value_names_its_key() {
+        let err = |text: &str| {
+            let s = Settings::from_toml(text).and_then(|s| s.daemon_config(false).map(|_| s));
+            format!("{:#}", s.unwrap_err())
+        };
+        assert!(err("trst = []").contains("unknown field `trst`"));
+        assert!(err("max_records = \"x\"").contains("max_records"));
+        assert!(err("trust = [\"10.0.2.0/33\"]").contains("key `trust`"));
+        assert!(err("trust = [\"10.0.2.0/24\"]\nformats = [\"tao\"]").contains("key `formats`"));
+        assert!(
+            err("trust = [\"10.0.2.0/24\"]\nclient_timeout = -1").contains("key `client_timeout`")
+        );
+        assert!(err("trust = [\"10.0.2.0/24\"]\nmax_clients = 0").contains("key `max_clients`"));
+        assert!(err("metrics = \"nowhere\"").contains("metrics"));
+        assert!(err("").contains("--trust CIDR"));
+    }
+}
