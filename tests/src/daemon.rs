@@ -49,8 +49,26 @@ impl TtmDaemon {
     /// Starts `ttm daemon --trust <trust> --cgroup <cgroup> --pin-dir <pin_dir>
     /// --socket <socket_for(pin_dir)>` plus `extra`, and waits until it reports ready.
     pub fn start(trust: &str, cgroup: &Path, pin_dir: &Path, extra: &[&str]) -> Result<TtmDaemon> {
+        TtmDaemon::start_under(&[], trust, cgroup, pin_dir, extra)
+    }
+
+    /// Like [`TtmDaemon::start`], run through `wrapper` (e.g. `setpriv ...`).
+    pub fn start_under(
+        wrapper: &[String],
+        trust: &str,
+        cgroup: &Path,
+        pin_dir: &Path,
+        extra: &[&str],
+    ) -> Result<TtmDaemon> {
         let socket = socket_for(pin_dir);
-        let mut cmd = Command::new(ttm_bin()?);
+        let mut cmd = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(ttm_bin()?);
+                c
+            }
+            None => Command::new(ttm_bin()?),
+        };
         cmd.args(["daemon", "--trust", trust, "--cgroup"])
             .arg(cgroup)
             .arg("--pin-dir")

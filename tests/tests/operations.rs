@@ -137,3 +137,75 @@ fn metrics_expose_every_counter_the_fill_level_and_build_info() {
     }
     assert!(text.contains("ttm_lookup_clients_accepted_total"), "{text}");
 }
+
+/// The capabilities the systemd unit grants, as setpriv names them.
+fn unit_capabilities() -> Vec<String> {
+    let unit = include_str!(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../packaging/systemd/ttm.service"
+    ));
+    unit.lines()
+        .find_map(|l| l.strip_prefix("CapabilityBoundingSet="))
+        .expect("CapabilityBoundingSet in the unit")
+        .split_whitespace()
+        .map(|c| c.trim_start_matches("CAP_").to_lowercase())
+        .collect()
+}
+
+fn setpriv(caps: &[String]) -> Vec<String> {
+    let list = format!(
+        "-all,{}",
+        caps.iter()
+            .map(|c| format!("+{c}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    );
+    vec![
+        "setpriv".into(),
+        format!("--inh-caps={list}"),
+        format!("--ambient-caps={list}"),
+        format!("--bounding-set={list}"),
+    ]
+}
+
+#[test]
+fn the_daemon_works_with_only_the_units_capabilities() {
+    let caps = unit_capabilities();
+    assert_eq!(caps, ["bpf", "net_admin", "perfmon", "chown"]);
+    let serial = ttm_lab::process::serial();
+    let lab = ttm_lab::Lab::up().expect("lab");
+    let pin_dir = std::path::Path::new(common::PIN_DIR);
+    let daemon = ttm_lab::TtmDaemon::start_under(
+        &setpriv(&caps),
+        lab::LB_NET,
+        &lab.rs_cgroup(),
+        pin_dir,
+        &["--socket-group", "4242"],
+    )
+    .expect("the daemon starts with the unit's capabilities only");
+    let status = std::fs::read_to_string(format!("/proc/{}/status", daemon.pid())).unwrap();
+    let eff = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .map(|v| u64::from_str_radix(v.trim(), 16).unwrap())
+        .unwrap();
+    // CAP_CHOWN 0, CAP_NET_ADMIN 12, CAP_PERFMON 38, CAP_BPF 39: nothing else.
+    assert_eq!(
+        eff,
+        (1 << 0) | (1 << 12) | (1 << 38) | (1 << 39),
+        "CapEff {eff:#x}"
+    );
+    drop(daemon);
+    // One fewer is not enough: without CAP_PERFMON the verifier refuses.
+    let without: Vec<String> = caps.iter().filter(|c| *c != "perfmon").cloned().collect();
+    let refused = ttm_lab::TtmDaemon::start_under(
+        &setpriv(&without),
+        lab::LB_NET,
+        &lab.rs_cgroup(),
+        pin_dir,
+        &[],
+    );
+    assert!(refused.is_err(), "starts without CAP_PERFMON?");
+    drop(lab);
+    drop(serial);
+}

@@ -116,6 +116,19 @@ impl Daemon {
         } else {
             InstanceLock::acquire(config.pins.path())?
         };
+        // Pins left by a crashed daemon keep the kernel side working: a
+        // failed start must not remove them. Fresh ones it made, it removes.
+        let adopting = LINKED_PROGRAMS
+            .iter()
+            .any(|name| config.pins.link(name).exists());
+        Daemon::start_locked(config, cgroup, lock).inspect_err(|_| {
+            if !adopting {
+                remove_pins(&config.pins);
+            }
+        })
+    }
+
+    fn start_locked(config: &DaemonConfig, cgroup: PathBuf, lock: InstanceLock) -> Result<Daemon> {
         fs::create_dir_all(config.pins.path())
             .with_context(|| format!("creating pin directory {}", config.pins.path().display()))?;
 

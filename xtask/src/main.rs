@@ -38,6 +38,8 @@ enum Cmd {
     Demo,
     /// Unit tests, the lab integration tests and a benchmark smoke run (needs root).
     Test,
+    /// Build the release `ttm` binary (eBPF objects embedded) into target/dist/.
+    Dist,
     /// Measure ttm's costs side by side and write BENCHMARKS.md (release build, needs root).
     Bench {
         /// A short smoke run; writes target/bench-quick/BENCHMARKS.md instead.
@@ -96,11 +98,31 @@ fn run(cli: Cli) -> Result<()> {
             // The benchmark code must keep working: a smoke run of every section.
             bench(true)
         }
+        Cmd::Dist => dist(),
         Cmd::Bench { quick } => {
             require_root("the benchmarks build network namespaces")?;
             bench(quick)
         }
     }
+}
+
+/// One file is the whole product: the release binary with its programs inside.
+fn dist() -> Result<()> {
+    cargo(&["build", "--release", "-p", "ttm-userspace", "--bin", "ttm"])?;
+    let root = std::env::current_dir()?;
+    let dir = root.join("target").join("dist");
+    std::fs::create_dir_all(&dir)?;
+    let out = dir.join("ttm");
+    std::fs::copy(root.join("target/release/ttm"), &out)
+        .with_context(|| format!("copying to {}", out.display()))?;
+    let size = std::fs::metadata(&out)?.len();
+    println!(
+        "{} ({:.1} MiB): `ttm daemon`, the lookup service and the CLI, eBPF programs embedded; \
+         packaging/ has the systemd unit, a Containerfile and a Kubernetes DaemonSet",
+        out.display(),
+        size as f64 / (1024.0 * 1024.0)
+    );
+    Ok(())
 }
 
 /// Runs the benchmarks: release build for real figures, debug for the smoke run.
