@@ -224,7 +224,8 @@ impl Daemon {
     }
 
     /// Runs until SIGINT or SIGTERM, forwarding kernel-side logs.
-    pub async fn run_until_signal(mut self) -> Result<()> {
+    /// Returns `true` when it handed over (SIGUSR2) instead of detaching.
+    pub async fn run_until_signal(mut self) -> Result<bool> {
         use tokio::io::unix::AsyncFd;
         use tokio::signal::unix::{signal, SignalKind};
         let mut term = signal(SignalKind::terminate())?;
@@ -265,10 +266,15 @@ impl Daemon {
             metrics.abort();
         }
         drop(logs);
+        let handed_over = self.keep_attached;
         drop(self);
-        Ok(())
+        Ok(handed_over)
     }
 }
+
+/// Exit status of a daemon that handed over (SIGUSR2): non-zero, so that
+/// systemd's `Restart=on-failure` starts the next daemon, which adopts the pins.
+pub const HANDED_OVER_EXIT: u8 = 75;
 
 impl Drop for Daemon {
     fn drop(&mut self) {

@@ -107,14 +107,18 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 .enable_all()
                 .build()
                 .context("starting the async runtime")?;
-            runtime.block_on(async {
+            let handed_over = runtime.block_on(async {
                 let mut daemon = Daemon::start(&config)?;
                 if let Some(addr) = settings.metrics {
                     daemon.serve_metrics(addr).await?;
                 }
                 daemon.run_until_signal().await
             })?;
-            Ok(ExitCode::SUCCESS)
+            if handed_over {
+                Ok(ExitCode::from(ttm::daemon::HANDED_OVER_EXIT))
+            } else {
+                Ok(ExitCode::SUCCESS)
+            }
         }
         Command::Config {
             action: ConfigAction::Check(args),

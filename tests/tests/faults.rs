@@ -1,0 +1,214 @@
+//! Bad days in the lab, each asserting that no connection failed and no
+//! record went missing: a daemon killed under load, a full map, bpffs
+//! missing, the cgroup removed under the daemon, new settings applied.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use common::{lab_bin, World, PIN_DIR};
+use ttm_common::Counter;
+use ttm_lab::daemon::ttm_bin;
+use ttm_lab::lab;
+use ttm_lab::process::spawn_in;
+use ttm_lab::TtmDaemon;
+
+/// Rounds of concurrent client connections through the LB, in a thread; the
+/// thread panics if any connection fails.
+fn steady_load(world: &World, rounds: usize, per_round: usize) -> JoinHandle<()> {
+    let cgroup = world.lab.client_cgroup();
+    std::thread::spawn(move || {
+        let target = format!("{}:8080", lab::VIP);
+        for round in 0..rounds {
+            let mut c = spawn_in(
+                lab_bin(),
+                &cgroup,
+                lab::CLIENT_NS,
+                &[
+                    "connect",
+                    "--to",
+                    &target,
+                    "--count",
+                    &per_round.to_string(),
+                ],
+            )
+            .expect("spawn clients");
+            let status = c.wait(Duration::from_secs(30)).expect("clients");
+            assert!(status.success(), "round {round}: a connection failed");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    })
+}
+
+/// Every accepted connection has its own client's record.
+fn assert_all_recorded(world: &World, accepted: &[common::Accepted]) {
+    let records = world.records();
+    for a in accepted {
+        let r = records.by_cookie(a.cookie).expect("records");
+        assert_eq!(
+            r.map(|r| r.client),
+            Some(a.claimed),
+            "missing record for {a:?}"
+        );
+    }
+}
+
+#[test]
+fn kill_9_under_load_then_restart_loses_nothing() {
+    const ROUNDS: usize = 30;
+    const PER_ROUND: usize = 5;
+    let mut world = World::new();
+    let server = world.serve(ROUNDS * PER_ROUND);
+    let load = steady_load(&world, ROUNDS, PER_ROUND);
+    std::thread::sleep(Duration::from_millis(150));
+    world.daemon.crash_in_place();
+    std::thread::sleep(Duration::from_millis(300));
+    world.restart_daemon(&[]);
+    load.join().expect("no connection failed");
+    let accepted = world.accepted(&server, ROUNDS * PER_ROUND);
+    assert_all_recorded(&world, &accepted);
+    let stats = world.stats();
+    assert_eq!(stats.get(Counter::Decoded), (ROUNDS * PER_ROUND) as u64);
+    assert_eq!(
+        stats.get(Counter::ConnectionsSeen),
+        (ROUNDS * PER_ROUND) as u64
+    );
+}
+
+#[test]
+fn a_full_map_evicts_counted_and_traffic_is_unaffected() {
+    const CONNECTIONS: usize = 40;
+    let world = World::with_daemon_args(lab::LB_NET, &["--max-records", "8"]);
+    let mut server = world.serve(CONNECTIONS);
+    world.connect(&world.lab.client_cgroup(), CONNECTIONS, 0);
+    let accepted = world.accepted(&server, CONNECTIONS);
+    for a in &accepted {
+        // The hooks read per-socket storage, not the bounded cookie map.
+        assert_eq!(a.peer, a.claimed, "accept() still returns the client");
+    }
+    let live = world.records().len();
+    assert!(live <= 8, "{live} records in a map of 8");
+    assert_eq!(world.stats().get(Counter::Decoded), CONNECTIONS as u64);
+    // Closing every connection tells evicted from removed.
+    server.close_stdin();
+    let _ = server.wait(Duration::from_secs(10));
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let stats = world.stats();
+        let closed = stats.get(Counter::RecordsRemoved) + stats.get(Counter::RecordsEvicted);
+        if closed == CONNECTIONS as u64 {
+            assert!(
+                stats.get(Counter::RecordsEvicted) >= (CONNECTIONS - 8) as u64,
+                "evictions counted: {stats:?}"
+            );
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "closed {closed}: {stats:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn bpffs_missing_is_refused_clearly_and_traffic_flows() {
+    let world = World::new();
+    let out = Command::new(ttm_bin().expect("ttm"))
+        .args([
+            "daemon",
+            "--trust",
+            lab::LB_NET,
+            "--pin-dir",
+            "/tmp/ttm-not-bpffs",
+            "--socket",
+            "/run/ttm/ttm-not-bpffs.sock",
+        ])
+        .output()
+        .expect("run ttm");
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("is not on a bpf filesystem"), "{err}");
+    assert!(err.contains("mount -t bpf"), "{err}");
+    assert!(!Path::new("/tmp/ttm-not-bpffs").exists());
+    // The running daemon is untouched.
+    let server = world.serve(3);
+    world.connect(&world.lab.client_cgroup(), 3, 0);
+    assert_all_recorded(&world, &world.accepted(&server, 3));
+}
+
+#[test]
+fn the_cgroup_removed_under_a_running_daemon() {
+    let world = World::new();
+    let doomed = world
+        .lab
+        .rs_cgroup()
+        .parent()
+        .expect("lab cgroups")
+        .join("doomed");
+    std::fs::create_dir_all(&doomed).expect("create cgroup");
+    let daemon = TtmDaemon::start(
+        lab::LB_NET,
+        &doomed,
+        Path::new("/sys/fs/bpf/ttm-doomed"),
+        &[],
+    )
+    .expect("daemon on the doomed cgroup");
+    std::fs::remove_dir(&doomed).expect("remove the cgroup under the daemon");
+    // Its service still answers; the other daemon's traffic is untouched.
+    let mut client = ttm_client::Client::connect(&daemon.socket).expect("client");
+    client.stats().expect("stats after the cgroup is gone");
+    let server = world.serve(2);
+    world.connect(&world.lab.client_cgroup(), 2, 0);
+    assert_all_recorded(&world, &world.accepted(&server, 2));
+    let status = daemon.stop().expect("stop");
+    assert!(status.success(), "clean exit: {status}");
+    assert!(
+        !Path::new("/sys/fs/bpf/ttm-doomed").exists(),
+        "pins removed"
+    );
+}
+
+#[test]
+fn new_settings_applied_by_hand_over_keep_every_record() {
+    let mut world = World::new();
+    let server = world.serve(2);
+    world.connect(&world.lab.client_cgroup(), 1, 0);
+    let before = world.accepted(&server, 1);
+    assert_eq!(before[0].peer, before[0].claimed, "rewrite on at first");
+    // New settings: no rewrite, kind 200 as well.
+    let upgraded = TtmDaemon::start(
+        lab::LB_NET,
+        &world.lab.rs_cgroup(),
+        Path::new(PIN_DIR),
+        &[
+            "--upgrade",
+            "--no-rewrite",
+            "--format",
+            "toa",
+            "--format",
+            "kind200",
+        ],
+    )
+    .expect("daemon with new settings");
+    world.daemon.wait_handed_over().expect("old daemon exits");
+    world.daemon = upgraded;
+    world.connect(&world.lab.client_cgroup(), 1, 0);
+    let after = world.accepted(&server, 1);
+    assert_eq!(
+        after[0].peer.ip().to_string(),
+        lab::LB_IP,
+        "rewrite now off"
+    );
+    // Both connections, before and after, have their records.
+    assert_all_recorded(&world, &before);
+    assert_all_recorded(&world, &after);
+    assert_eq!(
+        world.stats().get(Counter::Decoded),
+        2,
+        "counters carried over"
+    );
+}
