@@ -138,3 +138,30 @@ fn a_daemon_killed_hard_is_replaced_cleanly() {
     drop(again);
     drop(lab);
 }
+
+#[test]
+fn a_second_daemon_refuses_and_names_the_running_one() {
+    let world = World::new();
+    let (code, err) = ttm(&[
+        "daemon",
+        "--trust",
+        "10.0.2.0/24",
+        "--cgroup",
+        &world.lab.rs_cgroup().to_string_lossy(),
+        "--pin-dir",
+        PIN_DIR,
+        "--socket",
+        "/run/ttm/ttm-second.sock",
+    ]);
+    assert_eq!(code, 2);
+    let pid = world.daemon.pid().to_string();
+    assert!(
+        err.contains(&format!("another ttm daemon (pid {pid}) already owns")),
+        "{err}"
+    );
+    // The running one is untouched.
+    let server = world.serve(1);
+    world.connect(&world.lab.client_cgroup(), 1, 0);
+    let a = world.accepted(&server, 1).pop().expect("accepted");
+    assert!(world.records().by_cookie(a.cookie).unwrap().is_some());
+}
