@@ -165,6 +165,20 @@ fn write(ctx: &SockOpsContext, opt: &[u8; MAX_OPTION], len: u8) {
     };
 }
 
+/// Test-only hijacker for `ttm verify`: makes every getpeername() in its
+/// cgroup return 127.0.0.1, as a foreign program rewriting peers would.
+#[aya_ebpf::macros::cgroup_sock_addr(getpeername4)]
+pub fn hijack_getpeername4(ctx: aya_ebpf::programs::SockAddrContext) -> i32 {
+    // SAFETY: writable context field of a getpeername hook.
+    unsafe {
+        ptr::write_volatile(
+            &raw mut (*ctx.sock_addr).user_ip4,
+            u32::from_ne_bytes([127, 0, 0, 1]),
+        )
+    };
+    1
+}
+
 #[cfg(not(test))]
 #[panic_handler]
 fn panic(_info: &core::panic::PanicInfo) -> ! {

@@ -10,6 +10,7 @@
 //! full-NAT load balancer sends: source = LB address, option = client.
 
 pub mod daemon;
+pub mod hijacker;
 pub mod lab;
 pub mod process;
 pub mod writer;

@@ -12,6 +12,7 @@ pub mod records;
 pub mod service;
 pub mod stats;
 pub mod trust;
+pub mod verify;
 
 /// The compiled kernel programs, embedded so that one file is the whole product.
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/ttm"));

@@ -65,6 +65,17 @@ enum Command {
     },
     /// List the option layouts `--format` accepts, with their bytes.
     Formats,
+    /// Audit who can change the peer address applications see: every BPF
+    /// program on a cgroup hook or on TC/XDP, ttm's own marked, foreign
+    /// peer-rewriters flagged. Exit 0 clean, 1 findings, 2 could not check.
+    Verify {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        /// bpffs directory of ttm's pins (to recognise its programs).
+        #[arg(long, value_name = "DIR", default_value = DEFAULT_PIN_DIR)]
+        pin_dir: PathBuf,
+    },
     /// Remove everything a daemon attached and pinned (after a crash, or to
     /// stop using ttm). Refuses while a daemon runs: stop it with SIGTERM.
     Detach {
@@ -177,6 +188,55 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 pin_dir.display()
             );
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Verify { json, pin_dir } => {
+            let report = ttm::verify::audit(&PinDir::new(pin_dir))?;
+            let threats = report.threats().count();
+            if json {
+                let mut v = serde_json::to_value(&report)?;
+                v["threats"] = threats.into();
+                println!("{v}");
+            } else {
+                println!(
+                    "{} program attachment(s) in {} cgroup(s) and {} network namespace(s)",
+                    report.programs.len(),
+                    report.cgroups,
+                    report.netns
+                );
+                for f in &report.programs {
+                    let verdict = if f.ttm {
+                        "ttm"
+                    } else if f.is_threat() {
+                        "FOREIGN: can rewrite peers"
+                    } else {
+                        "foreign, observes only"
+                    };
+                    println!(
+                        "  id {:<6} {:<16} {:<60} held by {:<24} {verdict}",
+                        f.id,
+                        f.name,
+                        f.attach_point,
+                        if f.held_by.is_empty() {
+                            "(pinned/kernel)".to_string()
+                        } else {
+                            f.held_by.join(", ")
+                        },
+                    );
+                }
+                for why in &report.unchecked {
+                    println!("  not checked: {why}");
+                }
+                if threats == 0 {
+                    println!("no foreign program can rewrite the peer addresses applications see");
+                } else {
+                    println!("{threats} foreign program(s) can rewrite the peer addresses applications see");
+                }
+            }
+            Ok(if threats == 0 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
         }
         Command::Formats => {
             for preset in &ttm::formats::PRESETS {
