@@ -104,3 +104,57 @@ fn ttm_is_recognised_and_a_foreign_peer_rewriter_is_flagged() {
         "gone after detach"
     );
 }
+
+fn verify_pid(pid: u32) -> (i32, Vec<serde_json::Value>) {
+    let out = Command::new(ttm_bin().expect("ttm"))
+        .args([
+            "verify",
+            "--json",
+            "--pin-dir",
+            PIN_DIR,
+            "--pid",
+            &pid.to_string(),
+        ])
+        .output()
+        .expect("ttm verify --pid");
+    let v: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
+    (out.status.code().unwrap_or(-1), v)
+}
+
+#[test]
+fn a_process_audit_gives_each_socket_its_verdict() {
+    let world = World::new();
+    let server = world.serve(2);
+    world.connect(&world.lab.client_cgroup(), 1, 0);
+    world.connect(&world.lab.plain_cgroup(), 1, 0);
+    let accepted = world.accepted(&server, 2);
+    let (code, sockets) = verify_pid(server.id());
+    assert_eq!(code, 0, "{sockets:?}");
+    assert_eq!(sockets.len(), 2, "{sockets:?}");
+    for a in &accepted {
+        let s = sockets
+            .iter()
+            .find(|s| s["cookie"] == a.cookie)
+            .unwrap_or_else(|| panic!("socket {a:?} in {sockets:?}"));
+        let lb = s["kernel_peer"].as_str().unwrap();
+        assert!(lb.starts_with(ttm_lab::lab::LB_IP), "{s}");
+        if a.peer == a.claimed {
+            assert_eq!(s["verdict"], "ttm-client", "{s}");
+            assert_eq!(s["app_peer"], a.claimed.to_string().as_str());
+        } else {
+            assert_eq!(s["verdict"], "kernel", "{s}");
+            assert_eq!(s["app_peer"], lb);
+        }
+    }
+    let _hijacker = Hijacker::attach(&world.lab.rs_cgroup()).expect("attach the hijacker");
+    let (code, sockets) = verify_pid(server.id());
+    assert_eq!(code, 1, "{sockets:?}");
+    assert!(
+        sockets.iter().all(|s| s["verdict"] == "HIJACKED"),
+        "{sockets:?}"
+    );
+    assert!(sockets
+        .iter()
+        .all(|s| s["app_peer"].as_str().unwrap().starts_with("127.0.0.1:")));
+}

@@ -75,6 +75,10 @@ enum Command {
         /// bpffs directory of ttm's pins (to recognise its programs).
         #[arg(long, value_name = "DIR", default_value = DEFAULT_PIN_DIR)]
         pin_dir: PathBuf,
+        /// Audit one process's TCP sockets instead: the peer it sees, the
+        /// kernel's, ttm's record, and a verdict (kernel, ttm-client, HIJACKED).
+        #[arg(long, value_name = "PID")]
+        pid: Option<i32>,
     },
     /// Remove everything a daemon attached and pinned (after a crash, or to
     /// stop using ttm). Refuses while a daemon runs: stop it with SIGTERM.
@@ -189,7 +193,42 @@ fn run(cli: Cli) -> Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
-        Command::Verify { json, pin_dir } => {
+        Command::Verify {
+            json,
+            pin_dir,
+            pid: Some(pid),
+        } => {
+            let sockets = ttm::verify::audit_process(pid, &PinDir::new(pin_dir))?;
+            let hijacked = sockets
+                .iter()
+                .filter(|s| s.verdict == ttm::verify::Verdict::Hijacked)
+                .count();
+            if json {
+                println!("{}", serde_json::to_string(&sockets)?);
+            } else {
+                for s in &sockets {
+                    println!(
+                        "fd {:<4} app sees {:<26} kernel peer {:<26} ttm record {:<26} {:?}",
+                        s.fd,
+                        s.app_peer.to_string(),
+                        s.kernel_peer.map_or("?".into(), |p| p.to_string()),
+                        s.ttm_client.map_or("-".into(), |p| p.to_string()),
+                        s.verdict
+                    );
+                }
+                println!("{} TCP socket(s), {hijacked} HIJACKED", sockets.len());
+            }
+            Ok(if hijacked == 0 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
+        }
+        Command::Verify {
+            json,
+            pin_dir,
+            pid: None,
+        } => {
             let report = ttm::verify::audit(&PinDir::new(pin_dir))?;
             let threats = report.threats().count();
             if json {

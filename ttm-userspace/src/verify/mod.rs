@@ -4,12 +4,16 @@
 //! or observe peers — each cgroup's sock_addr, sockopt and sock_ops hooks,
 //! and TC/XDP in every network namespace — marks ttm's own (the programs
 //! behind its pinned links) and flags foreign ones that can rewrite a peer.
+//! `--pid` checks one process's sockets: what the app sees against the
+//! kernel's peer and ttm's record.
 
 mod audit;
+mod process;
 
 use serde::Serialize;
 
 pub use audit::{audit, AuditError};
+pub use process::{audit_process, ProcessError, SocketView, Verdict};
 
 /// What a hook lets a program do to the peer an application sees.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
