@@ -80,7 +80,7 @@ fn after_a_crash_the_kernel_keeps_decoding_and_a_new_daemon_adopts_it() {
     world.restart_daemon(&[]);
     assert_eq!(
         ttm_programs_loaded(),
-        4,
+        6,
         "one copy of each program, the new ones"
     );
     // ...and answers for the connection made while it was down.
@@ -189,7 +189,7 @@ fn ttm_detach_removes_what_a_crashed_daemon_left() {
     );
     let (code, out, err) = ttm(&["detach", "--pin-dir", PIN_DIR]);
     assert_eq!(code, 0, "{err}");
-    assert!(out.contains("removed 9 pin(s)"), "{out}");
+    assert!(out.contains("removed 12 pin(s)"), "{out}");
     assert!(!Path::new(PIN_DIR).exists());
     let deadline = Instant::now() + Duration::from_secs(5);
     while ttm_programs_loaded() != 0 {

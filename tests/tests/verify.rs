@@ -52,9 +52,19 @@ fn ttm_is_recognised_and_a_foreign_peer_rewriter_is_flagged() {
                 .unwrap()
         })
         .collect();
-    assert_eq!(ours.len(), 4, "{ours:?}");
-    for hook in ["sock_ops", "getsockopt", "getpeername4", "getpeername6"] {
-        assert!(hooks.contains(&hook), "{hook} missing: {hooks:?}");
+    // sock_ops, getsockopt, and per family the rewrite and its witness.
+    assert_eq!(ours.len(), 6, "{ours:?}");
+    for (hook, n) in [
+        ("sock_ops", 1),
+        ("getsockopt", 1),
+        ("getpeername4", 2),
+        ("getpeername6", 2),
+    ] {
+        assert_eq!(
+            hooks.iter().filter(|h| **h == hook).count(),
+            n,
+            "{hook}: {hooks:?}"
+        );
     }
     assert!(ours.iter().all(|p| p["ttm"] == true), "{ours:?}");
     // The lab's option writer: foreign, but it only observes.
@@ -157,4 +167,73 @@ fn a_process_audit_gives_each_socket_its_verdict() {
     assert!(sockets
         .iter()
         .all(|s| s["app_peer"].as_str().unwrap().starts_with("127.0.0.1:")));
+}
+
+/// A child cgroup of the real server's, removed (processes killed) on drop.
+struct ChildCgroup(std::path::PathBuf);
+
+impl Drop for ChildCgroup {
+    fn drop(&mut self) {
+        let _ = std::fs::write(self.0.join("cgroup.kill"), "1");
+        for _ in 0..50 {
+            if std::fs::remove_dir(&self.0).is_ok() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+}
+
+#[test]
+fn the_witness_catches_a_foreign_rewrite_that_runs_before_ttm() {
+    let world = World::new();
+    let child = ChildCgroup(world.lab.rs_cgroup().join("witness-child"));
+    std::fs::create_dir_all(&child.0).expect("child cgroup");
+    // Programs on a child cgroup run before the parent's (ttm's).
+    let _hijacker = Hijacker::attach(&child.0).expect("attach the hijacker");
+    let server = ttm_lab::process::spawn_in(
+        common::lab_bin(),
+        &child.0,
+        ttm_lab::lab::RS_NS,
+        &["serve", "--listen", "0.0.0.0:8080", "--count", "2"],
+    )
+    .expect("server in the child cgroup");
+    server
+        .wait_for(std::time::Duration::from_secs(10), |l| {
+            l.starts_with("listening")
+        })
+        .expect("listening");
+    world.connect(&world.lab.client_cgroup(), 1, 0);
+    world.connect(&world.lab.plain_cgroup(), 1, 0);
+    let accepted = world.accepted(&server, 2);
+    // With a record ttm's rewrite runs last and the app sees the client;
+    // without one the hijack stands — and the witness saw it.
+    let with_record = accepted
+        .iter()
+        .find(|a| a.peer == a.claimed)
+        .expect("decoded one");
+    let hijacked = accepted
+        .iter()
+        .find(|a| a.peer.ip().to_string() == "127.0.0.1")
+        .expect("hijacked one");
+    let out = Command::new(ttm_bin().expect("ttm"))
+        .args(["verify", "--live", "--json", "--pin-dir", PIN_DIR])
+        .output()
+        .expect("ttm verify --live");
+    assert_eq!(out.status.code(), Some(1));
+    let caught: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(caught.len(), 1, "{caught:?}");
+    assert_eq!(caught[0]["cookie"], hijacked.cookie);
+    assert_eq!(caught[0]["returned"], hijacked.peer.to_string().as_str());
+    assert!(
+        caught[0]["kernel_peer"]
+            .as_str()
+            .unwrap()
+            .starts_with(ttm_lab::lab::LB_IP),
+        "{caught:?}"
+    );
+    assert_eq!(caught[0]["pid"], server.id());
+    assert!(caught.iter().all(|c| c["cookie"] != with_record.cookie));
+    assert!(world.stats().get(ttm_common::Counter::PeerMismatch) >= 1);
+    drop(server);
 }

@@ -28,4 +28,5 @@ mod pod {
     // SAFETY: all are #[repr(C)] plain data with explicit padding, valid for any bit pattern.
     unsafe impl aya::Pod for crate::PeerRecord {}
     unsafe impl aya::Pod for crate::Config {}
+    unsafe impl aya::Pod for crate::maps::Mismatch {}
 }

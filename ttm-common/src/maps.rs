@@ -19,6 +19,29 @@ pub const TRUSTED_LBS: &str = "TRUSTED_LBS";
 pub const CONFIG: &str = "CONFIG";
 /// Per-CPU array of `u64` counters indexed by [`Counter`].
 pub const STATS: &str = "STATS";
+/// LRU hash: socket cookie → [`Mismatch`], what the witness caught.
+pub const MISMATCHES: &str = "MISMATCHES";
+/// Capacity of `MISMATCHES`.
+pub const MISMATCHES_CAPACITY: u32 = 1_024;
+
+/// A getpeername answer that was neither the kernel's peer nor ttm's
+/// client: written by the witness programs, read by `ttm verify --live`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Mismatch {
+    /// The address the application was about to receive (IPv4 v4-mapped).
+    pub returned_addr: Addr16,
+    /// The kernel's peer.
+    pub kernel_addr: Addr16,
+    /// CLOCK_MONOTONIC nanoseconds when seen.
+    pub seen_ns: u64,
+    /// Returned port, host order.
+    pub returned_port: u16,
+    /// Kernel peer port, host order.
+    pub kernel_port: u16,
+    /// Thread group id of the caller.
+    pub pid: u32,
+}
 
 /// Default capacity of `RECORDS` (live connections tracked for lookups).
 pub const DEFAULT_RECORDS_CAPACITY: u32 = 65_536;
@@ -98,11 +121,14 @@ pub enum Counter {
     /// The option claimed an address no client can have (unspecified,
     /// loopback, multicast, broadcast): not recorded.
     ImplausibleClient = 18,
+    /// A getpeername answer was neither the kernel's peer nor ttm's client
+    /// (seen by the witness; details in `MISMATCHES`).
+    PeerMismatch = 19,
 }
 
 impl Counter {
     /// Number of counters; the size of `STATS`.
-    pub const COUNT: u32 = 19;
+    pub const COUNT: u32 = 20;
 
     /// Every counter, in index order.
     pub const ALL: [Counter; Counter::COUNT as usize] = [
@@ -125,6 +151,7 @@ impl Counter {
         Counter::PeerRewritten,
         Counter::RepeatedOption,
         Counter::ImplausibleClient,
+        Counter::PeerMismatch,
     ];
 
     /// The counter for a malformed-option reason.
@@ -160,6 +187,7 @@ impl Counter {
             Counter::PeerRewritten => "peer_rewritten",
             Counter::RepeatedOption => "repeated_option",
             Counter::ImplausibleClient => "implausible_client",
+            Counter::PeerMismatch => "peer_mismatch",
         }
     }
 }

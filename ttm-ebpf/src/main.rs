@@ -9,6 +9,7 @@ mod maps;
 mod packet;
 mod peer_storage;
 mod sockops;
+mod witness;
 
 #[cfg(not(test))]
 #[panic_handler]

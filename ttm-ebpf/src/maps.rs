@@ -5,7 +5,7 @@ use aya_ebpf::{
     macros::btf_map,
 };
 use ttm_common::{
-    maps::{DEFAULT_RECORDS_CAPACITY, TRUSTED_LBS_CAPACITY},
+    maps::{Mismatch, DEFAULT_RECORDS_CAPACITY, MISMATCHES_CAPACITY, TRUSTED_LBS_CAPACITY},
     Config, Counter, PeerRecord, TrustKey, WalkState,
 };
 
@@ -42,3 +42,9 @@ pub static SCRATCH: PerCpuArray<PeerRecord, 1> = PerCpuArray::new();
 /// memory at each step keeps verifier states from multiplying. Owned by sockops.
 #[btf_map]
 pub static WALK: PerCpuArray<WalkState, 1> = PerCpuArray::new();
+
+/// Socket cookie → the last getpeername answer that was neither the kernel's
+/// peer nor ttm's client. Written by the witness; read by `ttm verify --live`.
+#[btf_map]
+pub static MISMATCHES: LruHashMap<u64, Mismatch, { MISMATCHES_CAPACITY as usize }> =
+    LruHashMap::new();

@@ -381,6 +381,17 @@ fn attach_all(ebpf: &mut Ebpf, config: &DaemonConfig, cgroup: &Path) -> Result<u
             attach_type: attach_type::GETPEERNAME6,
             wanted: config.rewrite,
         },
+        // The witnesses come last: they check what the rewrite left.
+        Attachment {
+            name: LINKED_PROGRAMS[4],
+            attach_type: attach_type::GETPEERNAME4,
+            wanted: true,
+        },
+        Attachment {
+            name: LINKED_PROGRAMS[5],
+            attach_type: attach_type::GETPEERNAME6,
+            wanted: true,
+        },
     ];
     let mut adopted = 0;
     for a in wanted {
@@ -427,6 +438,7 @@ fn load_program(ebpf: &mut Ebpf, name: &str) -> Result<std::os::fd::OwnedFd> {
     let hint = match name {
         n if n == SOCKOPS_PROGRAM => "the kernel rejected the sockops program (see the verifier log above)",
         n if n == GETSOCKOPT_PROGRAM => "the kernel rejected the getsockopt shim (needs Linux 5.3+)",
+        n if n.starts_with("ttm_witness") => "the kernel rejected a witness program (getpeername hooks need Linux 5.8+)",
         _ => "the kernel rejected a getpeername program (needs Linux 5.8+) — run with --no-rewrite to do without",
     };
     let fd = match program {

@@ -77,8 +77,12 @@ enum Command {
         pin_dir: PathBuf,
         /// Audit one process's TCP sockets instead: the peer it sees, the
         /// kernel's, ttm's record, and a verdict (kernel, ttm-client, HIJACKED).
-        #[arg(long, value_name = "PID")]
+        #[arg(long, value_name = "PID", conflicts_with = "live")]
         pid: Option<i32>,
+        /// List the sockets whose getpeername()/accept() answer the witness
+        /// caught being neither the kernel's peer nor ttm's client.
+        #[arg(long)]
+        live: bool,
     },
     /// Remove everything a daemon attached and pinned (after a crash, or to
     /// stop using ttm). Refuses while a daemon runs: stop it with SIGTERM.
@@ -196,7 +200,40 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Verify {
             json,
             pin_dir,
+            live: true,
+            ..
+        } => {
+            let caught = ttm::verify::caught(&PinDir::new(pin_dir))?;
+            if json {
+                println!("{}", serde_json::to_string(&caught)?);
+            } else {
+                for c in &caught {
+                    println!(
+                        "cookie {:<8} pid {:<7} {:<16} was told {:<26} kernel peer {:<26} {:.1}s ago",
+                        c.cookie,
+                        c.pid,
+                        c.command,
+                        c.returned.to_string(),
+                        c.kernel_peer.to_string(),
+                        c.age
+                    );
+                }
+                println!(
+                    "{} socket(s) got a peer address that was neither the kernel's nor ttm's client",
+                    caught.len()
+                );
+            }
+            Ok(if caught.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
+        }
+        Command::Verify {
+            json,
+            pin_dir,
             pid: Some(pid),
+            ..
         } => {
             let sockets = ttm::verify::audit_process(pid, &PinDir::new(pin_dir))?;
             let hijacked = sockets
@@ -228,6 +265,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             json,
             pin_dir,
             pid: None,
+            ..
         } => {
             let report = ttm::verify::audit(&PinDir::new(pin_dir))?;
             let threats = report.threats().count();

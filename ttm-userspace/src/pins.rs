@@ -9,20 +9,24 @@ pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/ttm";
 
 /// The maps ttm pins, by name (the pin file has the map's name). A new
 /// daemon reuses them, so records and counters survive restarts.
-pub const PINNED_MAPS: [&str; 5] = [
+pub const PINNED_MAPS: [&str; 6] = [
     maps::RECORDS,
     maps::PEER_STORAGE,
     maps::STATS,
     maps::CONFIG,
     maps::TRUSTED_LBS,
+    maps::MISMATCHES,
 ];
 
-/// The programs ttm attaches, by name; each link is pinned as `link_<name>`.
-pub const LINKED_PROGRAMS: [&str; 4] = [
+/// The programs ttm attaches, by name, in attach order (the witnesses after
+/// the rewrite they check); each link is pinned as `link_<name>`.
+pub const LINKED_PROGRAMS: [&str; 6] = [
     "ttm_sockops",
     "ttm_getsockopt",
     "ttm_getpeername4",
     "ttm_getpeername6",
+    "ttm_witness4",
+    "ttm_witness6",
 ];
 
 /// A pin directory and the paths inside it.

@@ -8,11 +8,13 @@
 //! kernel's peer and ttm's record.
 
 mod audit;
+mod live;
 mod process;
 
 use serde::Serialize;
 
 pub use audit::{audit, AuditError};
+pub use live::{caught, Caught};
 pub use process::{audit_process, ProcessError, SocketView, Verdict};
 
 /// What a hook lets a program do to the peer an application sees.
