@@ -166,7 +166,7 @@ fn write(ctx: &SockOpsContext, opt: &[u8; MAX_OPTION], len: u8) {
 }
 
 /// Test-only hijacker for `ttm verify`: makes every getpeername() in its
-/// cgroup return 127.0.0.1, as a foreign program rewriting peers would.
+/// cgroup return 127.0.0.1:65535, as a foreign program rewriting peers would.
 #[aya_ebpf::macros::cgroup_sock_addr(getpeername4)]
 pub fn hijack_getpeername4(ctx: aya_ebpf::programs::SockAddrContext) -> i32 {
     // SAFETY: writable context field of a getpeername hook.
@@ -174,8 +174,19 @@ pub fn hijack_getpeername4(ctx: aya_ebpf::programs::SockAddrContext) -> i32 {
         ptr::write_volatile(
             &raw mut (*ctx.sock_addr).user_ip4,
             u32::from_ne_bytes([127, 0, 0, 1]),
-        )
+        );
+        ptr::write_volatile(
+            &raw mut (*ctx.sock_addr).user_port,
+            u32::from(65535u16.to_be()),
+        );
     };
+    1
+}
+
+/// Test-only harmless program for `ttm verify`: a sock_create hook that
+/// allows every socket (it could count them); it cannot touch peers.
+#[aya_ebpf::macros::cgroup_sock(sock_create)]
+pub fn harmless_sock_create(_ctx: aya_ebpf::programs::SockContext) -> i32 {
     1
 }
 

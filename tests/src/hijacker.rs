@@ -1,12 +1,12 @@
-//! A foreign program that rewrites peer addresses, for `ttm verify` tests:
-//! attached to a cgroup, every getpeername() there returns 127.0.0.1.
-//! Dropping the value detaches it.
+//! Foreign programs for `ttm verify` tests: a hijacker (attached to a
+//! cgroup, every getpeername() there returns 127.0.0.1:65535) and a harmless
+//! sock_create hook. Dropping the value detaches the program.
 
 use std::fs::File;
 use std::path::Path;
 
 use anyhow::{Context as _, Result};
-use aya::programs::{links::CgroupAttachMode, CgroupSockAddr};
+use aya::programs::{links::CgroupAttachMode, CgroupSock, CgroupSockAddr};
 use aya::Ebpf;
 
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/toa-writer"));
@@ -30,5 +30,27 @@ impl Hijacker {
             .attach(&cg, CgroupAttachMode::Single)
             .context("attaching the hijacker")?;
         Ok(Hijacker { _ebpf: ebpf })
+    }
+}
+
+/// The attached harmless program.
+pub struct Harmless {
+    _ebpf: Ebpf,
+}
+
+impl Harmless {
+    /// Attaches a sock_create hook that allows everything to `cgroup`.
+    pub fn attach(cgroup: &Path) -> Result<Harmless> {
+        let mut ebpf = Ebpf::load(OBJECT).context("loading the lab object")?;
+        let program: &mut CgroupSock = ebpf
+            .program_mut("harmless_sock_create")
+            .context("harmless_sock_create missing")?
+            .try_into()?;
+        program.load().context("loading the harmless program")?;
+        let cg = File::open(cgroup).with_context(|| format!("opening {}", cgroup.display()))?;
+        program
+            .attach(&cg, CgroupAttachMode::Single)
+            .context("attaching the harmless program")?;
+        Ok(Harmless { _ebpf: ebpf })
     }
 }

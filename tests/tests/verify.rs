@@ -7,7 +7,7 @@ use std::process::Command;
 
 use common::{python_server, report, World, PIN_DIR};
 use ttm_lab::daemon::ttm_bin;
-use ttm_lab::hijacker::Hijacker;
+use ttm_lab::hijacker::{Harmless, Hijacker};
 
 fn verify() -> (i32, serde_json::Value) {
     let out = Command::new(ttm_bin().expect("ttm"))
@@ -74,7 +74,47 @@ fn ttm_is_recognised_and_a_foreign_peer_rewriter_is_flagged() {
     assert_eq!(writer[0]["ttm"], false);
     assert_eq!(writer[0]["power"], "observes");
 
+    // A harmless foreign program is listed, not flagged.
+    let harmless = Harmless::attach(&world.lab.rs_cgroup()).expect("attach the harmless program");
+    let (code, v) = verify();
+    let listed: Vec<_> = at(&v, &rs)
+        .into_iter()
+        .filter(|p| p["ttm"] == false)
+        .collect();
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(
+        listed[0]["attach_point"],
+        format!("cgroup {rs} sock_create").as_str()
+    );
+    assert_eq!(listed[0]["power"], "observes");
+    assert_eq!(v["threats"], 0, "{v}");
+    assert_eq!(code, 0);
+    drop(harmless);
+
     let hijacker = Hijacker::attach(&world.lab.rs_cgroup()).expect("attach the hijacker");
+    // The daemon moves its witness behind the newcomer.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let (_, v) = verify();
+        let chain: Vec<String> = at(&v, &rs)
+            .iter()
+            .filter(|p| {
+                p["attach_point"]
+                    .as_str()
+                    .unwrap()
+                    .ends_with(" getpeername4")
+            })
+            .map(|p| p["name"].as_str().unwrap().to_string())
+            .collect();
+        if chain.last().map(String::as_str) == Some("ttm_witness4") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "witness not moved last: {chain:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
     // It works: an unmodified app now sees 127.0.0.1...
     let server = python_server(&world, "0.0.0.0", 1, &[]);
     world.connect(&world.lab.client_cgroup(), 1, 0);
@@ -164,9 +204,7 @@ fn a_process_audit_gives_each_socket_its_verdict() {
         sockets.iter().all(|s| s["verdict"] == "HIJACKED"),
         "{sockets:?}"
     );
-    assert!(sockets
-        .iter()
-        .all(|s| s["app_peer"].as_str().unwrap().starts_with("127.0.0.1:")));
+    assert!(sockets.iter().all(|s| s["app_peer"] == "127.0.0.1:65535"));
 }
 
 /// A child cgroup of the real server's, removed (processes killed) on drop.

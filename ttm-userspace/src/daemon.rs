@@ -94,6 +94,8 @@ pub struct Daemon {
     capacity: u32,
     /// The metrics endpoint, if serving.
     metrics: Option<tokio::task::JoinHandle<()>>,
+    /// The witness programs, kept last in their chains.
+    witnesses: Vec<Witness>,
     _lock: InstanceLock,
 }
 
@@ -151,7 +153,7 @@ impl Daemon {
             }
         };
         write_config(&mut ebpf, config)?;
-        let adopted = attach_all(&mut ebpf, config, &cgroup)?;
+        let (adopted, witnesses) = attach_all(&mut ebpf, config, &cgroup)?;
 
         let mut daemon = Daemon {
             _ebpf: ebpf,
@@ -163,6 +165,7 @@ impl Daemon {
             service_counters: None,
             capacity: config.max_records,
             metrics: None,
+            witnesses,
             _lock: lock,
         };
         if adopted > 0 {
@@ -231,6 +234,7 @@ impl Daemon {
         let mut term = signal(SignalKind::terminate())?;
         let mut int = signal(SignalKind::interrupt())?;
         let mut hand_over = signal(SignalKind::user_defined2())?;
+        let mut watch = tokio::time::interval(std::time::Duration::from_secs(1));
         let mut logs = match self.logger.take() {
             // SAFETY: the logger owns its ring buffer fd for as long as the AsyncFd lives.
             Some(l) => Some(
@@ -245,6 +249,11 @@ impl Daemon {
             tokio::select! {
                 _ = term.recv() => { info!("SIGTERM: detaching"); break }
                 _ = int.recv() => { info!("SIGINT: detaching"); break }
+                _ = watch.tick() => {
+                    if let Err(e) = keep_witnesses_last(&self.cgroup, &self.witnesses) {
+                        warn!("checking the witness order: {e:#}");
+                    }
+                }
                 _ = hand_over.recv() => {
                     info!("SIGUSR2: handing over to a new daemon; programs stay attached");
                     self.keep_attached = true;
@@ -351,11 +360,24 @@ struct Attachment {
     wanted: bool,
 }
 
+/// A witness program and where its link is pinned.
+struct Witness {
+    name: &'static str,
+    attach_type: u32,
+    prog: std::os::fd::OwnedFd,
+    prog_id: u32,
+    pin: PathBuf,
+}
+
 /// Loads every program and attaches it through a pinned link: an existing
 /// link to the same cgroup gets the new program by an atomic swap, else a new
 /// link is created and pinned. Links no longer wanted are unpinned (which
-/// detaches them). Returns how many links were taken over.
-fn attach_all(ebpf: &mut Ebpf, config: &DaemonConfig, cgroup: &Path) -> Result<usize> {
+/// detaches them). Returns how many links were taken over, and the witnesses.
+fn attach_all(
+    ebpf: &mut Ebpf,
+    config: &DaemonConfig,
+    cgroup: &Path,
+) -> Result<(usize, Vec<Witness>)> {
     use crate::links::{self, attach_type};
     let cgroup_file =
         File::open(cgroup).with_context(|| format!("opening cgroup {}", cgroup.display()))?;
@@ -394,6 +416,7 @@ fn attach_all(ebpf: &mut Ebpf, config: &DaemonConfig, cgroup: &Path) -> Result<u
         },
     ];
     let mut adopted = 0;
+    let mut witnesses = Vec::new();
     for a in wanted {
         let pin = config.pins.link(a.name);
         let existing = links::open_pinned(&pin).ok();
@@ -405,6 +428,15 @@ fn attach_all(ebpf: &mut Ebpf, config: &DaemonConfig, cgroup: &Path) -> Result<u
             continue;
         }
         let prog_fd = load_program(ebpf, a.name)?;
+        if a.name.starts_with("ttm_witness") {
+            witnesses.push(Witness {
+                name: a.name,
+                attach_type: a.attach_type,
+                prog: prog_fd.try_clone()?,
+                prog_id: links::prog_id(prog_fd.as_fd())?,
+                pin: pin.clone(),
+            });
+        }
         match existing {
             Some(link) if links::info(link.as_fd())?.cgroup_id == cgroup_id => {
                 links::update(link.as_fd(), prog_fd.as_fd())
@@ -427,7 +459,30 @@ fn attach_all(ebpf: &mut Ebpf, config: &DaemonConfig, cgroup: &Path) -> Result<u
             }
         }
     }
-    Ok(adopted)
+    Ok((adopted, witnesses))
+}
+
+/// Moves each witness to the end of its chain if a program was attached
+/// after it on the same cgroup, so that it sees every rewrite there.
+fn keep_witnesses_last(cgroup: &Path, witnesses: &[Witness]) -> Result<()> {
+    use crate::links;
+    let cgroup_file = File::open(cgroup)?;
+    for w in witnesses {
+        let ids = links::query_cgroup(cgroup_file.as_fd(), w.attach_type)?;
+        if ids.last() == Some(&w.prog_id) || !ids.contains(&w.prog_id) {
+            continue;
+        }
+        let link = links::create(w.prog.as_fd(), cgroup_file.as_fd(), w.attach_type)?;
+        let _ = fs::remove_file(&w.pin);
+        links::pin(link.as_fd(), &w.pin)?;
+        warn!(
+            "a program (id {}) was attached after ttm's {} on {}: witness moved last — run `ttm verify` to see what it is",
+            ids.last().copied().unwrap_or(0),
+            w.name,
+            cgroup.display()
+        );
+    }
+    Ok(())
 }
 
 /// Loads program `name` (by its type) and returns a copy of its fd.

@@ -122,3 +122,30 @@ pub fn cgroup_id(path: &Path) -> io::Result<u64> {
     use std::os::unix::fs::MetadataExt;
     Ok(std::fs::metadata(path)?.ino())
 }
+
+const BPF_PROG_QUERY: libc::c_long = 16;
+
+/// Ids of the programs attached to `cgroup` itself at `attach_type`, in the
+/// order they run.
+pub fn query_cgroup(cgroup: BorrowedFd<'_>, attach_type: u32) -> io::Result<Vec<u32>> {
+    let mut ids = [0u32; 64];
+    // query: target_fd, attach_type, query_flags, attach_flags, prog_ids, prog_cnt
+    let mut attr = [0u64; 8];
+    attr[0] = u32s(cgroup.as_raw_fd() as u32, attach_type);
+    attr[2] = ids.as_mut_ptr() as u64;
+    attr[3] = ids.len() as u64;
+    bpf(BPF_PROG_QUERY, &mut attr)?;
+    let count = (attr[3] as u32 as usize).min(ids.len());
+    Ok(ids[..count].to_vec())
+}
+
+/// The id of the program behind `prog`.
+pub fn prog_id(prog: BorrowedFd<'_>) -> io::Result<u32> {
+    // struct bpf_prog_info { u32 type; u32 id; ... }
+    let mut raw = [0u64; 32];
+    let mut attr = [0u64; 8];
+    attr[0] = u32s(prog.as_raw_fd() as u32, std::mem::size_of_val(&raw) as u32);
+    attr[1] = raw.as_mut_ptr() as u64;
+    bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr)?;
+    Ok((raw[0] >> 32) as u32)
+}

@@ -3,7 +3,6 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -11,8 +10,6 @@ use std::process::Command;
 use super::{Finding, Power, Report};
 use crate::links;
 use crate::pins::{PinDir, LINKED_PROGRAMS};
-
-const BPF_PROG_QUERY: libc::c_long = 16;
 
 /// Why the audit could not run at all.
 #[derive(Debug, thiserror::Error)]
@@ -52,28 +49,9 @@ const CGROUP_HOOKS: [(u32, &str, Power); 21] = [
     (34, "sock_release", Power::Observes),
 ];
 
-/// Program ids attached to `cgroup` at `attach_type` (effective: false → only its own).
 fn query(cgroup: &fs::File, attach_type: u32) -> std::io::Result<Vec<u32>> {
-    let mut ids = [0u32; 64];
-    // union bpf_attr query: target_fd, attach_type, query_flags, attach_flags, prog_ids, prog_cnt
-    let mut attr = [0u64; 8];
-    attr[0] = u64::from(cgroup.as_raw_fd() as u32) | (u64::from(attach_type) << 32);
-    attr[2] = ids.as_mut_ptr() as u64;
-    attr[3] = ids.len() as u64;
-    // SAFETY: bpf(BPF_PROG_QUERY) with an attribute pointing at `ids`, sized by prog_cnt.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_PROG_QUERY,
-            attr.as_mut_ptr(),
-            std::mem::size_of_val(&attr),
-        )
-    };
-    if rc < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    let count = (attr[3] as u32 as usize).min(ids.len());
-    Ok(ids[..count].to_vec())
+    use std::os::fd::AsFd;
+    links::query_cgroup(cgroup.as_fd(), attach_type)
 }
 
 fn cgroups(root: &Path) -> Vec<PathBuf> {
