@@ -121,6 +121,7 @@ fn ask_daemon(socket: &Path, stream: &TcpStream, peer: SocketAddr) -> Result<ser
         "by_fd": client_of(client.lookup_fd(stream)?),
         "by_cookie": client_of(client.lookup_cookie(cookie)?),
         "by_tuple": client_of(client.lookup_tuple(local, peer)?),
+        "provenance": serde_json::to_value(client.provenance(stream)?)?,
     }))
 }
 

@@ -229,11 +229,20 @@ fn the_witness_catches_a_foreign_rewrite_that_runs_before_ttm() {
     std::fs::create_dir_all(&child.0).expect("child cgroup");
     // Programs on a child cgroup run before the parent's (ttm's).
     let _hijacker = Hijacker::attach(&child.0).expect("attach the hijacker");
+    let socket = world.daemon.socket.to_string_lossy().into_owned();
     let server = ttm_lab::process::spawn_in(
         common::lab_bin(),
         &child.0,
         ttm_lab::lab::RS_NS,
-        &["serve", "--listen", "0.0.0.0:8080", "--count", "2"],
+        &[
+            "serve",
+            "--listen",
+            "0.0.0.0:8080",
+            "--count",
+            "2",
+            "--lookup",
+            &socket,
+        ],
     )
     .expect("server in the child cgroup");
     server
@@ -273,5 +282,19 @@ fn the_witness_catches_a_foreign_rewrite_that_runs_before_ttm() {
     assert_eq!(caught[0]["pid"], server.id());
     assert!(caught.iter().all(|c| c["cookie"] != with_record.cookie));
     assert!(world.stats().get(ttm_common::Counter::PeerMismatch) >= 1);
+    // The app-side check in the client library agrees.
+    let p = &with_record.lookup["provenance"];
+    assert_eq!(p["verdict"], "ttm-client", "{p}");
+    assert_eq!(p["ttm_client"], with_record.claimed.to_string().as_str());
+    let p = &hijacked.lookup["provenance"];
+    assert_eq!(p["verdict"], "HIJACKED", "{p}");
+    assert_eq!(p["app_peer"], "127.0.0.1:65535", "{p}");
+    assert!(
+        p["kernel_peer"]
+            .as_str()
+            .unwrap()
+            .starts_with(ttm_lab::lab::LB_IP),
+        "{p}"
+    );
     drop(server);
 }

@@ -126,6 +126,28 @@ impl Client {
         Ok(found)
     }
 
+    /// Where the peer address this application sees for `stream` comes from:
+    /// the kernel, ttm's recorded client, or neither (HIJACKED) — so an app
+    /// can refuse to trust a peer address that nobody vouches for.
+    pub fn provenance(
+        &mut self,
+        stream: &std::net::TcpStream,
+    ) -> Result<crate::Provenance, ClientError> {
+        let app_peer = stream.peer_addr()?;
+        let record = self.lookup_fd(stream)?;
+        let kernel_peer = record
+            .as_ref()
+            .map(|r| r.kernel_peer)
+            .or_else(|| crate::provenance::kernel_peer_of(stream));
+        let ttm_client = record.map(|r| r.client);
+        Ok(crate::Provenance {
+            app_peer: crate::provenance::canonical(app_peer),
+            kernel_peer,
+            ttm_client,
+            verdict: crate::provenance::judge(app_peer, kernel_peer, ttm_client),
+        })
+    }
+
     /// The daemon's counters.
     pub fn stats(&mut self) -> Result<StatsReply, ClientError> {
         answered(self.call(&Request::Stats, None))

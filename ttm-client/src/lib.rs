@@ -25,6 +25,7 @@ mod fdpass;
 #[cfg(feature = "tokio")]
 mod nonblocking;
 pub mod protocol;
+pub mod provenance;
 
 use std::io;
 use std::os::fd::AsFd;
@@ -35,6 +36,7 @@ pub use error::ClientError;
 #[cfg(feature = "tokio")]
 pub use nonblocking::AsyncClient;
 pub use protocol::{Connection, StatsReply, VersionReply, DEFAULT_SOCKET};
+pub use provenance::{Provenance, Verdict};
 
 /// Most lookups one pipelined batch may carry.
 pub const MAX_BATCH: usize = 256;

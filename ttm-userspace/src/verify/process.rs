@@ -8,22 +8,11 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
 use serde::Serialize;
 
-use crate::pins::PinDir;
-use crate::records::{canonical, RecordStore};
+use ttm_client::provenance::{canonical, judge, kernel_peers};
+pub use ttm_client::Verdict;
 
-/// Where an app's view of its peer comes from.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-pub enum Verdict {
-    /// The kernel's own peer.
-    #[serde(rename = "kernel")]
-    Kernel,
-    /// The client ttm recorded from the trusted LB's option.
-    #[serde(rename = "ttm-client")]
-    TtmClient,
-    /// Neither: something else rewrote it.
-    #[serde(rename = "HIJACKED")]
-    Hijacked,
-}
+use crate::pins::PinDir;
+use crate::records::RecordStore;
 
 /// One socket of the audited process.
 #[derive(Clone, Debug, Serialize)]
@@ -70,44 +59,6 @@ fn pidfd_getfd(pidfd: &OwnedFd, target: i32) -> std::io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
 
-/// inode → kernel peer, from the process's view of /proc/net/tcp{,6}.
-fn kernel_peers(pid: i32) -> std::collections::HashMap<u64, SocketAddr> {
-    let mut out = std::collections::HashMap::new();
-    for (file, v6) in [("tcp", false), ("tcp6", true)] {
-        let text = fs::read_to_string(format!("/proc/{pid}/net/{file}")).unwrap_or_default();
-        for line in text.lines().skip(1) {
-            let cols: Vec<&str> = line.split_whitespace().collect();
-            if cols.len() < 10 {
-                continue;
-            }
-            let (Some(peer), Ok(inode)) = (parse_proc_addr(cols[2], v6), cols[9].parse::<u64>())
-            else {
-                continue;
-            };
-            out.insert(inode, peer);
-        }
-    }
-    out
-}
-
-/// `0102000A:1F90` (IPv4, host-endian words) or the 32-hex-digit IPv6 form.
-fn parse_proc_addr(text: &str, v6: bool) -> Option<SocketAddr> {
-    let (addr, port) = text.split_once(':')?;
-    let port = u16::from_str_radix(port, 16).ok()?;
-    let ip = if v6 {
-        let mut bytes = [0u8; 16];
-        for (i, chunk) in addr.as_bytes().chunks(8).enumerate() {
-            let word = u32::from_str_radix(std::str::from_utf8(chunk).ok()?, 16).ok()?;
-            bytes[i * 4..i * 4 + 4].copy_from_slice(&word.to_ne_bytes());
-        }
-        IpAddr::V6(Ipv6Addr::from(bytes))
-    } else {
-        let word = u32::from_str_radix(addr, 16).ok()?;
-        IpAddr::V4(Ipv4Addr::from(word.to_ne_bytes()))
-    };
-    Some(canonical(SocketAddr::new(ip, port)))
-}
-
 fn app_peer(fd: &OwnedFd) -> Option<SocketAddr> {
     let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
     let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
@@ -139,7 +90,7 @@ fn app_peer(fd: &OwnedFd) -> Option<SocketAddr> {
 /// Audits every connected TCP socket of `pid`.
 pub fn audit_process(pid: i32, pins: &PinDir) -> Result<Vec<SocketView>, ProcessError> {
     let pidfd = pidfd_open(pid).map_err(|e| ProcessError::Open(pid, e))?;
-    let peers = kernel_peers(pid);
+    let peers = kernel_peers(&pid.to_string());
     let records = RecordStore::open(pins).ok();
     let mut out = Vec::new();
     let Ok(fds) = fs::read_dir(format!("/proc/{pid}/fd")) else {
@@ -178,13 +129,7 @@ pub fn audit_process(pid: i32, pins: &PinDir) -> Result<Vec<SocketView>, Process
             .as_ref()
             .and_then(|r| r.by_cookie(cookie).ok().flatten())
             .map(|c| canonical(c.client));
-        let verdict = if Some(app_peer) == ttm_client {
-            Verdict::TtmClient
-        } else if app_peer == kernel_peer {
-            Verdict::Kernel
-        } else {
-            Verdict::Hijacked
-        };
+        let verdict = judge(app_peer, Some(kernel_peer), ttm_client);
         out.push(SocketView {
             fd,
             cookie,
@@ -195,31 +140,4 @@ pub fn audit_process(pid: i32, pins: &PinDir) -> Result<Vec<SocketView>, Process
         });
     }
     Ok(out)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn proc_net_tcp_addresses_parse() {
-        // 10.0.2.1:8080 as the kernel prints it on a little-endian host.
-        let a = parse_proc_addr(
-            &format!("{:08X}:1F90", u32::from_ne_bytes([10, 0, 2, 1])),
-            false,
-        );
-        assert_eq!(a, Some("10.0.2.1:8080".parse().unwrap()));
-        // ::ffff:10.0.2.1 in /proc/net/tcp6 word order normalises to IPv4.
-        let words: String = [
-            [0u8, 0, 0, 0],
-            [0, 0, 0, 0],
-            [0, 0, 0xff, 0xff],
-            [10, 0, 2, 1],
-        ]
-        .iter()
-        .map(|w| format!("{:08X}", u32::from_ne_bytes(*w)))
-        .collect();
-        let b = parse_proc_addr(&format!("{words}:0050"), true);
-        assert_eq!(b, Some("10.0.2.1:80".parse().unwrap()));
-    }
 }
