@@ -324,8 +324,9 @@ fn per_call(lab: &Lab, sizes: &Sizes) -> Result<Section> {
         format!("{gp1:.0} ns vs {gp0:.0} ns, ratio {:.3}", gp1 / gp0),
         "≤ 1.15×",
         gp1 / gp0 <= 1.15,
-        "the cgroup hook dispatch plus a socket-storage lookup and a per-CPU counter on every call; \
-         fix: drop the per-call counter, or attach the rewrite only to the cgroups of apps that read peers",
+        "two programs run per call — the rewrite and the witness behind `ttm verify --live` — each \
+         a socket-storage lookup; fix: a --no-witness option for hosts that do not need the live \
+         check, drop the per-call counter, or attach only to the cgroups of apps that read peers",
     ));
     let (cookie, toa) = (med(&attached, "so_cookie"), med(&attached, "sockopt_1345"));
     figures.push(Figure::judged(
