@@ -3,22 +3,9 @@
 mod common;
 
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{World, PIN_DIR};
-use ttm_lab::daemon::ttm_bin;
-
-fn ttm(args: &[&str]) -> (i32, String) {
-    let out = Command::new(ttm_bin().expect("ttm binary"))
-        .args(args)
-        .output()
-        .expect("run ttm");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
+use common::{ttm, World, PIN_DIR};
 
 fn ttm_programs_loaded() -> usize {
     aya::programs::loaded_programs()
@@ -50,7 +37,7 @@ fn stopping_the_daemon_leaves_no_attachments_or_pins() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-    let (code, err) = ttm(&["stats", "--pin-dir", PIN_DIR]);
+    let (code, _, err) = ttm(&["stats", "--pin-dir", PIN_DIR]);
     assert_eq!(code, 2);
     assert!(err.contains("is `ttm daemon` running"), "{err}");
     drop(lab);
@@ -58,7 +45,7 @@ fn stopping_the_daemon_leaves_no_attachments_or_pins() {
 
 #[test]
 fn daemon_refuses_to_start_without_trusted_networks() {
-    let (code, err) = ttm(&["daemon", "--pin-dir", "/sys/fs/bpf/ttm-refuse"]);
+    let (code, _, err) = ttm(&["daemon", "--pin-dir", "/sys/fs/bpf/ttm-refuse"]);
     assert_eq!(code, 2);
     assert!(err.contains("--trust CIDR"), "{err}");
     assert!(!Path::new("/sys/fs/bpf/ttm-refuse").exists());
@@ -66,7 +53,7 @@ fn daemon_refuses_to_start_without_trusted_networks() {
 
 #[test]
 fn daemon_rejects_a_path_that_is_not_a_cgroup() {
-    let (code, err) = ttm(&[
+    let (code, _, err) = ttm(&[
         "daemon",
         "--trust",
         "10.0.2.0/24",
@@ -81,7 +68,7 @@ fn daemon_rejects_a_path_that_is_not_a_cgroup() {
 
 #[test]
 fn daemon_rejects_a_malformed_network() {
-    let (code, err) = ttm(&["daemon", "--trust", "10.0.2.0/33"]);
+    let (code, _, err) = ttm(&["daemon", "--trust", "10.0.2.0/33"]);
     assert_eq!(code, 2);
     assert!(
         err.contains("invalid trusted network \"10.0.2.0/33\""),
@@ -91,7 +78,7 @@ fn daemon_rejects_a_malformed_network() {
 
 #[test]
 fn lookup_without_a_daemon_says_what_to_do() {
-    let (code, err) = ttm(&[
+    let (code, _, err) = ttm(&[
         "lookup",
         "--cookie",
         "1",
@@ -142,7 +129,7 @@ fn a_daemon_killed_hard_is_replaced_cleanly() {
 #[test]
 fn a_second_daemon_refuses_and_names_the_running_one() {
     let world = World::new();
-    let (code, err) = ttm(&[
+    let (code, _, err) = ttm(&[
         "daemon",
         "--trust",
         "10.0.2.0/24",

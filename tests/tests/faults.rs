@@ -6,42 +6,13 @@ mod common;
 
 use std::path::Path;
 use std::process::Command;
-use std::thread::JoinHandle;
 use std::time::Duration;
 
-use common::{lab_bin, World, PIN_DIR};
+use common::{steady_load, World, PIN_DIR};
 use ttm_common::Counter;
 use ttm_lab::daemon::ttm_bin;
 use ttm_lab::lab;
-use ttm_lab::process::spawn_in;
 use ttm_lab::TtmDaemon;
-
-/// Rounds of concurrent client connections through the LB, in a thread; the
-/// thread panics if any connection fails.
-fn steady_load(world: &World, rounds: usize, per_round: usize) -> JoinHandle<()> {
-    let cgroup = world.lab.client_cgroup();
-    std::thread::spawn(move || {
-        let target = format!("{}:8080", lab::VIP);
-        for round in 0..rounds {
-            let mut c = spawn_in(
-                lab_bin(),
-                &cgroup,
-                lab::CLIENT_NS,
-                &[
-                    "connect",
-                    "--to",
-                    &target,
-                    "--count",
-                    &per_round.to_string(),
-                ],
-            )
-            .expect("spawn clients");
-            let status = c.wait(Duration::from_secs(30)).expect("clients");
-            assert!(status.success(), "round {round}: a connection failed");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    })
-}
 
 /// Every accepted connection has its own client's record.
 fn assert_all_recorded(world: &World, accepted: &[common::Accepted]) {

@@ -5,24 +5,10 @@ mod common;
 
 use std::io::{Read as _, Write as _};
 use std::net::TcpStream;
-use std::process::Command;
 use std::time::Duration;
 
-use common::World;
-use ttm_lab::daemon::ttm_bin;
+use common::{ttm, World};
 use ttm_lab::lab;
-
-fn ttm(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(ttm_bin().expect("ttm"))
-        .args(args)
-        .output()
-        .expect("run ttm");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
 
 fn temp_file(name: &str, text: &str) -> std::path::PathBuf {
     let path = std::env::temp_dir().join(format!("ttm-{}-{name}", std::process::id()));

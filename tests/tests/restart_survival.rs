@@ -5,27 +5,12 @@
 mod common;
 
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{lab_bin, python_server, report, World, PIN_DIR};
+use common::{python_server, report, steady_load, ttm, World, PIN_DIR};
 use ttm_common::Counter;
-use ttm_lab::daemon::ttm_bin;
 use ttm_lab::lab;
-use ttm_lab::process::spawn_in;
 use ttm_lab::TtmDaemon;
-
-fn ttm(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(ttm_bin().expect("ttm"))
-        .args(args)
-        .output()
-        .expect("run ttm");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
 
 fn ttm_programs_loaded() -> usize {
     aya::programs::loaded_programs()
@@ -101,27 +86,7 @@ fn an_upgrade_swaps_programs_without_losing_a_connection() {
     let mut world = World::new();
     let server = world.serve(ROUNDS * PER_ROUND);
     // Connections keep coming while the upgrade happens.
-    let cgroup = world.lab.client_cgroup();
-    let traffic = std::thread::spawn(move || {
-        let target = format!("{}:8080", lab::VIP);
-        for _ in 0..ROUNDS {
-            let mut c = spawn_in(
-                lab_bin(),
-                &cgroup,
-                lab::CLIENT_NS,
-                &[
-                    "connect",
-                    "--to",
-                    &target,
-                    "--count",
-                    &PER_ROUND.to_string(),
-                ],
-            )
-            .expect("spawn clients");
-            assert!(c.wait(Duration::from_secs(30)).expect("clients").success());
-            std::thread::sleep(Duration::from_millis(30));
-        }
-    });
+    let traffic = steady_load(&world, ROUNDS, PER_ROUND);
     std::thread::sleep(Duration::from_millis(200));
     let old_programs: Vec<u32> = aya::programs::loaded_programs()
         .filter_map(Result::ok)

@@ -40,7 +40,10 @@ fn ttm_is_recognised_and_a_foreign_peer_rewriter_is_flagged() {
     let world = World::new();
     let rs = world.lab.rs_cgroup().to_string_lossy().into_owned();
     let (code, v) = verify();
-    assert_eq!(code, 0, "only ttm and the lab's writer attached: clean: {v}");
+    assert_eq!(
+        code, 0,
+        "only ttm and the lab's writer attached: clean: {v}"
+    );
     let ours = at(&v, &rs);
     let hooks: Vec<&str> = ours
         .iter()

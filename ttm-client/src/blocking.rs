@@ -195,16 +195,8 @@ impl Client {
     fn read_line(&mut self) -> Result<Vec<u8>, ClientError> {
         let mut chunk = [0u8; 4096];
         loop {
-            if let Some(end) = self.pending.iter().position(|&b| b == b'\n') {
-                let rest = self.pending.split_off(end + 1);
-                let mut line = std::mem::replace(&mut self.pending, rest);
-                line.pop();
+            if let Some(line) = take_line(&mut self.pending)? {
                 return Ok(line);
-            }
-            if self.pending.len() > MAX_REPLY_BYTES {
-                return Err(ClientError::Protocol(format!(
-                    "reply longer than {MAX_REPLY_BYTES} bytes"
-                )));
             }
             let n = self
                 .stream
@@ -247,4 +239,21 @@ fn refused(e: ErrorReply) -> ClientError {
         ErrorCode::Internal => ClientError::Internal(reason),
         ErrorCode::NotFound => ClientError::Protocol("unexpected not_found".into()),
     }
+}
+
+/// Takes the first complete line (without its newline) out of `pending`;
+/// refuses to buffer a reply longer than the protocol allows.
+pub(crate) fn take_line(pending: &mut Vec<u8>) -> Result<Option<Vec<u8>>, ClientError> {
+    if let Some(end) = pending.iter().position(|&b| b == b'\n') {
+        let rest = pending.split_off(end + 1);
+        let mut line = std::mem::replace(pending, rest);
+        line.pop();
+        return Ok(Some(line));
+    }
+    if pending.len() > MAX_REPLY_BYTES {
+        return Err(ClientError::Protocol(format!(
+            "reply longer than {MAX_REPLY_BYTES} bytes"
+        )));
+    }
+    Ok(None)
 }

@@ -9,12 +9,11 @@ use serde::de::DeserializeOwned;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
 use tokio::net::UnixStream;
 
-use crate::blocking::{answered, found};
+use crate::blocking::{answered, found, take_line};
 use crate::error::ClientError;
 use crate::fdpass::send_with_fd;
 use crate::protocol::{
     decode_reply, encode_line, Connection, ErrorReply, Request, StatsReply, VersionReply,
-    MAX_REPLY_BYTES,
 };
 use crate::{DEFAULT_SOCKET, DEFAULT_TIMEOUT};
 
@@ -132,16 +131,8 @@ impl AsyncClient {
     async fn read_line(&mut self) -> Result<Vec<u8>, ClientError> {
         let mut chunk = [0u8; 4096];
         loop {
-            if let Some(end) = self.pending.iter().position(|&b| b == b'\n') {
-                let rest = self.pending.split_off(end + 1);
-                let mut line = std::mem::replace(&mut self.pending, rest);
-                line.pop();
+            if let Some(line) = take_line(&mut self.pending)? {
                 return Ok(line);
-            }
-            if self.pending.len() > MAX_REPLY_BYTES {
-                return Err(ClientError::Protocol(format!(
-                    "reply longer than {MAX_REPLY_BYTES} bytes"
-                )));
             }
             let n = self.stream.read(&mut chunk).await?;
             if n == 0 {

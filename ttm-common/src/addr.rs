@@ -31,6 +31,23 @@ pub fn is_v4_mapped(addr: &Addr16) -> bool {
     addr[..10].iter().all(|b| *b == 0) && addr[10] == 0xff && addr[11] == 0xff
 }
 
+/// An IPv6 address from the four 32-bit words the kernel's BPF contexts hold
+/// (each in network byte order, as loaded on this host).
+#[inline(always)]
+pub fn from_words(w: [u32; 4]) -> Addr16 {
+    let mut a = [0u8; 16];
+    let mut k = 0;
+    while k < 4 {
+        let b = w[k].to_ne_bytes();
+        a[k * 4] = b[0];
+        a[k * 4 + 1] = b[1];
+        a[k * 4 + 2] = b[2];
+        a[k * 4 + 3] = b[3];
+        k += 1;
+    }
+    a
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

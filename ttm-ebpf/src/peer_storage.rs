@@ -1,11 +1,35 @@
-//! Reading a socket's record from `PEER_STORAGE` in the cgroup hooks.
+//! A socket's record in `PEER_STORAGE`: made by sockops, read by the hooks.
 
 use core::ptr;
 
-use aya_ebpf::{bindings::bpf_sock, helpers::generated::bpf_sk_storage_get};
+use aya_ebpf::{
+    bindings::{bpf_sock, BPF_SK_STORAGE_GET_F_CREATE},
+    helpers::generated::bpf_sk_storage_get,
+};
 use ttm_common::PeerRecord;
 
 use crate::maps::PEER_STORAGE;
+
+/// `bpf_sk_storage_get` on `PEER_STORAGE`: with `init`, creates the slot
+/// from it if the socket has none. `sk` must be non-null.
+#[inline(always)]
+fn slot(sk: *mut bpf_sock, init: Option<&mut PeerRecord>) -> *mut PeerRecord {
+    let (value, flags) = match init {
+        Some(r) => (ptr::from_mut(r).cast(), BPF_SK_STORAGE_GET_F_CREATE as u64),
+        None => (ptr::null_mut(), 0),
+    };
+    // SAFETY: our SK_STORAGE map, a non-null socket, and either no initial
+    // value or one of the map's value size.
+    unsafe {
+        bpf_sk_storage_get(
+            ptr::from_ref(&PEER_STORAGE).cast_mut().cast(),
+            sk.cast(),
+            value,
+            flags,
+        )
+    }
+    .cast::<PeerRecord>()
+}
 
 /// The record sockops stored for `sk`, if any (never creates one).
 #[inline(always)]
@@ -13,17 +37,14 @@ pub fn record_of<'a>(sk: *mut bpf_sock) -> Option<&'a PeerRecord> {
     if sk.is_null() {
         return None;
     }
-    // SAFETY: our SK_STORAGE map and a non-null socket from the context; no
-    // create flag, so no initial value is read.
-    let slot = unsafe {
-        bpf_sk_storage_get(
-            ptr::from_ref(&PEER_STORAGE).cast_mut().cast(),
-            sk.cast(),
-            ptr::null_mut(),
-            0,
-        )
-    }
-    .cast::<PeerRecord>();
     // SAFETY: non-null storage lives as long as the socket, which outlives this call.
-    unsafe { slot.as_ref() }
+    unsafe { slot(sk, None).as_ref() }
+}
+
+/// The socket's record, created from `init` if it has none; `None` when the
+/// kernel cannot allocate it. `sk` must be non-null.
+#[inline(always)]
+pub fn record_or_insert<'a>(sk: *mut bpf_sock, init: &mut PeerRecord) -> Option<&'a PeerRecord> {
+    // SAFETY: as in `record_of`.
+    unsafe { slot(sk, Some(init)).as_ref() }
 }

@@ -5,16 +5,16 @@ use core::ptr;
 
 use aya_ebpf::{
     bindings::{
-        bpf_sock_ops, BPF_ANY, BPF_SK_STORAGE_GET_F_CREATE, BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB,
-        BPF_SOCK_OPS_STATE_CB, BPF_SOCK_OPS_STATE_CB_FLAG, BPF_TCP_CLOSE,
+        bpf_sock_ops, BPF_ANY, BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB, BPF_SOCK_OPS_STATE_CB,
+        BPF_SOCK_OPS_STATE_CB_FLAG, BPF_TCP_CLOSE,
     },
     btf_maps::lpm_trie::Key,
-    helpers::{bpf_get_socket_cookie, bpf_ktime_get_ns, generated::bpf_sk_storage_get},
+    helpers::{bpf_get_socket_cookie, bpf_ktime_get_ns},
     macros::sock_ops,
     programs::SockOpsContext,
 };
 use ttm_common::{
-    addr::{v4_mapped, Addr16},
+    addr::{from_words, v4_mapped, Addr16},
     decode_client,
     parser::MAX_OPTION_BYTES,
     plausible_client, ClientAddr, ClientFamily, Config, Counter, PeerRecord, Walk, WalkState,
@@ -22,8 +22,9 @@ use ttm_common::{
 
 use crate::{
     counters::bump,
-    maps::{CONFIG, PEER_STORAGE, RECORDS, SCRATCH, TRUSTED_LBS, WALK},
+    maps::{CONFIG, RECORDS, SCRATCH, TRUSTED_LBS, WALK},
     packet::TcpOptions,
+    peer_storage::{record_of, record_or_insert},
 };
 
 const AF_INET: u32 = 2;
@@ -57,13 +58,13 @@ fn four_tuple(ctx: &SockOpsContext) -> (Addr16, u16, Addr16, u16) {
         unsafe {
             let ops = ctx.ops;
             (
-                words_to_addr([
+                from_words([
                     ptr::read_volatile(&(*ops).remote_ip6[0]),
                     ptr::read_volatile(&(*ops).remote_ip6[1]),
                     ptr::read_volatile(&(*ops).remote_ip6[2]),
                     ptr::read_volatile(&(*ops).remote_ip6[3]),
                 ]),
-                words_to_addr([
+                from_words([
                     ptr::read_volatile(&(*ops).local_ip6[0]),
                     ptr::read_volatile(&(*ops).local_ip6[1]),
                     ptr::read_volatile(&(*ops).local_ip6[2]),
@@ -75,22 +76,6 @@ fn four_tuple(ctx: &SockOpsContext) -> (Addr16, u16, Addr16, u16) {
     // remote_port holds the network-order port in its upper half; local_port is host order.
     let peer_port = u32::from_be(ctx.remote_port()) as u16;
     (peer, peer_port, local, ctx.local_port() as u16)
-}
-
-/// IPv6 words as the kernel stores them (network order) to bytes.
-#[inline(always)]
-fn words_to_addr(w: [u32; 4]) -> Addr16 {
-    let mut a = [0u8; 16];
-    let mut k = 0;
-    while k < 4 {
-        let b = w[k].to_ne_bytes();
-        a[k * 4] = b[0];
-        a[k * 4 + 1] = b[1];
-        a[k * 4 + 2] = b[2];
-        a[k * 4 + 3] = b[3];
-        k += 1;
-    }
-    a
 }
 
 #[inline(always)]
@@ -227,22 +212,11 @@ fn store(
         bump(Counter::StorageFailed);
         return;
     }
-    // SAFETY: our SK_STORAGE map, a valid socket, an initial value of the map's value size.
-    let slot = unsafe {
-        bpf_sk_storage_get(
-            ptr::from_ref(&PEER_STORAGE).cast_mut().cast(),
-            sk.cast(),
-            ptr::from_mut(record).cast(),
-            BPF_SK_STORAGE_GET_F_CREATE as u64,
-        )
-    }
-    .cast::<PeerRecord>();
-    if slot.is_null() {
+    let Some(stored) = record_or_insert(sk.cast(), record) else {
         bump(Counter::StorageFailed);
         return;
-    }
-    // SAFETY: non-null storage for this socket.
-    if unsafe { (*slot).established_ns } != record.established_ns {
+    };
+    if stored.established_ns != record.established_ns {
         // A record already existed: it is never overwritten.
         return;
     }
@@ -258,23 +232,9 @@ fn store(
 
 #[inline(always)]
 fn on_close(ctx: &SockOpsContext) {
-    // SAFETY: context field, null-checked.
+    // SAFETY: context field (null-checked by `record_of`).
     let sk = unsafe { (*ctx.ops).__bindgen_anon_2.sk };
-    if sk.is_null() {
-        return;
-    }
-    // SAFETY: lookup without create in our SK_STORAGE map.
-    let slot = unsafe {
-        bpf_sk_storage_get(
-            ptr::from_ref(&PEER_STORAGE).cast_mut().cast(),
-            sk.cast(),
-            ptr::null_mut(),
-            0,
-        )
-    }
-    .cast::<PeerRecord>();
-    // SAFETY: null-checked storage pointer.
-    if slot.is_null() || !unsafe { (*slot).is_set() } {
+    if !record_of(sk.cast()).is_some_and(PeerRecord::is_set) {
         return;
     }
     // SAFETY: helper valid in sockops.

@@ -14,23 +14,13 @@ use aya_ebpf::{
     macros::cgroup_sock_addr,
     programs::SockAddrContext,
 };
-use ttm_common::{addr::v4_mapped, maps::Mismatch, Addr16, Counter};
+use ttm_common::{
+    addr::{from_words, v4_mapped},
+    maps::Mismatch,
+    Addr16, Counter,
+};
 
 use crate::{counters::bump, maps::MISMATCHES, peer_storage::record_of};
-
-fn words(w: [u32; 4]) -> Addr16 {
-    let mut a = [0u8; 16];
-    let mut k = 0;
-    while k < 4 {
-        let b = w[k].to_ne_bytes();
-        a[k * 4] = b[0];
-        a[k * 4 + 1] = b[1];
-        a[k * 4 + 2] = b[2];
-        a[k * 4 + 3] = b[3];
-        k += 1;
-    }
-    a
-}
 
 #[inline(always)]
 fn check(
@@ -99,14 +89,14 @@ pub fn ttm_witness6(ctx: SockAddrContext) -> i32 {
         if sk.is_null() {
             return 1;
         }
-        let returned = words([
+        let returned = from_words([
             read_volatile(&(*sa).user_ip6[0]),
             read_volatile(&(*sa).user_ip6[1]),
             read_volatile(&(*sa).user_ip6[2]),
             read_volatile(&(*sa).user_ip6[3]),
         ]);
         let returned_port = u16::from_be(read_volatile(&(*sa).user_port) as u16);
-        let kernel = words([
+        let kernel = from_words([
             read_volatile(&(*sk).dst_ip6[0]),
             read_volatile(&(*sk).dst_ip6[1]),
             read_volatile(&(*sk).dst_ip6[2]),

@@ -223,11 +223,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     caught.len()
                 );
             }
-            Ok(if caught.is_empty() {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::from(1)
-            })
+            Ok(findings_exit(caught.len()))
         }
         Command::Verify {
             json,
@@ -255,11 +251,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 }
                 println!("{} TCP socket(s), {hijacked} HIJACKED", sockets.len());
             }
-            Ok(if hijacked == 0 {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::from(1)
-            })
+            Ok(findings_exit(hijacked))
         }
         Command::Verify {
             json,
@@ -309,11 +301,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     println!("{threats} foreign program(s) can rewrite the peer addresses applications see");
                 }
             }
-            Ok(if threats == 0 {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::from(1)
-            })
+            Ok(findings_exit(threats))
         }
         Command::Formats => {
             for preset in &ttm::formats::PRESETS {
@@ -362,6 +350,15 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+    }
+}
+
+/// `ttm verify`'s exit status: 0 clean, 1 with findings.
+fn findings_exit(findings: usize) -> ExitCode {
+    if findings == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
     }
 }
 

@@ -213,3 +213,43 @@ pub fn report(app: &Guarded) -> serde_json::Value {
     let line = app.line(Duration::from_secs(10)).expect("app report");
     serde_json::from_str(&line).unwrap_or_else(|e| panic!("{line}: {e}"))
 }
+
+/// Runs the `ttm` binary; returns (exit code, stdout, stderr).
+pub fn ttm(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(ttm_lab::daemon::ttm_bin().expect("ttm binary"))
+        .args(args)
+        .output()
+        .expect("run ttm");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Rounds of concurrent client connections through the LB, in a thread that
+/// panics if any connection fails.
+pub fn steady_load(world: &World, rounds: usize, per_round: usize) -> std::thread::JoinHandle<()> {
+    let cgroup = world.lab.client_cgroup();
+    std::thread::spawn(move || {
+        let target = format!("{}:8080", lab::VIP);
+        for round in 0..rounds {
+            let mut c = spawn_in(
+                lab_bin(),
+                &cgroup,
+                lab::CLIENT_NS,
+                &[
+                    "connect",
+                    "--to",
+                    &target,
+                    "--count",
+                    &per_round.to_string(),
+                ],
+            )
+            .expect("spawn clients");
+            let status = c.wait(Duration::from_secs(30)).expect("clients");
+            assert!(status.success(), "round {round}: a connection failed");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    })
+}
