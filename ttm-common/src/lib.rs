@@ -29,4 +29,5 @@ mod pod {
     unsafe impl aya::Pod for crate::PeerRecord {}
     unsafe impl aya::Pod for crate::Config {}
     unsafe impl aya::Pod for crate::maps::Mismatch {}
+    unsafe impl aya::Pod for crate::maps::TcKey {}
 }

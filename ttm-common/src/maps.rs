@@ -19,6 +19,24 @@ pub const TRUSTED_LBS: &str = "TRUSTED_LBS";
 pub const CONFIG: &str = "CONFIG";
 /// Per-CPU array of `u64` counters indexed by [`Counter`].
 pub const STATS: &str = "STATS";
+/// LRU hash: [`TcKey`] (4-tuple as the server sees it) → [`crate::PeerRecord`],
+/// filled by the TC ingress path.
+pub const TC_RECORDS: &str = "TC_RECORDS";
+
+/// A connection as the real server sees it, for the TC path's records.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct TcKey {
+    /// The server's address (the packet's destination), v4-mapped.
+    pub local_addr: Addr16,
+    /// The peer's address (the packet's source: the LB), v4-mapped.
+    pub peer_addr: Addr16,
+    /// The server's port, host order.
+    pub local_port: u16,
+    /// The peer's port, host order.
+    pub peer_port: u16,
+}
+
 /// LRU hash: socket cookie → [`Mismatch`], what the witness caught.
 pub const MISMATCHES: &str = "MISMATCHES";
 /// Capacity of `MISMATCHES`.
@@ -124,11 +142,13 @@ pub enum Counter {
     /// A getpeername answer was neither the kernel's peer nor ttm's client
     /// (seen by the witness; details in `MISMATCHES`).
     PeerMismatch = 19,
+    /// The TC path recorded a client for a 4-tuple.
+    TcDecoded = 20,
 }
 
 impl Counter {
     /// Number of counters; the size of `STATS`.
-    pub const COUNT: u32 = 20;
+    pub const COUNT: u32 = 21;
 
     /// Every counter, in index order.
     pub const ALL: [Counter; Counter::COUNT as usize] = [
@@ -152,6 +172,7 @@ impl Counter {
         Counter::RepeatedOption,
         Counter::ImplausibleClient,
         Counter::PeerMismatch,
+        Counter::TcDecoded,
     ];
 
     /// The counter for a malformed-option reason.
@@ -188,6 +209,7 @@ impl Counter {
             Counter::RepeatedOption => "repeated_option",
             Counter::ImplausibleClient => "implausible_client",
             Counter::PeerMismatch => "peer_mismatch",
+            Counter::TcDecoded => "tc_decoded",
         }
     }
 }

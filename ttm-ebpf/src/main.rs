@@ -9,6 +9,8 @@ mod maps;
 mod packet;
 mod peer_storage;
 mod sockops;
+mod tc;
+mod walk;
 mod witness;
 
 #[cfg(not(test))]

@@ -5,7 +5,7 @@ use aya_ebpf::{
     macros::btf_map,
 };
 use ttm_common::{
-    maps::{Mismatch, DEFAULT_RECORDS_CAPACITY, MISMATCHES_CAPACITY, TRUSTED_LBS_CAPACITY},
+    maps::{Mismatch, TcKey, DEFAULT_RECORDS_CAPACITY, MISMATCHES_CAPACITY, TRUSTED_LBS_CAPACITY},
     Config, Counter, PeerRecord, TrustKey, WalkState,
 };
 
@@ -47,4 +47,10 @@ pub static WALK: PerCpuArray<WalkState, 1> = PerCpuArray::new();
 /// peer nor ttm's client. Written by the witness; read by `ttm verify --live`.
 #[btf_map]
 pub static MISMATCHES: LruHashMap<u64, Mismatch, { MISMATCHES_CAPACITY as usize }> =
+    LruHashMap::new();
+
+/// 4-tuple → record, written by the TC ingress path (never overwritten:
+/// the first trusted option per connection stands); read by user space.
+#[btf_map]
+pub static TC_RECORDS: LruHashMap<TcKey, PeerRecord, { DEFAULT_RECORDS_CAPACITY as usize }> =
     LruHashMap::new();

@@ -18,7 +18,8 @@ pub struct TcpOptions {
 
 impl TcpOptions {
     /// Reads the data offset of the header at `data` and returns its option
-    /// area, or `None` if even the fixed header is not readable.
+    /// area, or `None` if the header is not all inside the packet (a frame
+    /// cut short is not decoded).
     #[inline(always)]
     pub fn of_header(data: usize, data_end: usize) -> Option<TcpOptions> {
         if data + TCP_FIXED_HEADER > data_end {
@@ -27,6 +28,9 @@ impl TcpOptions {
         // SAFETY: byte 12 lies inside the 20 bytes checked above.
         let data_offset = unsafe { *((data + 12) as *const u8) } >> 4;
         let header_len = (data_offset as usize) * 4;
+        if data + header_len > data_end {
+            return None;
+        }
         let len = header_len.saturating_sub(TCP_FIXED_HEADER);
         Some(TcpOptions {
             start: data + TCP_FIXED_HEADER,

@@ -15,16 +15,15 @@ use aya_ebpf::{
 };
 use ttm_common::{
     addr::{from_words, v4_mapped, Addr16},
-    decode_client,
-    parser::MAX_OPTION_BYTES,
-    plausible_client, ClientAddr, ClientFamily, Config, Counter, PeerRecord, Walk, WalkState,
+    decode_client, plausible_client, ClientAddr, ClientFamily, Config, Counter, PeerRecord, Walk,
 };
 
 use crate::{
     counters::bump,
-    maps::{CONFIG, RECORDS, SCRATCH, TRUSTED_LBS, WALK},
+    maps::{CONFIG, RECORDS, SCRATCH, TRUSTED_LBS},
     packet::TcpOptions,
     peer_storage::{record_of, record_or_insert},
+    walk::walk_options,
 };
 
 const AF_INET: u32 = 2;
@@ -78,8 +77,9 @@ fn four_tuple(ctx: &SockOpsContext) -> (Addr16, u16, Addr16, u16) {
     (peer, peer_port, local, ctx.local_port() as u16)
 }
 
+/// True if `peer` is inside a trusted LB network.
 #[inline(always)]
-fn is_trusted(peer: &Addr16) -> bool {
+pub fn is_trusted(peer: &Addr16) -> bool {
     TRUSTED_LBS.get(&Key::new(128, *peer)).is_some()
 }
 
@@ -130,47 +130,6 @@ fn on_passive_established(ctx: &SockOpsContext) {
             );
         }
     }
-}
-
-/// Runs the shared option walk for at most `MAX_OPTION_BYTES` steps, unrolled
-/// (each step advances ≥ 1 byte). Between steps the state lives in the `WALK`
-/// map: the verifier then sees one bounded state per step instead of one per
-/// path, which keeps verification linear.
-#[inline(always)]
-fn walk_options(options: &TcpOptions, config: &Config) -> Walk {
-    let Some(slot) = WALK.get_ptr_mut(0) else {
-        return Walk::NotFound;
-    };
-    // SAFETY (all accesses below): the per-CPU slot is ours until the program returns.
-    unsafe { ptr::write_volatile(slot, WalkState::default()) };
-    macro_rules! step {
-        () => {
-            let mut walk = unsafe { ptr::read_volatile(slot) };
-            if let Some(outcome) = walk.step(options, &config.formats) {
-                return outcome;
-            }
-            unsafe { ptr::write_volatile(slot, walk) };
-        };
-    }
-    macro_rules! step8 {
-        () => {
-            step!();
-            step!();
-            step!();
-            step!();
-            step!();
-            step!();
-            step!();
-            step!();
-        };
-    }
-    const _: () = assert!(MAX_OPTION_BYTES == 40);
-    step8!();
-    step8!();
-    step8!();
-    step8!();
-    step8!();
-    unsafe { ptr::read_volatile(slot) }.finish()
 }
 
 #[inline(always)]

@@ -1,0 +1,228 @@
+//! The TC ingress program against the host parser: generated frames (valid,
+//! malformed, truncated, VLAN-tagged, with IPv4 options, non-TCP) run
+//! through the kernel with BPF_PROG_TEST_RUN, and the program's decisions
+//! compared with `ttm_common::find_client` on the same bytes.
+
+use std::os::fd::{AsFd, AsRawFd};
+
+use aya::maps::{Array, HashMap, MapData};
+use aya::programs::SchedClassifier;
+use aya::EbpfLoader;
+use ttm_common::addr::v4_mapped;
+use ttm_common::format::FormatTable;
+use ttm_common::maps::{self, TcKey};
+use ttm_common::{find_client, Config, PeerRecord, Scan};
+
+const BPF_PROG_TEST_RUN: libc::c_long = 10;
+const TC_ACT_UNSPEC: u32 = u32::MAX;
+const LOCAL: [u8; 4] = [10, 0, 2, 2];
+
+/// Runs `prog` on `frame`; returns its return value.
+fn test_run(prog: std::os::fd::BorrowedFd<'_>, frame: &[u8]) -> u32 {
+    let mut attr = [0u64; 10];
+    attr[0] = u64::from(prog.as_raw_fd() as u32);
+    attr[1] = frame.len() as u64;
+    attr[2] = frame.as_ptr() as u64;
+    attr[4] = 1; // repeat
+                 // SAFETY: bpf(BPF_PROG_TEST_RUN) with data_in pointing at `frame`, no data_out.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_PROG_TEST_RUN,
+            attr.as_mut_ptr(),
+            std::mem::size_of_val(&attr),
+        )
+    };
+    assert_eq!(
+        rc,
+        0,
+        "test run of {} bytes: {}",
+        frame.len(),
+        std::io::Error::last_os_error()
+    );
+    (attr[0] >> 32) as u32
+}
+
+/// xorshift64*, deterministic.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+/// An option area of whole words (≤ 40 bytes) from plausible pieces.
+fn option_area(rng: &mut Rng) -> Vec<u8> {
+    let mut area = Vec::new();
+    let target = rng.below(41) as usize;
+    while area.len() < target {
+        match rng.below(8) {
+            0 => area.push(0),
+            1 | 2 => area.push(1),
+            3..=5 => {
+                area.extend_from_slice(&[254, 8, rng.next() as u8, rng.next() as u8]);
+                area.extend_from_slice(&[
+                    10 + rng.below(200) as u8,
+                    rng.next() as u8,
+                    rng.next() as u8,
+                    1 + rng.below(250) as u8,
+                ]);
+            }
+            6 => area.extend_from_slice(&[8, 10, 1, 2, 3, 4, 5, 6, 7, 8]),
+            _ => {
+                area.push(rng.next() as u8);
+                area.push(rng.below(12) as u8);
+            }
+        }
+    }
+    area.truncate(40);
+    while area.len() % 4 != 0 {
+        area.push(1);
+    }
+    area
+}
+
+struct Frame {
+    bytes: Vec<u8>,
+    key: TcKey,
+    /// The option area the kernel should read, when the frame is one it decodes.
+    area: Option<Vec<u8>>,
+}
+
+fn frame(rng: &mut Rng, n: u16) -> Frame {
+    let area = option_area(rng);
+    let vlan = rng.below(4) == 0;
+    let ip_options = rng.below(4) == 0;
+    let udp = rng.below(10) == 0;
+    let syn = rng.below(10) == 0;
+    let src = [10, 9, (n >> 8) as u8, n as u8];
+    let sport = 20_000 + n;
+    let mut f = vec![0x02, 0, 0, 0, 0, 1, 0x02, 0, 0, 0, 0, 2];
+    if vlan {
+        f.extend_from_slice(&[0x81, 0x00, 0x00, 0x07]);
+    }
+    f.extend_from_slice(&[0x08, 0x00]);
+    let ihl = if ip_options { 6 } else { 5 };
+    let tcp_len = 20 + area.len();
+    let total = ihl * 4 + tcp_len;
+    f.extend_from_slice(&[
+        0x40 | ihl as u8,
+        0,
+        (total >> 8) as u8,
+        total as u8,
+        0,
+        0,
+        0x40,
+        0,
+        64,
+    ]);
+    f.push(if udp { 17 } else { 6 });
+    f.extend_from_slice(&[0, 0]);
+    f.extend_from_slice(&src);
+    f.extend_from_slice(&LOCAL);
+    if ip_options {
+        f.extend_from_slice(&[1, 1, 1, 0]);
+    }
+    f.extend_from_slice(&sport.to_be_bytes());
+    f.extend_from_slice(&8080u16.to_be_bytes());
+    f.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 1]);
+    f.push(((tcp_len / 4) as u8) << 4);
+    f.push(if syn { 0x12 } else { 0x10 });
+    f.extend_from_slice(&[0xff, 0xff, 0, 0, 0, 0]);
+    f.extend_from_slice(&area);
+    // Sometimes cut the frame short, anywhere.
+    let cut = rng.below(8) == 0;
+    if cut {
+        let keep = rng.below(f.len() as u64) as usize;
+        // BPF_PROG_TEST_RUN refuses frames that end inside the IPv4 header.
+        f.truncate(keep.max(40));
+    }
+    let decodable = !udp && !syn && !cut;
+    Frame {
+        bytes: f,
+        key: TcKey {
+            local_addr: v4_mapped(LOCAL),
+            peer_addr: v4_mapped(src),
+            local_port: 8080,
+            peer_port: sport,
+        },
+        area: decodable.then_some(area),
+    }
+}
+
+#[test]
+fn the_tc_program_decides_like_the_host_parser() {
+    let _serial = ttm_lab::process::serial();
+    let mut ebpf = EbpfLoader::new()
+        .load(ttm::EBPF_OBJECT)
+        .expect("load the ttm object");
+    let mut config: Array<_, Config> =
+        Array::try_from(ebpf.map_mut(maps::CONFIG).expect("CONFIG")).expect("array");
+    config
+        .set(
+            0,
+            Config {
+                formats: FormatTable::DEFAULT,
+                trust_any: 1,
+                getsockopt_name: 1345,
+                nat64_getsockopt_name: 0,
+            },
+            0,
+        )
+        .expect("config");
+    let program: &mut SchedClassifier = ebpf
+        .program_mut("ttm_tc_ingress")
+        .expect("tc program")
+        .try_into()
+        .expect("classifier");
+    program.load().expect("the verifier accepts the TC program");
+    let prog = program
+        .fd()
+        .expect("fd")
+        .as_fd()
+        .try_clone_to_owned()
+        .expect("fd");
+
+    let mut rng = Rng(0x7463_5f64_6966_6621);
+    let frames: Vec<Frame> = (0..4000u16).map(|n| frame(&mut rng, n)).collect();
+    for f in &frames {
+        assert_eq!(
+            test_run(prog.as_fd(), &f.bytes),
+            TC_ACT_UNSPEC,
+            "always continue"
+        );
+    }
+    let records: HashMap<&MapData, TcKey, PeerRecord> =
+        HashMap::try_from(ebpf.map(maps::TC_RECORDS).expect("TC_RECORDS")).expect("hash");
+    let (mut decoded, mut refused) = (0, 0);
+    for f in &frames {
+        let expected =
+            f.area
+                .as_ref()
+                .and_then(|area| match find_client(&area[..], &FormatTable::DEFAULT) {
+                    Scan::Found(c) => Some((c.addr, c.port)),
+                    _ => None,
+                });
+        let got = records
+            .get(&f.key, 0)
+            .ok()
+            .map(|r| (r.client_addr, r.client_port));
+        assert_eq!(got, expected, "frame {:?}", f.bytes);
+        if got.is_some() {
+            decoded += 1;
+        } else {
+            refused += 1;
+        }
+    }
+    assert!(
+        decoded > 500 && refused > 500,
+        "decoded {decoded}, refused {refused}"
+    );
+}

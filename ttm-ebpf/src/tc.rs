@@ -1,0 +1,139 @@
+//! The TC ingress path: for kernels or sockets the sockops decoder cannot
+//! reach, decode the option from TCP segments of trusted LBs at the
+//! interface and file the client under the connection's 4-tuple. Always
+//! returns "continue" (TC_ACT_UNSPEC): ttm never drops or delays a packet.
+
+use aya_ebpf::{
+    bindings::{__sk_buff, BPF_NOEXIST, TC_ACT_UNSPEC},
+    helpers::bpf_ktime_get_ns,
+    macros::classifier,
+    programs::TcContext,
+    EbpfContext,
+};
+use ttm_common::{
+    addr::v4_mapped, decode_client, maps::TcKey, plausible_client, ClientFamily, Counter, Walk,
+};
+
+use crate::{
+    counters::bump,
+    maps::{CONFIG, SCRATCH, TC_RECORDS},
+    packet::TcpOptions,
+    sockops::is_trusted,
+    walk::walk_options,
+};
+
+const ETH_HLEN: usize = 14;
+const ETH_P_IP: u16 = 0x0800;
+const ETH_P_8021Q: u16 = 0x8100;
+const IPPROTO_TCP: u8 = 6;
+const TCP_FLAG_SYN: u8 = 0x02;
+const TCP_FLAG_ACK: u8 = 0x10;
+
+#[classifier]
+pub fn ttm_tc_ingress(ctx: TcContext) -> i32 {
+    // Volatile loads stay here: hoisted into the caller as u32 arguments,
+    // their widening becomes a shift the verifier refuses on pkt_end.
+    let skb = ctx.as_ptr().cast::<__sk_buff>();
+    // SAFETY: context fields at constant offsets.
+    let (data, end) = unsafe {
+        (
+            core::ptr::read_volatile(&(*skb).data) as usize,
+            core::ptr::read_volatile(&(*skb).data_end) as usize,
+        )
+    };
+    decode(data, end);
+    TC_ACT_UNSPEC
+}
+
+/// `N` bytes at `at` if they are inside the packet: one bounds check, then
+/// reads at constant offsets, which is what the verifier can follow.
+#[inline(always)]
+fn header<const N: usize>(at: usize, end: usize) -> Option<[u8; N]> {
+    if at + N > end {
+        return None;
+    }
+    // SAFETY: [at, at + N) is inside the packet, checked just above.
+    Some(unsafe { core::ptr::read_unaligned(at as *const [u8; N]) })
+}
+
+#[inline(always)]
+fn decode(data: usize, end: usize) -> Option<()> {
+    // Ethernet, with at most one VLAN tag.
+    let eth: [u8; 18] = header(data, end).or_else(|| {
+        let short: [u8; 14] = header(data, end)?;
+        let mut padded = [0u8; 18];
+        padded[..14].copy_from_slice(&short);
+        Some(padded)
+    })?;
+    let (l3, proto) = match u16::from_be_bytes([eth[12], eth[13]]) {
+        ETH_P_8021Q => (ETH_HLEN + 4, u16::from_be_bytes([eth[16], eth[17]])),
+        p => (ETH_HLEN, p),
+    };
+    if proto != ETH_P_IP {
+        return None;
+    }
+    let ip: [u8; 20] = header(data + l3, end)?;
+    if ip[0] >> 4 != 4 || ip[9] != IPPROTO_TCP {
+        return None;
+    }
+    // IPv4 options are skipped by the header length (5..=15 words).
+    let ihl = usize::from(ip[0] & 0x0f) * 4;
+    if ihl < 20 {
+        return None;
+    }
+    let src = [ip[12], ip[13], ip[14], ip[15]];
+    let dst = [ip[16], ip[17], ip[18], ip[19]];
+    let l4 = data + l3 + ihl;
+    let tcp: [u8; 20] = header(l4, end)?;
+    let peer_port = u16::from_be_bytes([tcp[0], tcp[1]]);
+    let local_port = u16::from_be_bytes([tcp[2], tcp[3]]);
+    let flags = tcp[13];
+    if flags & TCP_FLAG_SYN != 0 || flags & TCP_FLAG_ACK == 0 {
+        return None;
+    }
+    let config = CONFIG.get(0)?;
+    let peer = v4_mapped(src);
+    if config.trust_any == 0 && !is_trusted(&peer) {
+        return None;
+    }
+    let options = TcpOptions::of_header(l4, end)?;
+    let Walk::Found(located) = walk_options(&options, config) else {
+        return None;
+    };
+    let client = decode_client(&options, located, &config.formats)?;
+    if !plausible_client(&client.addr) {
+        bump(Counter::ImplausibleClient);
+        return None;
+    }
+    let key = TcKey {
+        local_addr: v4_mapped(dst),
+        peer_addr: peer,
+        local_port,
+        peer_port,
+    };
+    let record = SCRATCH.get_ptr_mut(0)?;
+    // SAFETY: the per-CPU scratch slot is ours until the program returns.
+    let record = unsafe { &mut *record };
+    record.client_addr = client.addr;
+    record.peer_addr = key.peer_addr;
+    record.local_addr = key.local_addr;
+    // SAFETY: helper without preconditions.
+    record.established_ns = unsafe { bpf_ktime_get_ns() };
+    record.client_port = client.port;
+    record.peer_port = key.peer_port;
+    record.local_port = key.local_port;
+    record.client_family = ClientFamily::of(client.family, &peer) as u8;
+    record.format_index = client.format_index;
+    let (kind, len) = match config.formats.formats.get(client.format_index as usize) {
+        Some(f) => (f.kind, f.len),
+        None => (0, 0),
+    };
+    record.option_kind = kind;
+    record.option_len = len;
+    record._pad = [0; 6];
+    // The first trusted option of a connection stands.
+    if TC_RECORDS.insert(key, &*record, BPF_NOEXIST as u64).is_ok() {
+        bump(Counter::TcDecoded);
+    }
+    Some(())
+}
