@@ -88,12 +88,24 @@ fn decode(data: usize, end: usize) -> Option<()> {
     let peer_port = u16::from_be_bytes([tcp[0], tcp[1]]);
     let local_port = u16::from_be_bytes([tcp[2], tcp[3]]);
     let flags = tcp[13];
-    if flags & TCP_FLAG_SYN != 0 || flags & TCP_FLAG_ACK == 0 {
-        return None;
-    }
     let config = CONFIG.get(0)?;
     let peer = v4_mapped(src);
     if config.trust_any == 0 && !is_trusted(&peer) {
+        return None;
+    }
+    let key = TcKey {
+        local_addr: v4_mapped(dst),
+        peer_addr: peer,
+        local_port,
+        peer_port,
+    };
+    if flags & TCP_FLAG_SYN != 0 {
+        // A new connection on this 4-tuple: the previous one's client is
+        // gone (port reuse must never return it).
+        let _ = TC_RECORDS.remove(&key);
+        return None;
+    }
+    if flags & TCP_FLAG_ACK == 0 {
         return None;
     }
     let options = TcpOptions::of_header(l4, end)?;
@@ -105,12 +117,6 @@ fn decode(data: usize, end: usize) -> Option<()> {
         bump(Counter::ImplausibleClient);
         return None;
     }
-    let key = TcKey {
-        local_addr: v4_mapped(dst),
-        peer_addr: peer,
-        local_port,
-        peer_port,
-    };
     let record = SCRATCH.get_ptr_mut(0)?;
     // SAFETY: the per-CPU scratch slot is ours until the program returns.
     let record = unsafe { &mut *record };
