@@ -195,3 +195,28 @@ fn the_daemon_works_with_only_the_units_capabilities() {
     drop(lab);
     drop(serial);
 }
+
+#[test]
+fn doctor_probes_every_program_through_the_verifier() {
+    let (code, out, err) = ttm(&["doctor", "--json"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let probes: Vec<serde_json::Value> = serde_json::from_str(&out).expect("JSON");
+    for feature in [
+        "BTF",
+        "bpffs",
+        "cgroup v2",
+        "ttm_sockops",
+        "ttm_getsockopt",
+        "ttm_getpeername4",
+        "ttm_getpeername6",
+        "ttm_witness4",
+        "ttm_witness6",
+        "ttm_tc_ingress",
+    ] {
+        let p = probes
+            .iter()
+            .find(|p| p["feature"] == feature)
+            .unwrap_or_else(|| panic!("{feature} not probed: {out}"));
+        assert_eq!(p["ok"], true, "{p}");
+    }
+}

@@ -65,6 +65,13 @@ enum Command {
     },
     /// List the option layouts `--format` accepts, with their bytes.
     Formats,
+    /// Probe what this host offers ttm (kernel, BTF, bpffs, cgroup v2, and
+    /// each of ttm's programs through the verifier). Exit 1 if anything is missing.
+    Doctor {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Audit who can change the peer address applications see: every BPF
     /// program on a cgroup hook or on TC/XDP, ttm's own marked, foreign
     /// peer-rewriters flagged. Exit 0 clean, 1 findings, 2 could not check.
@@ -302,6 +309,22 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 }
             }
             Ok(findings_exit(threats))
+        }
+        Command::Doctor { json } => {
+            let probes = ttm::doctor::run();
+            if json {
+                println!("{}", serde_json::to_string(&probes)?);
+            } else {
+                for p in &probes {
+                    println!(
+                        "{:<4} {:<46} {}",
+                        if p.ok { "ok" } else { "NO" },
+                        p.feature,
+                        p.detail
+                    );
+                }
+            }
+            Ok(findings_exit(probes.iter().filter(|p| !p.ok).count()))
         }
         Command::Formats => {
             for preset in &ttm::formats::PRESETS {
