@@ -1,7 +1,8 @@
 //! The per-connection record: who the client really is.
 
 use crate::addr::{is_v4_mapped, Addr16};
-use crate::format::AddrFamily;
+use crate::format::{AddrFamily, FormatTable};
+use crate::parser::ClientAddr;
 
 /// Which address families the client and the LB→RS connection use.
 #[repr(u8)]
@@ -100,6 +101,36 @@ impl PeerRecord {
         _pad: [0; 6],
     };
 
+    /// Fills the record for a decoded `client` seen from `peer` (address,
+    /// port) to `local` at `now_ns`, in place: the kernel side builds records
+    /// in map memory, its stack being too small. Every field is written.
+    #[inline(always)]
+    pub fn fill_decoded(
+        &mut self,
+        client: &ClientAddr,
+        formats: &FormatTable,
+        peer: (Addr16, u16),
+        local: (Addr16, u16),
+        now_ns: u64,
+    ) {
+        self.client_addr = client.addr;
+        self.peer_addr = peer.0;
+        self.local_addr = local.0;
+        self.established_ns = now_ns;
+        self.client_port = client.port;
+        self.peer_port = peer.1;
+        self.local_port = local.1;
+        self.client_family = ClientFamily::of(client.family, &peer.0) as u8;
+        self.format_index = client.format_index;
+        let (kind, len) = match formats.formats.get(client.format_index as usize) {
+            Some(f) => (f.kind, f.len),
+            None => (0, 0),
+        };
+        self.option_kind = kind;
+        self.option_len = len;
+        self._pad = [0; 6];
+    }
+
     /// True once the record holds a decoded client.
     #[inline(always)]
     pub fn is_set(&self) -> bool {
@@ -111,6 +142,36 @@ impl PeerRecord {
 mod tests {
     use super::*;
     use crate::addr::v4_mapped;
+
+    #[test]
+    fn a_filled_record_names_its_client_family_and_format() {
+        let client = crate::ClientAddr {
+            addr: [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 7],
+            port: 4242,
+            family: crate::AddrFamily::Ipv6,
+            format_index: 1,
+        };
+        let mut r = PeerRecord {
+            _pad: [9; 6],
+            ..PeerRecord::ZERO
+        };
+        r.fill_decoded(
+            &client,
+            &crate::FormatTable::DEFAULT,
+            (v4_mapped([10, 0, 2, 1]), 50_000),
+            (v4_mapped([10, 0, 2, 2]), 8080),
+            77,
+        );
+        assert_eq!(r.client_family, ClientFamily::SixToFour as u8);
+        assert_eq!((r.option_kind, r.option_len), (254, 20));
+        assert_eq!(
+            (r.client_port, r.peer_port, r.local_port),
+            (4242, 50_000, 8080)
+        );
+        assert_eq!(r.established_ns, 77);
+        assert_eq!(r._pad, [0; 6]);
+        assert!(r.is_set());
+    }
 
     #[test]
     fn record_layout_is_stable() {

@@ -15,7 +15,7 @@ use aya_ebpf::{
 };
 use ttm_common::{
     addr::{from_words, v4_mapped, Addr16},
-    decode_client, plausible_client, ClientAddr, ClientFamily, Config, Counter, PeerRecord, Walk,
+    decode_client, plausible_client, ClientAddr, Config, Counter, PeerRecord, Walk,
 };
 
 use crate::{
@@ -147,23 +147,15 @@ fn store(
     };
     // SAFETY: the per-CPU scratch slot is ours until the program returns.
     let record = unsafe { &mut *record };
-    record.client_addr = client.addr;
-    record.peer_addr = peer;
-    record.local_addr = local;
     // SAFETY: helper without preconditions.
-    record.established_ns = unsafe { bpf_ktime_get_ns() };
-    record.client_port = client.port;
-    record.peer_port = peer_port;
-    record.local_port = local_port;
-    record.client_family = ClientFamily::of(client.family, &peer) as u8;
-    record.format_index = client.format_index;
-    let (kind, len) = match config.formats.formats.get(client.format_index as usize) {
-        Some(f) => (f.kind, f.len),
-        None => (0, 0),
-    };
-    record.option_kind = kind;
-    record.option_len = len;
-    record._pad = [0; 6];
+    let now = unsafe { bpf_ktime_get_ns() };
+    record.fill_decoded(
+        client,
+        &config.formats,
+        (peer, peer_port),
+        (local, local_port),
+        now,
+    );
 
     // SAFETY: `sk` is a context field; null-checked below.
     let sk = unsafe { (*ctx.ops).__bindgen_anon_2.sk };

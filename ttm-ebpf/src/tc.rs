@@ -10,9 +10,7 @@ use aya_ebpf::{
     programs::TcContext,
     EbpfContext,
 };
-use ttm_common::{
-    addr::v4_mapped, decode_client, maps::TcKey, plausible_client, ClientFamily, Counter, Walk,
-};
+use ttm_common::{addr::v4_mapped, decode_client, maps::TcKey, plausible_client, Counter, Walk};
 
 use crate::{
     counters::bump,
@@ -120,23 +118,15 @@ fn decode(data: usize, end: usize) -> Option<()> {
     let record = SCRATCH.get_ptr_mut(0)?;
     // SAFETY: the per-CPU scratch slot is ours until the program returns.
     let record = unsafe { &mut *record };
-    record.client_addr = client.addr;
-    record.peer_addr = key.peer_addr;
-    record.local_addr = key.local_addr;
     // SAFETY: helper without preconditions.
-    record.established_ns = unsafe { bpf_ktime_get_ns() };
-    record.client_port = client.port;
-    record.peer_port = key.peer_port;
-    record.local_port = key.local_port;
-    record.client_family = ClientFamily::of(client.family, &peer) as u8;
-    record.format_index = client.format_index;
-    let (kind, len) = match config.formats.formats.get(client.format_index as usize) {
-        Some(f) => (f.kind, f.len),
-        None => (0, 0),
-    };
-    record.option_kind = kind;
-    record.option_len = len;
-    record._pad = [0; 6];
+    let now = unsafe { bpf_ktime_get_ns() };
+    record.fill_decoded(
+        &client,
+        &config.formats,
+        (key.peer_addr, key.peer_port),
+        (key.local_addr, key.local_port),
+        now,
+    );
     // The first trusted option of a connection stands.
     if TC_RECORDS.insert(key, &*record, BPF_NOEXIST as u64).is_ok() {
         bump(Counter::TcDecoded);

@@ -65,30 +65,12 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Build { release } => build(release),
         Cmd::Lab { action } => {
             build(false)?;
-            cargo(&[
-                "run",
-                "--quiet",
-                "-p",
-                "ttm-tests",
-                "--bin",
-                "ttm-lab",
-                "--",
-                &action,
-            ])
+            ttm_lab(&action)
         }
         Cmd::Demo => {
             build(false)?;
             require_root("the demo builds network namespaces")?;
-            cargo(&[
-                "run",
-                "--quiet",
-                "-p",
-                "ttm-tests",
-                "--bin",
-                "ttm-lab",
-                "--",
-                "demo",
-            ])
+            ttm_lab("demo")
         }
         Cmd::Test => {
             require_root("the integration tests build network namespaces")?;
@@ -169,6 +151,20 @@ fn build(release: bool) -> Result<()> {
         args.push("--release");
     }
     cargo(&args)
+}
+
+/// Runs the lab helper with one subcommand (`up`, `down`, `demo`).
+fn ttm_lab(command: &str) -> Result<()> {
+    cargo(&[
+        "run",
+        "--quiet",
+        "-p",
+        "ttm-tests",
+        "--bin",
+        "ttm-lab",
+        "--",
+        command,
+    ])
 }
 
 fn require_root(why: &str) -> Result<()> {
