@@ -24,6 +24,15 @@ pub fn ttm_bin() -> Result<PathBuf> {
     bail!("ttm binary not found — build it with `cargo build -p ttm-userspace` or set TTM_BIN")
 }
 
+/// The mode the lab's daemons run in: `$TTM_LAB_MODE` (`sockops`, the
+/// default, `tc` or `both`). `cargo xtask test` runs the lab suite in each.
+pub fn lab_mode() -> String {
+    match std::env::var("TTM_LAB_MODE") {
+        Ok(mode) if !mode.is_empty() => mode,
+        _ => "sockops".to_string(),
+    }
+}
+
 /// A running `ttm daemon`; stopped with SIGTERM on drop.
 pub struct TtmDaemon {
     process: Guarded,
@@ -61,6 +70,21 @@ impl TtmDaemon {
         extra: &[&str],
     ) -> Result<TtmDaemon> {
         let socket = socket_for(pin_dir);
+        let mode = lab_mode();
+        let mut wrapper = wrapper.to_vec();
+        let mut mode_args: Vec<String> = vec!["--mode".into(), mode.clone()];
+        if mode != "sockops" {
+            // The TC classifier watches the real server's interface, so the
+            // daemon joins the real server's network namespace (only that:
+            // bpffs and cgroupfs stay the host's).
+            let mut prefix = vec![
+                "nsenter".to_string(),
+                format!("--net=/run/netns/{}", crate::lab::RS_NS),
+            ];
+            prefix.append(&mut wrapper);
+            wrapper = prefix;
+            mode_args.extend(["--interface".into(), crate::lab::RS_IF.into()]);
+        }
         let mut cmd = match wrapper.split_first() {
             Some((program, args)) => {
                 let mut c = Command::new(program);
@@ -75,6 +99,7 @@ impl TtmDaemon {
             .arg(pin_dir)
             .arg("--socket")
             .arg(&socket)
+            .args(&mode_args)
             .args(extra)
             .stderr(Stdio::inherit());
         let process = Guarded::spawn(cmd)?;

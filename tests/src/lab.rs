@@ -15,6 +15,8 @@ pub const CLIENT_NS: &str = "ttm-lab-client";
 pub const LB_NS: &str = "ttm-lab-lb";
 /// Real-server namespace.
 pub const RS_NS: &str = "ttm-lab-rs";
+/// The real server's interface (towards the LB), in [`RS_NS`].
+pub const RS_IF: &str = "ttm-r0";
 /// The client's address.
 pub const CLIENT_IP: &str = "10.0.1.2";
 /// The virtual IP clients connect to (the LB's client-side address).

@@ -157,9 +157,29 @@ fn frame(rng: &mut Rng, n: u16) -> Frame {
     }
 }
 
-#[test]
-fn the_tc_program_decides_like_the_host_parser() {
-    let _serial = ttm_lab::process::serial();
+/// A plain Ethernet/IPv4/TCP frame from `src:sport` to LOCAL:8080.
+fn tcp_frame(src: [u8; 4], sport: u16, flags: u8, area: &[u8]) -> Vec<u8> {
+    let mut f = vec![0x02, 0, 0, 0, 0, 1, 0x02, 0, 0, 0, 0, 2, 0x08, 0x00];
+    let tcp_len = 20 + area.len();
+    let total = 20 + tcp_len;
+    f.extend_from_slice(&[0x45, 0, (total >> 8) as u8, total as u8, 0, 0, 0x40, 0, 64, 6, 0, 0]);
+    f.extend_from_slice(&src);
+    f.extend_from_slice(&LOCAL);
+    f.extend_from_slice(&sport.to_be_bytes());
+    f.extend_from_slice(&8080u16.to_be_bytes());
+    f.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 1]);
+    f.push(((tcp_len / 4) as u8) << 4);
+    f.push(flags);
+    f.extend_from_slice(&[0xff, 0xff, 0, 0, 0, 0]);
+    f.extend_from_slice(area);
+    f
+}
+
+const SYN: u8 = 0x02;
+const ACK: u8 = 0x10;
+
+/// The ttm object with its config written, and the loaded TC program's fd.
+fn loaded() -> (aya::Ebpf, std::os::fd::OwnedFd) {
     let mut ebpf = EbpfLoader::new()
         .load(ttm::EBPF_OBJECT)
         .expect("load the ttm object");
@@ -189,10 +209,19 @@ fn the_tc_program_decides_like_the_host_parser() {
         .as_fd()
         .try_clone_to_owned()
         .expect("fd");
+    (ebpf, prog)
+}
 
+#[test]
+fn the_tc_program_decides_like_the_host_parser() {
+    let _serial = ttm_lab::process::serial();
+    let (ebpf, prog) = loaded();
     let mut rng = Rng(0x7463_5f64_6966_6621);
     let frames: Vec<Frame> = (0..4000u16).map(|n| frame(&mut rng, n)).collect();
     for f in &frames {
+        // Each connection's handshake starts with a SYN from the LB.
+        let src: [u8; 4] = f.key.peer_addr[12..].try_into().unwrap();
+        test_run(prog.as_fd(), &tcp_frame(src, f.key.peer_port, SYN, &[]));
         assert_eq!(
             test_run(prog.as_fd(), &f.bytes),
             TC_ACT_UNSPEC,
@@ -225,4 +254,62 @@ fn the_tc_program_decides_like_the_host_parser() {
         decoded > 500 && refused > 500,
         "decoded {decoded}, refused {refused}"
     );
+}
+
+#[test]
+fn only_the_segment_completing_the_handshake_counts() {
+    let _serial = ttm_lab::process::serial();
+    let (ebpf, prog) = loaded();
+    let run = |src: [u8; 4], port: u16, flags: u8, area: &[u8]| {
+        assert_eq!(test_run(prog.as_fd(), &tcp_frame(src, port, flags, area)), TC_ACT_UNSPEC);
+    };
+    let toa = |client: [u8; 4], port: u16| {
+        let p = port.to_be_bytes();
+        [254, 8, p[0], p[1], client[0], client[1], client[2], client[3]]
+    };
+    let lb = [10, 0, 2, 1];
+    let key = |port: u16| TcKey {
+        local_addr: v4_mapped(LOCAL),
+        peer_addr: v4_mapped(lb),
+        local_port: 8080,
+        peer_port: port,
+    };
+    let client_of = |port: u16| {
+        let records: HashMap<&MapData, TcKey, PeerRecord> =
+            HashMap::try_from(ebpf.map(maps::TC_RECORDS).expect("TC_RECORDS")).expect("hash");
+        records
+            .get(&key(port), 0)
+            .ok()
+            .map(|r| (r.client_addr, r.client_port))
+    };
+    let a = (v4_mapped([198, 51, 100, 1]), 1111);
+    let b = (v4_mapped([198, 51, 100, 2]), 2222);
+
+    // The completing ACK had no option: a later segment's option (the
+    // client's own, passed through by the LB) is not taken.
+    run(lb, 40_001, SYN, &[]);
+    run(lb, 40_001, ACK, &[]);
+    run(lb, 40_001, ACK, &toa([198, 51, 100, 2], 2222));
+    assert_eq!(client_of(40_001), None);
+
+    // The completing ACK's option stands against later ones.
+    run(lb, 40_002, SYN, &[]);
+    run(lb, 40_002, ACK, &toa([198, 51, 100, 1], 1111));
+    run(lb, 40_002, ACK, &toa([198, 51, 100, 2], 2222));
+    assert_eq!(client_of(40_002), Some(a));
+
+    // Port reuse: the new handshake's SYN drops the old client at once,
+    // and its completing ACK brings the new one.
+    run(lb, 40_002, SYN, &[]);
+    assert_eq!(client_of(40_002), None);
+    run(lb, 40_002, ACK, &toa([198, 51, 100, 2], 2222));
+    assert_eq!(client_of(40_002), Some(b));
+
+    // No handshake seen (connection older than the program): nothing.
+    run(lb, 40_003, ACK, &toa([198, 51, 100, 1], 1111));
+    assert_eq!(client_of(40_003), None);
+
+    // An option on the SYN itself is not a client.
+    run(lb, 40_004, SYN, &toa([198, 51, 100, 1], 1111));
+    assert_eq!(client_of(40_004), None);
 }

@@ -23,6 +23,11 @@ pub const STATS: &str = "STATS";
 /// filled by the TC ingress path.
 pub const TC_RECORDS: &str = "TC_RECORDS";
 
+/// LRU hash: [`TcKey`] → `u64` (`bpf_ktime_get_ns()` of the SYN), the
+/// connections whose handshake-completing segment the TC path has yet to
+/// see. Only that segment's option is used, as in sockops.
+pub const TC_PENDING: &str = "TC_PENDING";
+
 /// A connection as the real server sees it, for the TC path's records.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -144,11 +149,17 @@ pub enum Counter {
     PeerMismatch = 19,
     /// The TC path recorded a client for a 4-tuple.
     TcDecoded = 20,
+    /// A socket's record was taken from the TC path's 4-tuple map (sockops
+    /// found no option itself, or cannot read headers on this kernel).
+    TcJoined = 21,
+    /// 4-tuple records removed by the daemon's sweep: older than
+    /// `--tc-max-age` and no socket with that 4-tuple left.
+    TcExpired = 22,
 }
 
 impl Counter {
     /// Number of counters; the size of `STATS`.
-    pub const COUNT: u32 = 21;
+    pub const COUNT: u32 = 23;
 
     /// Every counter, in index order.
     pub const ALL: [Counter; Counter::COUNT as usize] = [
@@ -173,6 +184,8 @@ impl Counter {
         Counter::ImplausibleClient,
         Counter::PeerMismatch,
         Counter::TcDecoded,
+        Counter::TcJoined,
+        Counter::TcExpired,
     ];
 
     /// The counter for a malformed-option reason.
@@ -210,6 +223,8 @@ impl Counter {
             Counter::ImplausibleClient => "implausible_client",
             Counter::PeerMismatch => "peer_mismatch",
             Counter::TcDecoded => "tc_decoded",
+            Counter::TcJoined => "tc_joined",
+            Counter::TcExpired => "tc_expired",
         }
     }
 }

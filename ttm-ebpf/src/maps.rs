@@ -49,8 +49,16 @@ pub static WALK: PerCpuArray<WalkState, 1> = PerCpuArray::new();
 pub static MISMATCHES: LruHashMap<u64, Mismatch, { MISMATCHES_CAPACITY as usize }> =
     LruHashMap::new();
 
-/// 4-tuple → record, written by the TC ingress path (never overwritten:
-/// the first trusted option per connection stands); read by user space.
+/// 4-tuple → record, written by the TC ingress path from the segment that
+/// completes a handshake (never overwritten); read by sockops (the join),
+/// which removes it when the socket closes, and by user space, whose sweep
+/// removes entries of sockets sockops never saw.
 #[btf_map]
 pub static TC_RECORDS: LruHashMap<TcKey, PeerRecord, { DEFAULT_RECORDS_CAPACITY as usize }> =
+    LruHashMap::new();
+
+/// 4-tuple → SYN time: handshakes whose completing segment the TC path has
+/// not seen yet. Owned by the TC ingress path.
+#[btf_map]
+pub static TC_PENDING: LruHashMap<TcKey, u64, { DEFAULT_RECORDS_CAPACITY as usize }> =
     LruHashMap::new();

@@ -1,5 +1,6 @@
 //! The sockops decoder: on the segment that completes a passive handshake,
-//! find the TOA option, check the peer is a trusted LB, store the record.
+//! find the TOA option (or the TC path's record for the 4-tuple), check the
+//! peer is a trusted LB, store the record.
 
 use core::ptr;
 
@@ -15,12 +16,12 @@ use aya_ebpf::{
 };
 use ttm_common::{
     addr::{from_words, v4_mapped, Addr16},
-    decode_client, plausible_client, ClientAddr, Config, Counter, PeerRecord, Walk,
+    decode_client, maps::TcKey, plausible_client, Config, Counter, PeerRecord, Walk,
 };
 
 use crate::{
     counters::bump,
-    maps::{CONFIG, RECORDS, SCRATCH, TRUSTED_LBS},
+    maps::{CONFIG, RECORDS, SCRATCH, TC_RECORDS, TRUSTED_LBS},
     packet::TcpOptions,
     peer_storage::{record_of, record_or_insert},
     walk::walk_options,
@@ -28,19 +29,36 @@ use crate::{
 
 const AF_INET: u32 = 2;
 
-/// Always returns 1 ("continue"): ttm observes, it never changes a verdict.
+/// Decodes the option from the handshake-completing segment, or takes the
+/// TC path's record when that segment holds none. Always returns 1
+/// ("continue"): ttm observes, it never changes a verdict.
 #[sock_ops]
 pub fn ttm_sockops(ctx: SockOpsContext) -> u32 {
+    dispatch::<true>(&ctx);
+    1
+}
+
+/// The TC path's partner for kernels whose sockops cannot read TCP headers
+/// (before 5.10): takes each connection's record from the 4-tuple map into
+/// the socket, so the shim, the rewrite and cookie lookups work as in
+/// sockops mode. Touches no packet data. Always returns 1.
+#[sock_ops]
+pub fn ttm_sockops_join(ctx: SockOpsContext) -> u32 {
+    dispatch::<false>(&ctx);
+    1
+}
+
+#[inline(always)]
+fn dispatch<const READ_HEADER: bool>(ctx: &SockOpsContext) {
     match ctx.op() {
-        BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB => on_passive_established(&ctx),
+        BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB => on_passive_established::<READ_HEADER>(ctx),
         BPF_SOCK_OPS_STATE_CB => {
             if ctx.arg(1) == BPF_TCP_CLOSE {
-                on_close(&ctx);
+                on_close(ctx);
             }
         }
         _ => {}
     }
-    1
 }
 
 /// The socket's (kernel peer, peer port, local, local port), host-order ports.
@@ -83,8 +101,18 @@ pub fn is_trusted(peer: &Addr16) -> bool {
     TRUSTED_LBS.get(&Key::new(128, *peer)).is_some()
 }
 
+/// What the handshake-completing segment said.
+enum FromHeader {
+    /// A plausible client from a configured option, filled into the record.
+    Filled,
+    /// Something was wrong with it (counted): no record, and no fallback.
+    Refused,
+    /// No option to read: try the TC path, else count this.
+    Absent(Counter),
+}
+
 #[inline(always)]
-fn on_passive_established(ctx: &SockOpsContext) {
+fn on_passive_established<const READ_HEADER: bool>(ctx: &SockOpsContext) {
     bump(Counter::ConnectionsSeen);
     let Some(config) = CONFIG.get(0) else { return };
     let (peer, peer_port, local, local_port) = four_tuple(ctx);
@@ -92,6 +120,75 @@ fn on_passive_established(ctx: &SockOpsContext) {
         bump(Counter::Untrusted);
         return;
     }
+    let absent = if READ_HEADER {
+        let Some(record) = SCRATCH.get_ptr_mut(0) else {
+            return;
+        };
+        // SAFETY: the per-CPU scratch slot is ours until the program returns.
+        let record = unsafe { &mut *record };
+        match from_header(ctx, config, record, (peer, peer_port), (local, local_port)) {
+            FromHeader::Filled => {
+                if store(ctx, record) {
+                    bump(Counter::Decoded);
+                }
+                return;
+            }
+            FromHeader::Refused => return,
+            FromHeader::Absent(counter) => counter,
+        }
+    } else {
+        Counter::NoOption
+    };
+    if !join_tc_record(ctx) {
+        bump(absent);
+    }
+}
+
+/// The 4-tuple under which the TC path files this socket's connection.
+#[inline(always)]
+fn tc_key(ctx: &SockOpsContext) -> TcKey {
+    let (peer_addr, peer_port, local_addr, local_port) = four_tuple(ctx);
+    TcKey {
+        local_addr,
+        peer_addr,
+        local_port,
+        peer_port,
+    }
+}
+
+/// Stores the TC path's record for this socket's 4-tuple, if there is one.
+/// The tuple is read again from the context rather than kept alive across
+/// the header walk: the BPF stack has no room for both.
+#[inline(always)]
+fn join_tc_record(ctx: &SockOpsContext) -> bool {
+    let Some(found) = TC_RECORDS.get_ptr(&tc_key(ctx)) else {
+        return false;
+    };
+    let Some(record) = SCRATCH.get_ptr_mut(0) else {
+        return true;
+    };
+    // SAFETY: the scratch slot is ours; `found` is a live map value.
+    let record = unsafe {
+        core::ptr::copy_nonoverlapping(found, record, 1);
+        &mut *record
+    };
+    if store(ctx, record) {
+        bump(Counter::Decoded);
+        bump(Counter::TcJoined);
+    }
+    true
+}
+
+/// Reads the option off the segment that completed the handshake; on
+/// success the client's record is filled into `record`.
+#[inline(always)]
+fn from_header(
+    ctx: &SockOpsContext,
+    config: &Config,
+    record: &mut PeerRecord,
+    (peer, peer_port): (Addr16, u16),
+    local: (Addr16, u16),
+) -> FromHeader {
     let ops: *mut bpf_sock_ops = ctx.ops;
     // SAFETY: reading context fields; the verifier types them as packet pointers.
     let (data, data_end) = unsafe {
@@ -101,8 +198,7 @@ fn on_passive_established(ctx: &SockOpsContext) {
         )
     };
     let Some(options) = TcpOptions::of_header(data, data_end) else {
-        bump(Counter::NoHeader);
-        return;
+        return FromHeader::Absent(Counter::NoHeader);
     };
     match walk_options(&options, config) {
         Walk::Found(located) => {
@@ -111,13 +207,22 @@ fn on_passive_established(ctx: &SockOpsContext) {
             }
             match decode_client(&options, located, &config.formats) {
                 Some(client) if plausible_client(&client.addr) => {
-                    store(ctx, config, &client, peer, peer_port, local, local_port)
+                    // SAFETY: helper without preconditions.
+                    let now = unsafe { bpf_ktime_get_ns() };
+                    record.fill_decoded(&client, &config.formats, (peer, peer_port), local, now);
+                    FromHeader::Filled
                 }
-                Some(_) => bump(Counter::ImplausibleClient),
-                None => bump(Counter::MalformedPastEnd),
+                Some(_) => {
+                    bump(Counter::ImplausibleClient);
+                    FromHeader::Refused
+                }
+                None => {
+                    bump(Counter::MalformedPastEnd);
+                    FromHeader::Refused
+                }
             }
         }
-        Walk::NotFound => bump(Counter::NoOption),
+        Walk::NotFound => FromHeader::Absent(Counter::NoOption),
         Walk::Malformed(reason) => {
             bump(Counter::malformed(reason));
             // Rare and worth an operator's attention: a trusted LB sent a broken header.
@@ -128,48 +233,28 @@ fn on_passive_established(ctx: &SockOpsContext) {
                 peer_port,
                 reason as u8
             );
+            FromHeader::Refused
         }
     }
 }
 
+/// Files `record` in the socket's storage and the cookie map, and asks for
+/// the close callback. False when nothing new was stored.
 #[inline(always)]
-fn store(
-    ctx: &SockOpsContext,
-    config: &Config,
-    client: &ClientAddr,
-    peer: Addr16,
-    peer_port: u16,
-    local: Addr16,
-    local_port: u16,
-) {
-    let Some(record) = SCRATCH.get_ptr_mut(0) else {
-        return;
-    };
-    // SAFETY: the per-CPU scratch slot is ours until the program returns.
-    let record = unsafe { &mut *record };
-    // SAFETY: helper without preconditions.
-    let now = unsafe { bpf_ktime_get_ns() };
-    record.fill_decoded(
-        client,
-        &config.formats,
-        (peer, peer_port),
-        (local, local_port),
-        now,
-    );
-
+fn store(ctx: &SockOpsContext, record: &mut PeerRecord) -> bool {
     // SAFETY: `sk` is a context field; null-checked below.
     let sk = unsafe { (*ctx.ops).__bindgen_anon_2.sk };
     if sk.is_null() {
         bump(Counter::StorageFailed);
-        return;
+        return false;
     }
     let Some(stored) = record_or_insert(sk.cast(), record) else {
         bump(Counter::StorageFailed);
-        return;
+        return false;
     };
     if stored.established_ns != record.established_ns {
         // A record already existed: it is never overwritten.
-        return;
+        return false;
     }
     // SAFETY: helper valid in sockops.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.ops.cast()) };
@@ -178,7 +263,7 @@ fn store(
     }
     // Ask for state callbacks so the cookie entry goes when the socket closes.
     let _ = ctx.set_cb_flags((ctx.cb_flags() | BPF_SOCK_OPS_STATE_CB_FLAG) as i32);
-    bump(Counter::Decoded);
+    true
 }
 
 #[inline(always)]
@@ -194,4 +279,6 @@ fn on_close(ctx: &SockOpsContext) {
         Ok(()) => bump(Counter::RecordsRemoved),
         Err(_) => bump(Counter::RecordsEvicted),
     }
+    // The TC path's entry for this 4-tuple, if it made one, goes too.
+    let _ = TC_RECORDS.remove(&tc_key(ctx));
 }

@@ -4,7 +4,7 @@
 //! returns "continue" (TC_ACT_UNSPEC): ttm never drops or delays a packet.
 
 use aya_ebpf::{
-    bindings::{__sk_buff, BPF_NOEXIST, TC_ACT_UNSPEC},
+    bindings::{__sk_buff, BPF_ANY, BPF_NOEXIST, TC_ACT_UNSPEC},
     helpers::bpf_ktime_get_ns,
     macros::classifier,
     programs::TcContext,
@@ -14,7 +14,7 @@ use ttm_common::{addr::v4_mapped, decode_client, maps::TcKey, plausible_client, 
 
 use crate::{
     counters::bump,
-    maps::{CONFIG, SCRATCH, TC_RECORDS},
+    maps::{CONFIG, SCRATCH, TC_PENDING, TC_RECORDS},
     packet::TcpOptions,
     sockops::is_trusted,
     walk::walk_options,
@@ -97,15 +97,23 @@ fn decode(data: usize, end: usize) -> Option<()> {
         local_port,
         peer_port,
     };
+    // SAFETY: helper without preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
     if flags & TCP_FLAG_SYN != 0 {
         // A new connection on this 4-tuple: the previous one's client is
-        // gone (port reuse must never return it).
+        // gone (port reuse must never return it), and the next ACK is the
+        // one whose option counts.
         let _ = TC_RECORDS.remove(&key);
+        let _ = TC_PENDING.insert(key, now, BPF_ANY as u64);
         return None;
     }
     if flags & TCP_FLAG_ACK == 0 {
         return None;
     }
+    // Only the segment that completes the handshake (pure ACK or first
+    // data) is read: options on later segments are the client's own.
+    // Removing the mark is the test: one segment per handshake wins.
+    TC_PENDING.remove(&key).ok()?;
     let options = TcpOptions::of_header(l4, end)?;
     let Walk::Found(located) = walk_options(&options, config) else {
         return None;
@@ -118,8 +126,6 @@ fn decode(data: usize, end: usize) -> Option<()> {
     let record = SCRATCH.get_ptr_mut(0)?;
     // SAFETY: the per-CPU scratch slot is ours until the program returns.
     let record = unsafe { &mut *record };
-    // SAFETY: helper without preconditions.
-    let now = unsafe { bpf_ktime_get_ns() };
     record.fill_decoded(
         &client,
         &config.formats,

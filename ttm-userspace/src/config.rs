@@ -11,12 +11,16 @@ use clap::Args;
 use serde::{Deserialize, Serialize};
 
 use crate::daemon::DaemonConfig;
+use crate::mode::Mode;
 use crate::pins::{PinDir, DEFAULT_PIN_DIR};
 use crate::service::Limits;
 use crate::trust::TrustedLbs;
 
 /// Where the daemon looks for its file unless `--config` says otherwise.
 pub const DEFAULT_CONFIG: &str = "/etc/ttm/ttm.toml";
+
+/// Default of `--tc-max-age`.
+pub const DEFAULT_TC_MAX_AGE: Duration = Duration::from_secs(300);
 
 /// The daemon's flags; each overrides the file's key of the same name.
 #[derive(Args, Clone, Debug, Default)]
@@ -69,6 +73,18 @@ pub struct DaemonArgs {
     /// Serve Prometheus metrics on this address (off by default), e.g. 127.0.0.1:9464.
     #[arg(long, value_name = "ADDR")]
     pub metrics: Option<SocketAddr>,
+    /// Where the option is read: auto (probe the kernel), sockops, tc (TC
+    /// ingress on --interface), both. Default auto.
+    #[arg(long, value_name = "MODE")]
+    pub mode: Option<Mode>,
+    /// Interface whose ingress the TC classifier watches (repeatable; the
+    /// interfaces the load balancers' packets arrive on). Needed by --mode tc and both.
+    #[arg(long = "interface", value_name = "IFACE")]
+    pub interfaces: Vec<String>,
+    /// Seconds after which a TC 4-tuple record whose socket is gone (or was
+    /// never seen by sockops) is swept (default 300).
+    #[arg(long, value_name = "SECS")]
+    pub tc_max_age: Option<f64>,
     /// Take over from the daemon running on this pin directory: it exits
     /// leaving its programs attached, and this one swaps in its programs
     /// atomically (no connection goes unrecorded).
@@ -94,6 +110,9 @@ struct FileConfig {
     nat64_getsockopt: Option<u32>,
     rewrite: Option<bool>,
     metrics: Option<SocketAddr>,
+    mode: Option<Mode>,
+    interfaces: Option<Vec<String>>,
+    tc_max_age: Option<f64>,
 }
 
 /// The effective settings, printed by `ttm config check` (valid as a file).
@@ -131,6 +150,12 @@ pub struct Settings {
     /// Prometheus endpoint.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub metrics: Option<SocketAddr>,
+    /// Where the option is read.
+    pub mode: Mode,
+    /// Interfaces of the TC classifier.
+    pub interfaces: Vec<String>,
+    /// Age (seconds) after which orphaned TC records are swept.
+    pub tc_max_age: f64,
 }
 
 impl Settings {
@@ -194,6 +219,12 @@ impl Settings {
             nat64_getsockopt: args.nat64_getsockopt.or(file.nat64_getsockopt),
             rewrite: !args.no_rewrite && file.rewrite.unwrap_or(true),
             metrics: args.metrics.or(file.metrics),
+            mode: args.mode.or(file.mode).unwrap_or_default(),
+            interfaces: list(&args.interfaces, file.interfaces),
+            tc_max_age: args
+                .tc_max_age
+                .or(file.tc_max_age)
+                .unwrap_or(DEFAULT_TC_MAX_AGE.as_secs_f64()),
         }
     }
 
@@ -211,6 +242,20 @@ impl Settings {
                     self.client_timeout
                 )
             })?;
+        let tc_max_age = Duration::try_from_secs_f64(self.tc_max_age)
+            .ok()
+            .filter(|d| !d.is_zero())
+            .with_context(|| {
+                format!(
+                    "key `tc_max_age`: {} is not allowed — a positive number of seconds",
+                    self.tc_max_age
+                )
+            })?;
+        for name in &self.interfaces {
+            if name.is_empty() || name.len() > 15 || name.contains(['/', ' ']) {
+                bail!("key `interfaces`: {name:?} is not an interface name");
+            }
+        }
         if self.max_records == 0 {
             bail!("key `max_records`: 0 is not allowed — at least 1");
         }
@@ -241,6 +286,9 @@ impl Settings {
             nat64_getsockopt_name: self.nat64_getsockopt,
             rewrite: self.rewrite,
             upgrade,
+            mode: self.mode,
+            interfaces: self.interfaces.clone(),
+            tc_max_age,
         };
         config.validate()?;
         Ok(config)
@@ -279,6 +327,7 @@ mod tests {
         assert!(!s.rewrite);
         assert_eq!(s.pin_dir, PathBuf::from(DEFAULT_PIN_DIR));
         assert_eq!(s.getsockopt_name, 1345);
+        assert_eq!(s.mode, Mode::Auto);
         // What `config check` prints reads back as the same settings.
         assert_eq!(Settings::from_toml(&s.to_toml()).unwrap(), s);
     }
@@ -298,6 +347,11 @@ mod tests {
         );
         assert!(err("trust = [\"10.0.2.0/24\"]\nmax_clients = 0").contains("key `max_clients`"));
         assert!(err("metrics = \"nowhere\"").contains("metrics"));
+        assert!(err("mode = \"tcx\"").contains("mode"));
+        assert!(err("trust = [\"10.0.2.0/24\"]\ntc_max_age = 0").contains("key `tc_max_age`"));
+        assert!(
+            err("trust = [\"10.0.2.0/24\"]\ninterfaces = [\"a/b\"]").contains("key `interfaces`")
+        );
         assert!(err("").contains("--trust CIDR"));
     }
 }

@@ -17,7 +17,9 @@ use crate::host;
 use crate::pins::{PinDir, LINKED_PROGRAMS, PINNED_MAPS};
 use crate::service::{Limits, LookupService, PinnedDirectory};
 use crate::trust::TrustedLbs;
-use crate::{EBPF_OBJECT, GETSOCKOPT_PROGRAM, SOCKOPS_PROGRAM};
+use crate::mode::{Mode, Plan};
+use crate::tc::TC_PROGRAM;
+use crate::{EBPF_OBJECT, GETSOCKOPT_PROGRAM, SOCKOPS_JOIN_PROGRAM, SOCKOPS_PROGRAM};
 
 /// Everything `ttm daemon` is told.
 #[derive(Clone, Debug)]
@@ -48,6 +50,12 @@ pub struct DaemonConfig {
     pub rewrite: bool,
     /// Take over from a running daemon without a gap (`--upgrade`).
     pub upgrade: bool,
+    /// Where the option is read (`--mode`).
+    pub mode: crate::mode::Mode,
+    /// Interfaces of the TC classifier (`--interface`).
+    pub interfaces: Vec<String>,
+    /// Orphaned TC records older than this are swept (`--tc-max-age`).
+    pub tc_max_age: std::time::Duration,
 }
 
 impl DaemonConfig {
@@ -96,6 +104,12 @@ pub struct Daemon {
     metrics: Option<tokio::task::JoinHandle<()>>,
     /// The witness programs, kept last in their chains.
     witnesses: Vec<Witness>,
+    /// What is attached, by mode.
+    plan: Plan,
+    /// The TC classifier on each interface.
+    tc_attachments: Vec<crate::tc::Attachment>,
+    /// Orphaned TC records older than this are swept.
+    tc_max_age: std::time::Duration,
     _lock: InstanceLock,
 }
 
@@ -138,6 +152,8 @@ impl Daemon {
         // reuses them, with the records and counters they hold.
         let mut loader = EbpfLoader::new();
         loader.map_max_entries(maps::RECORDS, config.max_records);
+        loader.map_max_entries(maps::TC_RECORDS, config.max_records);
+        loader.map_max_entries(maps::TC_PENDING, config.max_records);
         for name in PINNED_MAPS {
             loader.map_pin_path(name, config.pins.map(name));
         }
@@ -153,7 +169,29 @@ impl Daemon {
             }
         };
         write_config(&mut ebpf, config)?;
-        let (adopted, witnesses) = attach_all(&mut ebpf, config, &cgroup)?;
+        let plan = choose_plan(&mut ebpf, config)?;
+        let (mut adopted, witnesses) = attach_all(&mut ebpf, config, &plan, &cgroup)?;
+        let tc_attachments = if plan.tc {
+            let program: &mut aya::programs::SchedClassifier = ebpf
+                .program_mut(TC_PROGRAM)
+                .context("the TC program is missing from the object")?
+                .try_into()?;
+            program
+                .load()
+                .context("the kernel rejected the TC ingress program (see the verifier log above)")?;
+            let (attachments, taken_over) =
+                crate::tc::attach_all(program, &config.interfaces, &config.pins)?;
+            crate::tc::log_attachments(&attachments);
+            adopted += taken_over;
+            attachments
+        } else {
+            // A previous daemon's TC links are no longer wanted.
+            for pin in crate::tc::pinned_tcx_links(&config.pins) {
+                fs::remove_file(&pin).with_context(|| format!("unpinning {}", pin.display()))?;
+                info!("{} detached (no TC in this mode)", pin.display());
+            }
+            Vec::new()
+        };
 
         let mut daemon = Daemon {
             _ebpf: ebpf,
@@ -166,6 +204,9 @@ impl Daemon {
             capacity: config.max_records,
             metrics: None,
             witnesses,
+            plan,
+            tc_attachments,
+            tc_max_age: config.tc_max_age,
             _lock: lock,
         };
         if adopted > 0 {
@@ -184,8 +225,27 @@ impl Daemon {
         daemon.service_counters = Some(service.counters());
         daemon.service = Some(service);
         info!(
-            "ttm attached to cgroup {} — trusting {} — getsockopt(SOL_IP, {}){} — accept()/getpeername() {} — maps pinned in {}",
+            "ttm in {} mode: {} on cgroup {}{} — trusting {} — getsockopt(SOL_IP, {}){} — accept()/getpeername() {} — maps pinned in {}",
+            daemon.plan.mode,
+            if daemon.plan.sockops_reads_headers {
+                "sockops reads the option"
+            } else {
+                "sockops takes TC's records"
+            },
             daemon.cgroup.display(),
+            if daemon.tc_attachments.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    ", TC ingress on {}",
+                    daemon
+                        .tc_attachments
+                        .iter()
+                        .map(|a| format!("{} ({})", a.iface(), a.kind()))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            },
             if config.trust_any {
                 "ANY peer (--trust-any: clients can forge their address)".to_string()
             } else {
@@ -235,6 +295,10 @@ impl Daemon {
         let mut int = signal(SignalKind::interrupt())?;
         let mut hand_over = signal(SignalKind::user_defined2())?;
         let mut watch = tokio::time::interval(std::time::Duration::from_secs(1));
+        let mut sweep_tick = tokio::time::interval(crate::sweep::interval(self.tc_max_age));
+        let mut sweeper = crate::sweep::Sweeper::open(&self.pins, self.tc_max_age)
+            .inspect_err(|e| warn!("TC record sweep unavailable: {e:#}"))
+            .ok();
         let mut logs = match self.logger.take() {
             // SAFETY: the logger owns its ring buffer fd for as long as the AsyncFd lives.
             Some(l) => Some(
@@ -252,6 +316,13 @@ impl Daemon {
                 _ = watch.tick() => {
                     if let Err(e) = keep_witnesses_last(&self.cgroup, &self.witnesses) {
                         warn!("checking the witness order: {e:#}");
+                    }
+                }
+                _ = sweep_tick.tick(), if sweeper.is_some() => {
+                    if let Some(sweeper) = sweeper.as_mut() {
+                        if let Err(e) = sweeper.sweep() {
+                            warn!("sweeping TC records: {e:#}");
+                        }
                     }
                 }
                 _ = hand_over.recv() => {
@@ -295,6 +366,9 @@ impl Drop for Daemon {
             );
             return;
         }
+        for attachment in &self.tc_attachments {
+            attachment.detach();
+        }
         remove_pins(&self.pins);
         info!("ttm detached from {}; pins removed", self.cgroup.display());
         // `ebpf` drops after this, closing the programs.
@@ -308,6 +382,9 @@ pub fn remove_pins(pins: &PinDir) -> usize {
     let mut removed = 0;
     for name in LINKED_PROGRAMS {
         removed += usize::from(fs::remove_file(pins.link(name)).is_ok());
+    }
+    for pin in crate::tc::pinned_tcx_links(pins) {
+        removed += usize::from(fs::remove_file(pin).is_ok());
     }
     for name in PINNED_MAPS {
         removed += usize::from(fs::remove_file(pins.map(name)).is_ok());
@@ -355,7 +432,10 @@ fn hand_over(pin_dir: &Path) -> Result<InstanceLock> {
 
 /// One program ttm attaches to the cgroup.
 struct Attachment {
+    /// Names the pinned link.
     name: &'static str,
+    /// The program attached through it.
+    program: &'static str,
     attach_type: u32,
     wanted: bool,
 }
@@ -376,6 +456,7 @@ struct Witness {
 fn attach_all(
     ebpf: &mut Ebpf,
     config: &DaemonConfig,
+    plan: &Plan,
     cgroup: &Path,
 ) -> Result<(usize, Vec<Witness>)> {
     use crate::links::{self, attach_type};
@@ -385,32 +466,42 @@ fn attach_all(
     let wanted = [
         Attachment {
             name: LINKED_PROGRAMS[0],
+            program: if plan.sockops_reads_headers {
+                SOCKOPS_PROGRAM
+            } else {
+                SOCKOPS_JOIN_PROGRAM
+            },
             attach_type: attach_type::SOCK_OPS,
             wanted: true,
         },
         Attachment {
             name: LINKED_PROGRAMS[1],
+            program: LINKED_PROGRAMS[1],
             attach_type: attach_type::GETSOCKOPT,
             wanted: true,
         },
         Attachment {
             name: LINKED_PROGRAMS[2],
+            program: LINKED_PROGRAMS[2],
             attach_type: attach_type::GETPEERNAME4,
             wanted: config.rewrite,
         },
         Attachment {
             name: LINKED_PROGRAMS[3],
+            program: LINKED_PROGRAMS[3],
             attach_type: attach_type::GETPEERNAME6,
             wanted: config.rewrite,
         },
         // The witnesses come last: they check what the rewrite left.
         Attachment {
             name: LINKED_PROGRAMS[4],
+            program: LINKED_PROGRAMS[4],
             attach_type: attach_type::GETPEERNAME4,
             wanted: true,
         },
         Attachment {
             name: LINKED_PROGRAMS[5],
+            program: LINKED_PROGRAMS[5],
             attach_type: attach_type::GETPEERNAME6,
             wanted: true,
         },
@@ -427,7 +518,7 @@ fn attach_all(
             }
             continue;
         }
-        let prog_fd = load_program(ebpf, a.name)?;
+        let prog_fd = load_program(ebpf, a.program)?;
         if a.name.starts_with("ttm_witness") {
             witnesses.push(Witness {
                 name: a.name,
@@ -491,27 +582,56 @@ fn load_program(ebpf: &mut Ebpf, name: &str) -> Result<std::os::fd::OwnedFd> {
         .program_mut(name)
         .with_context(|| format!("{name} missing from the object"))?;
     let hint = match name {
-        n if n == SOCKOPS_PROGRAM => "the kernel rejected the sockops program (see the verifier log above)",
+        n if n == SOCKOPS_PROGRAM => "the kernel rejected the sockops program (see the verifier log above); on kernels before 5.10 use --mode tc",
+        n if n == SOCKOPS_JOIN_PROGRAM => "the kernel rejected the sockops join program (see the verifier log above)",
         n if n == GETSOCKOPT_PROGRAM => "the kernel rejected the getsockopt shim (needs Linux 5.3+)",
         n if n.starts_with("ttm_witness") => "the kernel rejected a witness program (getpeername hooks need Linux 5.8+)",
         _ => "the kernel rejected a getpeername program (needs Linux 5.8+) — run with --no-rewrite to do without",
     };
     let fd = match program {
+        // Loaded once: the mode probe may have loaded it already.
         aya::programs::Program::SockOps(p) => {
-            p.load().context(hint)?;
+            if p.fd().is_err() {
+                p.load().context(hint)?;
+            }
             p.fd()?.as_fd().try_clone_to_owned()?
         }
         aya::programs::Program::CgroupSockopt(p) => {
-            p.load().context(hint)?;
+            if p.fd().is_err() {
+                p.load().context(hint)?;
+            }
             p.fd()?.as_fd().try_clone_to_owned()?
         }
         aya::programs::Program::CgroupSockAddr(p) => {
-            p.load().context(hint)?;
+            if p.fd().is_err() {
+                p.load().context(hint)?;
+            }
             p.fd()?.as_fd().try_clone_to_owned()?
         }
         _ => bail!("{name} has an unexpected program type"),
     };
     Ok(fd)
+}
+
+/// Resolves `--mode`: the feature probe is the verifier itself — whether it
+/// accepts the sockops program that reads the handshake segment.
+fn choose_plan(ebpf: &mut Ebpf, config: &DaemonConfig) -> Result<Plan> {
+    let header_access = if config.mode == Mode::Tc {
+        false
+    } else {
+        match load_program(ebpf, SOCKOPS_PROGRAM) {
+            Ok(_) => true,
+            Err(e) => {
+                warn!("sockops cannot read TCP headers on this kernel: {e:#}");
+                false
+            }
+        }
+    };
+    let (plan, why) = Plan::resolve(config.mode, header_access, &config.interfaces)?;
+    if config.mode == Mode::Auto {
+        info!("--mode auto chose {}: {why}", plan.mode);
+    }
+    Ok(plan)
 }
 
 fn write_config(ebpf: &mut Ebpf, config: &DaemonConfig) -> Result<()> {

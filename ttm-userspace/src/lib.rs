@@ -8,10 +8,13 @@ pub mod formats;
 pub mod host;
 pub mod links;
 pub mod metrics;
+pub mod mode;
 pub mod pins;
 pub mod records;
 pub mod service;
 pub mod stats;
+pub mod sweep;
+pub mod tc;
 pub mod trust;
 pub mod verify;
 
@@ -20,6 +23,8 @@ pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DI
 
 /// Name of the sockops program inside [`EBPF_OBJECT`].
 pub const SOCKOPS_PROGRAM: &str = "ttm_sockops";
+/// Name of the header-free sockops program (`--mode tc`) inside [`EBPF_OBJECT`].
+pub const SOCKOPS_JOIN_PROGRAM: &str = "ttm_sockops_join";
 /// Name of the getsockopt shim inside [`EBPF_OBJECT`].
 pub const GETSOCKOPT_PROGRAM: &str = "ttm_getsockopt";
 /// Names of the getpeername rewrite programs (AF_INET, AF_INET6).

@@ -149,3 +149,26 @@ pub fn prog_id(prog: BorrowedFd<'_>) -> io::Result<u32> {
     bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr)?;
     Ok((raw[0] >> 32) as u32)
 }
+
+/// `BPF_TCX_INGRESS`: TC ingress through a bpf_link (Linux 6.6+).
+pub const TCX_INGRESS: u32 = 46;
+
+/// Attaches `prog` at the ingress of interface `ifindex` with a new tcx
+/// link, after the programs already there.
+pub fn create_tcx(prog: BorrowedFd<'_>, ifindex: u32) -> io::Result<OwnedFd> {
+    let mut attr = [0u64; 8];
+    attr[0] = u32s(prog.as_raw_fd() as u32, ifindex);
+    attr[1] = u32s(TCX_INGRESS, 0);
+    bpf(BPF_LINK_CREATE, &mut attr).map(owned)
+}
+
+/// Whether this kernel has tcx: a feature probe (querying the loopback
+/// interface's tcx ingress chain), not a version check.
+pub fn tcx_supported() -> bool {
+    let mut ids = [0u32; 8];
+    let mut attr = [0u64; 8];
+    attr[0] = u32s(1, TCX_INGRESS);
+    attr[2] = ids.as_mut_ptr() as u64;
+    attr[3] = ids.len() as u64;
+    bpf(BPF_PROG_QUERY, &mut attr).is_ok()
+}

@@ -9,13 +9,15 @@ pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/ttm";
 
 /// The maps ttm pins, by name (the pin file has the map's name). A new
 /// daemon reuses them, so records and counters survive restarts.
-pub const PINNED_MAPS: [&str; 6] = [
+pub const PINNED_MAPS: [&str; 8] = [
     maps::RECORDS,
     maps::PEER_STORAGE,
     maps::STATS,
     maps::CONFIG,
     maps::TRUSTED_LBS,
     maps::MISMATCHES,
+    maps::TC_RECORDS,
+    maps::TC_PENDING,
 ];
 
 /// The programs ttm attaches, by name, in attach order (the witnesses after

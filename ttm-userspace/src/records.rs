@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use aya::maps::{HashMap, Map, MapData, MapError};
 use ttm_client::Connection;
-use ttm_common::{maps, ClientFamily, PeerRecord};
+use ttm_common::{maps, maps::TcKey, ClientFamily, PeerRecord};
 
 use crate::host::monotonic_ns;
 use crate::pins::PinDir;
@@ -62,9 +62,29 @@ pub fn connection(cookie: u64, record: &PeerRecord, now_ns: u64) -> Connection {
     }
 }
 
-/// The pinned cookie → record map.
+/// The pinned cookie → record map, and the TC path's 4-tuple → record map
+/// when the daemon pinned one.
 pub struct RecordStore {
     map: HashMap<MapData, u64, PeerRecord>,
+    tc: Option<HashMap<MapData, TcKey, PeerRecord>>,
+}
+
+/// Cookie reported for a record only the TC path has (its socket was not
+/// seen by sockops, so its cookie is unknown).
+pub const NO_COOKIE: u64 = 0;
+
+/// The TC map key of a connection with local address `local` and kernel peer `peer`.
+pub fn tc_key(local: SocketAddr, peer: SocketAddr) -> TcKey {
+    let mapped = |a: SocketAddr| match a.ip() {
+        IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
+        IpAddr::V6(v6) => v6.octets(),
+    };
+    TcKey {
+        local_addr: mapped(local),
+        peer_addr: mapped(peer),
+        local_port: local.port(),
+        peer_port: peer.port(),
+    }
 }
 
 impl RecordStore {
@@ -76,7 +96,11 @@ impl RecordStore {
             source,
         })?;
         let map = HashMap::try_from(Map::LruHashMap(data))?;
-        Ok(RecordStore { map })
+        let tc = MapData::from_pin(pins.map(maps::TC_RECORDS))
+            .ok()
+            .map(|data| HashMap::try_from(Map::LruHashMap(data)))
+            .transpose()?;
+        Ok(RecordStore { map, tc })
     }
 
     /// The record of the connection with socket cookie `cookie`.
@@ -107,6 +131,25 @@ impl RecordStore {
             };
             let info = connection(cookie, &record, now);
             if info.local == local && (info.kernel_peer == peer || info.client == peer) {
+                return Ok(Some(info));
+            }
+        }
+        let Some(tc) = &self.tc else { return Ok(None) };
+        // Sockets sockops never saw: by the 4-tuple the kernel sees...
+        match tc.get(&tc_key(local, peer), 0) {
+            Ok(record) => return Ok(Some(connection(NO_COOKIE, &record, now))),
+            Err(MapError::KeyNotFound) => {}
+            Err(e) => return Err(e.into()),
+        }
+        // ...or by the client, if the app's peer was rewritten.
+        for entry in tc.iter() {
+            let record = match entry {
+                Ok((_, record)) => record,
+                Err(MapError::KeyNotFound) => continue,
+                Err(e) => return Err(e.into()),
+            };
+            let info = connection(NO_COOKIE, &record, now);
+            if info.local == local && info.client == peer {
                 return Ok(Some(info));
             }
         }

@@ -204,7 +204,15 @@ impl Session {
         let answer = match request {
             Request::Fd => match fds.next() {
                 Some(fd) => match cookie_of_tcp_socket(&fd) {
-                    Ok(cookie) => self.lookup(|d| d.by_cookie(cookie)),
+                    // By cookie, else by the socket's 4-tuple (the TC path's
+                    // records of sockets sockops did not see).
+                    Ok(cookie) => self.lookup(|d| match d.by_cookie(cookie)? {
+                        Some(found) => Ok(Some(found)),
+                        None => match tuple_of(&fd) {
+                            Some((local, peer)) => d.by_tuple(local, peer),
+                            None => Ok(None),
+                        },
+                    }),
                     Err(reason) => {
                         self.shared.counters.bump(C::FdsNotTcp);
                         Err(ErrorReply::because(ErrorCode::BadRequest, reason))
@@ -336,6 +344,14 @@ fn cookie_of_tcp_socket(fd: &OwnedFd) -> Result<u64, String> {
         );
     }
     ttm_client::socket_cookie(fd).map_err(|e| format!("cannot read the socket's cookie: {e}"))
+}
+
+/// The (local, peer) addresses of a connected socket.
+fn tuple_of(fd: &OwnedFd) -> Option<(std::net::SocketAddr, std::net::SocketAddr)> {
+    let std_addr = |a: rustix::net::SocketAddrAny| std::net::SocketAddr::try_from(a).ok();
+    let local = std_addr(rustix::net::getsockname(fd).ok()?)?;
+    let peer = std_addr(rustix::net::getpeername(fd).ok()??)?;
+    Some((local, peer))
 }
 
 /// Writes all of `bytes`, waiting while the client's receive buffer is full.

@@ -1,0 +1,226 @@
+//! The TC ingress classifier on `--interface`s: a pinned tcx link where the
+//! kernel has tcx (6.6+), a netlink cls_bpf filter on the clsact qdisc
+//! otherwise. Both outlive the daemon process, so a hand-over leaves them
+//! in place and the next daemon swaps its program in without a gap.
+
+use std::fs;
+use std::os::fd::AsFd;
+use std::path::PathBuf;
+
+use anyhow::{Context as _, Result};
+use aya::programs::tc::{self, NlOptions, SchedClassifierLink, TcAttachOptions, TcHandle};
+use aya::programs::{Link as _, SchedClassifier, TcAttachType};
+use log::info;
+
+use crate::links;
+use crate::pins::PinDir;
+
+/// The classifier's name in the object.
+pub const TC_PROGRAM: &str = "ttm_tc_ingress";
+
+/// Priority of ttm's netlink filter on clsact ingress.
+const NETLINK_PRIORITY: u16 = 0x7e11;
+/// The two handles ttm's netlink filter alternates between: a new daemon
+/// attaches on the free one, then removes the other (no gap).
+const NETLINK_HANDLES: [u16; 2] = [0x7e1, 0x7e2];
+
+/// How the classifier sits on one interface.
+#[derive(Debug)]
+pub enum Attachment {
+    /// A tcx link pinned at `pin`.
+    Tcx {
+        /// Interface name.
+        iface: String,
+        /// Pin of the link.
+        pin: PathBuf,
+    },
+    /// A cls_bpf filter on the clsact qdisc.
+    Netlink {
+        /// Interface name.
+        iface: String,
+        /// Filter handle.
+        handle: u16,
+    },
+}
+
+impl Attachment {
+    /// `tcx` or `netlink`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Attachment::Tcx { .. } => "tcx",
+            Attachment::Netlink { .. } => "netlink",
+        }
+    }
+
+    /// The interface.
+    pub fn iface(&self) -> &str {
+        match self {
+            Attachment::Tcx { iface, .. } | Attachment::Netlink { iface, .. } => iface,
+        }
+    }
+
+    /// Removes it from the interface (an interface already gone is fine).
+    pub fn detach(&self) {
+        match self {
+            Attachment::Tcx { pin, .. } => {
+                let _ = fs::remove_file(pin);
+            }
+            Attachment::Netlink { iface, handle } => {
+                detach_netlink(iface, *handle);
+            }
+        }
+    }
+}
+
+/// Pin path of the tcx link on `iface`.
+pub fn tcx_pin(pins: &PinDir, iface: &str) -> PathBuf {
+    pins.link(&format!("{TC_PROGRAM}@{iface}"))
+}
+
+/// The tcx links pinned in `pins` (a previous daemon's).
+pub fn pinned_tcx_links(pins: &PinDir) -> Vec<PathBuf> {
+    let prefix = format!("link_{TC_PROGRAM}@");
+    fs::read_dir(pins.path())
+        .map(|dir| {
+            dir.filter_map(|e| e.ok())
+                .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+                .map(|e| e.path())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn ifindex(iface: &str) -> Result<u32> {
+    let name = std::ffi::CString::new(iface)?;
+    // SAFETY: a NUL-terminated name.
+    let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
+    if index == 0 {
+        anyhow::bail!(
+            "interface {iface:?} not found in this network namespace — check `ip link`; the daemon must run in the namespace that owns it"
+        );
+    }
+    Ok(index)
+}
+
+/// Attaches the loaded classifier `program` to the ingress of every
+/// interface; returns the attachments and how many were taken over.
+pub fn attach_all(
+    program: &mut SchedClassifier,
+    interfaces: &[String],
+    pins: &PinDir,
+) -> Result<(Vec<Attachment>, usize)> {
+    let prog = program.fd()?.as_fd().try_clone_to_owned()?;
+    let tcx = links::tcx_supported();
+    let mut out = Vec::new();
+    let mut adopted = 0;
+    for iface in interfaces {
+        let index = ifindex(iface)?;
+        let pin = tcx_pin(pins, iface);
+        if tcx {
+            if let Ok(link) = links::open_pinned(&pin) {
+                let same_interface = links::info(link.as_fd())
+                    .map(|i| i.cgroup_id as u32 == index)
+                    .unwrap_or(false);
+                if same_interface {
+                    links::update(link.as_fd(), prog.as_fd())
+                        .with_context(|| format!("swapping the program behind {}", pin.display()))?;
+                    adopted += 1;
+                    out.push(Attachment::Tcx {
+                        iface: iface.clone(),
+                        pin,
+                    });
+                    continue;
+                }
+                // The interface was re-created: that link is dead.
+                let _ = fs::remove_file(&pin);
+            }
+            let link = links::create_tcx(prog.as_fd(), index)
+                .with_context(|| format!("attaching {TC_PROGRAM} to {iface} ingress (tcx)"))?;
+            links::pin(link.as_fd(), &pin)
+                .with_context(|| format!("pinning the tcx link at {}", pin.display()))?;
+            out.push(Attachment::Tcx {
+                iface: iface.clone(),
+                pin,
+            });
+            continue;
+        }
+        let (handle, took_over) = attach_netlink(program, iface)?;
+        adopted += usize::from(took_over);
+        out.push(Attachment::Netlink {
+            iface: iface.clone(),
+            handle,
+        });
+    }
+    Ok((out, adopted))
+}
+
+/// cls_bpf on clsact: attach on a free handle of ttm's two, then remove
+/// the other one (a previous daemon's). Returns the handle and whether an
+/// old filter was replaced.
+fn attach_netlink(program: &mut SchedClassifier, iface: &str) -> Result<(u16, bool)> {
+    if let Err(e) = tc::qdisc_add_clsact(iface) {
+        // Already there (ours from before, or another tool's) is fine.
+        let exists = matches!(&e, tc::TcError::NetlinkError(n) if n.raw_os_error() == Some(libc::EEXIST));
+        if !exists {
+            return Err(e).with_context(|| format!("adding the clsact qdisc to {iface}"));
+        }
+    }
+    let mut last_err = None;
+    for (i, handle) in NETLINK_HANDLES.into_iter().enumerate() {
+        let options = TcAttachOptions::Netlink(NlOptions {
+            priority: NETLINK_PRIORITY,
+            handle: TcHandle::new(0, handle),
+            classid: None,
+        });
+        match program.attach_with_options(iface, TcAttachType::Ingress, options) {
+            Ok(id) => {
+                // The filter must outlive this process (hand-over): ttm
+                // removes it itself, by handle.
+                std::mem::forget(program.take_link(id)?);
+                let other = NETLINK_HANDLES[1 - i];
+                let took_over = detach_netlink(iface, other);
+                return Ok((handle, took_over));
+            }
+            Err(e) => last_err = Some(e),
+        }
+    }
+    Err(last_err.expect("two attempts")).with_context(|| {
+        format!("attaching {TC_PROGRAM} to {iface} ingress (netlink cls_bpf, priority {NETLINK_PRIORITY:#x})")
+    })
+}
+
+/// Removes ttm's netlink filter `handle` from `iface`; true if one was there.
+fn detach_netlink(iface: &str, handle: u16) -> bool {
+    match SchedClassifierLink::attached(
+        iface,
+        TcAttachType::Ingress,
+        NETLINK_PRIORITY,
+        TcHandle::new(0, handle),
+        None,
+    ) {
+        Ok(link) => link.detach().is_ok(),
+        Err(_) => false,
+    }
+}
+
+/// Removes every netlink filter ttm may have left on `iface` (`ttm detach`).
+pub fn detach_netlink_filters(iface: &str) -> usize {
+    NETLINK_HANDLES
+        .into_iter()
+        .filter(|h| detach_netlink(iface, *h))
+        .count()
+}
+
+/// Logs each attachment.
+pub fn log_attachments(attachments: &[Attachment]) {
+    for a in attachments {
+        match a {
+            Attachment::Tcx { iface, pin } => {
+                info!("TC ingress on {iface}: tcx link pinned at {}", pin.display())
+            }
+            Attachment::Netlink { iface, handle } => info!(
+                "TC ingress on {iface}: cls_bpf filter (clsact, priority {NETLINK_PRIORITY:#x}, handle {handle:#x}) — this kernel has no tcx"
+            ),
+        }
+    }
+}
