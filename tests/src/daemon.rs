@@ -69,11 +69,29 @@ impl TtmDaemon {
         pin_dir: &Path,
         extra: &[&str],
     ) -> Result<TtmDaemon> {
+        TtmDaemon::start_in_mode(&lab_mode(), wrapper, trust, cgroup, pin_dir, extra)
+    }
+
+    /// Like [`TtmDaemon::start_under`], in `mode` whatever `$TTM_LAB_MODE`
+    /// says: `tc`, `both` and `auto` run in the real server's namespace with
+    /// `--interface` its interface; `""` passes neither flag.
+    pub fn start_in_mode(
+        mode: &str,
+        wrapper: &[String],
+        trust: &str,
+        cgroup: &Path,
+        pin_dir: &Path,
+        extra: &[&str],
+    ) -> Result<TtmDaemon> {
         let socket = socket_for(pin_dir);
-        let mode = lab_mode();
+        let mode = mode.to_string();
         let mut wrapper = wrapper.to_vec();
-        let mut mode_args: Vec<String> = vec!["--mode".into(), mode.clone()];
-        if mode != "sockops" {
+        // An empty mode passes no --mode (the daemon's default, auto) and no interface.
+        let mut mode_args: Vec<String> = Vec::new();
+        if !mode.is_empty() {
+            mode_args.extend(["--mode".into(), mode.clone()]);
+        }
+        if !mode.is_empty() && mode != "sockops" {
             // The TC classifier watches the real server's interface, so the
             // daemon joins the real server's network namespace (only that:
             // bpffs and cgroupfs stay the host's).

@@ -10,7 +10,7 @@ use common::{ttm, World, PIN_DIR};
 fn ttm_programs_loaded() -> usize {
     aya::programs::loaded_programs()
         .filter_map(Result::ok)
-        .filter(|p| p.name_as_str() == Some(ttm::SOCKOPS_PROGRAM))
+        .filter(|p| p.name_as_str() == Some(common::sockops_program()))
         .count()
 }
 

@@ -43,7 +43,7 @@ pub fn ttm_sockops(ctx: SockOpsContext) -> u32 {
 /// the socket, so the shim, the rewrite and cookie lookups work as in
 /// sockops mode. Touches no packet data. Always returns 1.
 #[sock_ops]
-pub fn ttm_sockops_join(ctx: SockOpsContext) -> u32 {
+pub fn ttm_sockops_tc(ctx: SockOpsContext) -> u32 {
     dispatch::<false>(&ctx);
     1
 }

@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::daemon::DaemonConfig;
 use crate::mode::Mode;
+use crate::tc::TcAttach;
 use crate::pins::{PinDir, DEFAULT_PIN_DIR};
 use crate::service::Limits;
 use crate::trust::TrustedLbs;
@@ -81,6 +82,10 @@ pub struct DaemonArgs {
     /// interfaces the load balancers' packets arrive on). Needed by --mode tc and both.
     #[arg(long = "interface", value_name = "IFACE")]
     pub interfaces: Vec<String>,
+    /// How the TC classifier attaches: auto (tcx where the kernel has it,
+    /// else netlink cls_bpf on clsact), tcx, netlink. Default auto.
+    #[arg(long, value_name = "HOW")]
+    pub tc_attach: Option<TcAttach>,
     /// Seconds after which a TC 4-tuple record whose socket is gone (or was
     /// never seen by sockops) is swept (default 300).
     #[arg(long, value_name = "SECS")]
@@ -112,6 +117,7 @@ struct FileConfig {
     metrics: Option<SocketAddr>,
     mode: Option<Mode>,
     interfaces: Option<Vec<String>>,
+    tc_attach: Option<TcAttach>,
     tc_max_age: Option<f64>,
 }
 
@@ -154,6 +160,8 @@ pub struct Settings {
     pub mode: Mode,
     /// Interfaces of the TC classifier.
     pub interfaces: Vec<String>,
+    /// How the TC classifier attaches.
+    pub tc_attach: TcAttach,
     /// Age (seconds) after which orphaned TC records are swept.
     pub tc_max_age: f64,
 }
@@ -221,6 +229,7 @@ impl Settings {
             metrics: args.metrics.or(file.metrics),
             mode: args.mode.or(file.mode).unwrap_or_default(),
             interfaces: list(&args.interfaces, file.interfaces),
+            tc_attach: args.tc_attach.or(file.tc_attach).unwrap_or_default(),
             tc_max_age: args
                 .tc_max_age
                 .or(file.tc_max_age)
@@ -288,6 +297,7 @@ impl Settings {
             upgrade,
             mode: self.mode,
             interfaces: self.interfaces.clone(),
+            tc_attach: self.tc_attach,
             tc_max_age,
         };
         config.validate()?;

@@ -54,6 +54,8 @@ pub struct DaemonConfig {
     pub mode: crate::mode::Mode,
     /// Interfaces of the TC classifier (`--interface`).
     pub interfaces: Vec<String>,
+    /// How the TC classifier attaches (`--tc-attach`).
+    pub tc_attach: crate::tc::TcAttach,
     /// Orphaned TC records older than this are swept (`--tc-max-age`).
     pub tc_max_age: std::time::Duration,
 }
@@ -126,6 +128,9 @@ impl Daemon {
             None => host::cgroup2_mount()?,
         };
         host::check_cgroup2(&cgroup)?;
+        for iface in &config.interfaces {
+            crate::tc::ifindex(iface)?;
+        }
         host::raise_open_files_limit();
         let lock = if config.upgrade {
             hand_over(config.pins.path())?
@@ -180,7 +185,7 @@ impl Daemon {
                 .load()
                 .context("the kernel rejected the TC ingress program (see the verifier log above)")?;
             let (attachments, taken_over) =
-                crate::tc::attach_all(program, &config.interfaces, &config.pins)?;
+                crate::tc::attach_all(program, &config.interfaces, &config.pins, config.tc_attach)?;
             crate::tc::log_attachments(&attachments);
             adopted += taken_over;
             attachments

@@ -24,7 +24,7 @@ pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DI
 /// Name of the sockops program inside [`EBPF_OBJECT`].
 pub const SOCKOPS_PROGRAM: &str = "ttm_sockops";
 /// Name of the header-free sockops program (`--mode tc`) inside [`EBPF_OBJECT`].
-pub const SOCKOPS_JOIN_PROGRAM: &str = "ttm_sockops_join";
+pub const SOCKOPS_JOIN_PROGRAM: &str = "ttm_sockops_tc";
 /// Name of the getsockopt shim inside [`EBPF_OBJECT`].
 pub const GETSOCKOPT_PROGRAM: &str = "ttm_getsockopt";
 /// Names of the getpeername rewrite programs (AF_INET, AF_INET6).

@@ -97,6 +97,10 @@ enum Command {
         /// bpffs directory of the daemon.
         #[arg(long, value_name = "DIR", default_value = DEFAULT_PIN_DIR)]
         pin_dir: PathBuf,
+        /// Also remove ttm's netlink TC filters from this interface
+        /// (repeatable; tcx links are pinned and go with the pins).
+        #[arg(long = "interface", value_name = "IFACE")]
+        interfaces: Vec<String>,
     },
     /// Print the decoder's counters.
     Stats {
@@ -196,12 +200,19 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 }
             }
         }
-        Command::Detach { pin_dir } => {
+        Command::Detach {
+            pin_dir,
+            interfaces,
+        } => {
             let removed = ttm::daemon::detach(&PinDir::new(&pin_dir))?;
             println!(
                 "removed {removed} pin(s) from {}: ttm's programs are detached",
                 pin_dir.display()
             );
+            for iface in interfaces {
+                let filters = ttm::tc::detach_netlink_filters(&iface);
+                println!("removed {filters} TC filter(s) from {iface}");
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Verify {

@@ -42,7 +42,7 @@ pub struct Plan {
     /// The mode in force (never `Auto`).
     pub mode: Mode,
     /// The sockops program reads TCP headers (`ttm_sockops`); otherwise the
-    /// header-free `ttm_sockops_join` is attached.
+    /// header-free `ttm_sockops_tc` is attached.
     pub sockops_reads_headers: bool,
     /// The TC classifier runs on the interfaces.
     pub tc: bool,

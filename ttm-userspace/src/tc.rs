@@ -11,6 +11,7 @@ use anyhow::{Context as _, Result};
 use aya::programs::tc::{self, NlOptions, SchedClassifierLink, TcAttachOptions, TcHandle};
 use aya::programs::{Link as _, SchedClassifier, TcAttachType};
 use log::info;
+use serde::{Deserialize, Serialize};
 
 use crate::links;
 use crate::pins::PinDir;
@@ -23,6 +24,20 @@ const NETLINK_PRIORITY: u16 = 0x7e11;
 /// The two handles ttm's netlink filter alternates between: a new daemon
 /// attaches on the free one, then removes the other (no gap).
 const NETLINK_HANDLES: [u16; 2] = [0x7e1, 0x7e2];
+
+/// How the operator wants the classifier attached (`--tc-attach`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum TcAttach {
+    /// tcx where the kernel has it (probed), netlink otherwise.
+    #[default]
+    Auto,
+    /// tcx links only (Linux 6.6+).
+    Tcx,
+    /// cls_bpf filters on the clsact qdisc (any kernel; coexists with
+    /// tools that manage tc filters themselves).
+    Netlink,
+}
 
 /// How the classifier sits on one interface.
 #[derive(Debug)]
@@ -90,7 +105,8 @@ pub fn pinned_tcx_links(pins: &PinDir) -> Vec<PathBuf> {
         .unwrap_or_default()
 }
 
-fn ifindex(iface: &str) -> Result<u32> {
+/// The index of `iface` in this network namespace, or an error saying where to look.
+pub fn ifindex(iface: &str) -> Result<u32> {
     let name = std::ffi::CString::new(iface)?;
     // SAFETY: a NUL-terminated name.
     let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
@@ -108,9 +124,17 @@ pub fn attach_all(
     program: &mut SchedClassifier,
     interfaces: &[String],
     pins: &PinDir,
+    how: TcAttach,
 ) -> Result<(Vec<Attachment>, usize)> {
     let prog = program.fd()?.as_fd().try_clone_to_owned()?;
-    let tcx = links::tcx_supported();
+    let tcx = match how {
+        TcAttach::Auto => links::tcx_supported(),
+        TcAttach::Tcx if !links::tcx_supported() => anyhow::bail!(
+            "--tc-attach tcx: this kernel has no tcx (Linux 6.6+) — use --tc-attach netlink or auto"
+        ),
+        TcAttach::Tcx => true,
+        TcAttach::Netlink => false,
+    };
     let mut out = Vec::new();
     let mut adopted = 0;
     for iface in interfaces {
@@ -144,6 +168,8 @@ pub fn attach_all(
             });
             continue;
         }
+        // A tcx link left by an earlier daemon would run the program twice.
+        let _ = fs::remove_file(&pin);
         let (handle, took_over) = attach_netlink(program, iface)?;
         adopted += usize::from(took_over);
         out.push(Attachment::Netlink {

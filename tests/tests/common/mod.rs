@@ -67,6 +67,27 @@ impl World {
         }
     }
 
+    /// Builds the lab and starts ttm in `mode` (whatever `$TTM_LAB_MODE`
+    /// says; see [`TtmDaemon::start_in_mode`]) trusting the LB network.
+    pub fn in_mode(mode: &str, extra: &[&str]) -> World {
+        let serial = serial();
+        let lab = Lab::up().expect("bring the lab up");
+        let daemon = TtmDaemon::start_in_mode(
+            mode,
+            &[],
+            lab::LB_NET,
+            &lab.rs_cgroup(),
+            Path::new(PIN_DIR),
+            extra,
+        )
+        .expect("start ttm daemon");
+        World {
+            daemon,
+            lab,
+            _serial: serial,
+        }
+    }
+
     /// Replaces the daemon with a new one (the old value must be gone: crashed
     /// or handed over).
     pub fn restart_daemon(&mut self, extra: &[&str]) {
@@ -252,4 +273,43 @@ pub fn steady_load(world: &World, rounds: usize, per_round: usize) -> std::threa
             std::thread::sleep(Duration::from_millis(20));
         }
     })
+}
+
+/// The sockops program a lab daemon attaches in this run's mode.
+pub fn sockops_program() -> &'static str {
+    if ttm_lab::daemon::lab_mode() == "tc" {
+        ttm::SOCKOPS_JOIN_PROGRAM
+    } else {
+        ttm::SOCKOPS_PROGRAM
+    }
+}
+
+/// The programs a lab daemon keeps attached in this run's mode.
+pub fn attached_programs() -> Vec<&'static str> {
+    let mut names = ttm::pins::LINKED_PROGRAMS.to_vec();
+    names[0] = sockops_program();
+    if ttm_lab::daemon::lab_mode() != "sockops" {
+        names.push(ttm::tc::TC_PROGRAM);
+    }
+    names
+}
+
+/// How many pins a lab daemon makes in this run's mode: its maps, its
+/// cgroup links and, with TC on tcx, one link for the lab's interface.
+pub fn daemon_pins() -> usize {
+    let tc = usize::from(ttm_lab::daemon::lab_mode() != "sockops" && ttm::links::tcx_supported());
+    ttm::pins::PINNED_MAPS.len() + ttm::pins::LINKED_PROGRAMS.len() + tc
+}
+
+/// How many programs named like one of [`attached_programs`] are loaded
+/// (the kernel keeps 15 characters of a name).
+pub fn ttm_programs_loaded() -> usize {
+    let names = attached_programs();
+    aya::programs::loaded_programs()
+        .filter_map(Result::ok)
+        .filter(|p| {
+            p.name_as_str()
+                .is_some_and(|n| names.iter().any(|full| &full[..full.len().min(15)] == n))
+        })
+        .count()
 }
