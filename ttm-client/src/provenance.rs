@@ -66,23 +66,45 @@ pub fn parse_proc_net_addr(text: &str, v6: bool) -> Option<SocketAddr> {
     Some(canonical(SocketAddr::new(ip, port)))
 }
 
+/// Rows of `/proc/<who>/net/tcp{,6}` (`who` is a pid or `self`): socket
+/// inode, local address, kernel peer — the kernel's view, which no BPF hook
+/// rewrites.
+fn proc_net_rows(who: &str) -> impl Iterator<Item = (u64, SocketAddr, SocketAddr)> + '_ {
+    [("tcp", false), ("tcp6", true)]
+        .into_iter()
+        .flat_map(move |(file, v6)| {
+            let text =
+                std::fs::read_to_string(format!("/proc/{who}/net/{file}")).unwrap_or_default();
+            let rows: Vec<_> = text
+                .lines()
+                .skip(1)
+                .filter_map(|line| {
+                    let cols: Vec<&str> = line.split_whitespace().collect();
+                    let local = parse_proc_net_addr(cols.get(1)?, v6)?;
+                    let peer = parse_proc_net_addr(cols.get(2)?, v6)?;
+                    let inode = cols.get(9)?.parse::<u64>().ok()?;
+                    Some((inode, local, peer))
+                })
+                .collect();
+            rows
+        })
+}
+
 /// Socket inode → kernel peer, from `/proc/<who>/net/tcp{,6}` (`who` is a
 /// pid or `self`): the kernel's view, which no BPF hook rewrites.
 pub fn kernel_peers(who: &str) -> HashMap<u64, SocketAddr> {
-    let mut out = HashMap::new();
-    for (file, v6) in [("tcp", false), ("tcp6", true)] {
-        let text = std::fs::read_to_string(format!("/proc/{who}/net/{file}")).unwrap_or_default();
-        for line in text.lines().skip(1) {
-            let cols: Vec<&str> = line.split_whitespace().collect();
-            if let (Some(peer), Some(Ok(inode))) = (
-                cols.get(2).and_then(|a| parse_proc_net_addr(a, v6)),
-                cols.get(9).map(|i| i.parse::<u64>()),
-            ) {
-                out.insert(inode, peer);
-            }
-        }
-    }
-    out
+    proc_net_rows(who)
+        .map(|(inode, _, peer)| (inode, peer))
+        .collect()
+}
+
+/// The (local, kernel peer) addresses of the socket with inode `inode` in
+/// the network namespace of `who` (a pid or `self`), without calling
+/// getpeername() (which BPF hooks may rewrite).
+pub fn kernel_tuple(who: &str, inode: u64) -> Option<(SocketAddr, SocketAddr)> {
+    proc_net_rows(who)
+        .find(|(i, _, _)| *i == inode)
+        .map(|(_, local, peer)| (local, peer))
 }
 
 /// The verdict for an app-visible peer given the other two views.

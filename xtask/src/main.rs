@@ -35,7 +35,12 @@ enum Cmd {
         action: String,
     },
     /// The end-to-end demo: lab, ttm daemon, client connections, recovered addresses.
-    Demo,
+    Demo {
+        /// Where the daemon reads the option: sockops, tc (TC ingress on the
+        /// real server's interface) or both.
+        #[arg(long, default_value = "sockops", value_parser = ["sockops", "tc", "both"])]
+        mode: String,
+    },
     /// Unit tests, the lab integration tests and a benchmark smoke run (needs root).
     Test,
     /// Build the release `ttm` binary (eBPF objects embedded) into target/dist/.
@@ -67,9 +72,11 @@ fn run(cli: Cli) -> Result<()> {
             build(false)?;
             ttm_lab(&action)
         }
-        Cmd::Demo => {
+        Cmd::Demo { mode } => {
             build(false)?;
             require_root("the demo builds network namespaces")?;
+            // SAFETY: single-threaded here; the lab runner inherits it.
+            unsafe { std::env::set_var("TTM_LAB_MODE", &mode) };
             ttm_lab("demo")
         }
         Cmd::Test => {
@@ -77,6 +84,14 @@ fn run(cli: Cli) -> Result<()> {
             build(false)?;
             // Lab tests move processes between cgroups and namespaces: one at a time.
             cargo(&["test", "--", "--test-threads=1"])?;
+            // The lab suite again with the TC path doing the decoding.
+            println!("xtask: the lab suite in --mode tc");
+            let mut args = vec!["test", "-p", "ttm-tests"];
+            for t in TC_MODE_SUITE {
+                args.extend(["--test", t]);
+            }
+            args.extend(["--", "--test-threads=1"]);
+            cargo_env(&args, &[("TTM_LAB_MODE", "tc")])?;
             // The benchmark code must keep working: a smoke run of every section.
             bench(true)
         }
@@ -176,8 +191,27 @@ fn require_root(why: &str) -> Result<()> {
 }
 
 fn cargo(args: &[&str]) -> Result<()> {
+    cargo_env(args, &[])
+}
+
+/// The lab tests that run a second time with `TTM_LAB_MODE=tc`: everything
+/// that does not test the sockops decoder itself (hostile_options counts
+/// its per-reason counters; the TC program's own decisions on malformed
+/// input are the differential test's).
+const TC_MODE_SUITE: [&str; 7] = [
+    "decode_4to4",
+    "formats_6to4",
+    "compat_shim",
+    "lookup_service",
+    "faults",
+    "restart_survival",
+    "daemon_lifecycle",
+];
+
+fn cargo_env(args: &[&str], env: &[(&str, &str)]) -> Result<()> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let status = Command::new(&cargo)
+        .envs(env.iter().copied())
         .args(args)
         .status()
         .with_context(|| format!("running cargo {}", args.join(" ")))?;

@@ -208,7 +208,7 @@ impl Session {
                     // records of sockets sockops did not see).
                     Ok(cookie) => self.lookup(|d| match d.by_cookie(cookie)? {
                         Some(found) => Ok(Some(found)),
-                        None => match tuple_of(&fd) {
+                        None => match tuple_of(&fd, self.peer.pid) {
                             Some((local, peer)) => d.by_tuple(local, peer),
                             None => Ok(None),
                         },
@@ -346,12 +346,21 @@ fn cookie_of_tcp_socket(fd: &OwnedFd) -> Result<u64, String> {
     ttm_client::socket_cookie(fd).map_err(|e| format!("cannot read the socket's cookie: {e}"))
 }
 
-/// The (local, peer) addresses of a connected socket.
-fn tuple_of(fd: &OwnedFd) -> Option<(std::net::SocketAddr, std::net::SocketAddr)> {
-    let std_addr = |a: rustix::net::SocketAddrAny| std::net::SocketAddr::try_from(a).ok();
-    let local = std_addr(rustix::net::getsockname(fd).ok()?)?;
-    let peer = std_addr(rustix::net::getpeername(fd).ok()??)?;
-    Some((local, peer))
+/// The (local, kernel peer) addresses of a socket sent by process `pid`,
+/// from the socket table of that process's network namespace: calling
+/// getpeername() here would run the app's BPF hooks (ttm's rewrite, and any
+/// foreign program `ttm verify` watches) on the daemon's behalf.
+fn tuple_of(fd: &OwnedFd, pid: Option<i32>) -> Option<(std::net::SocketAddr, std::net::SocketAddr)> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: an all-zero `stat` is a valid out-buffer.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: a live descriptor and a valid out-pointer.
+    if unsafe { libc::fstat(fd.as_raw_fd(), &mut st) } != 0 {
+        return None;
+    }
+    let inode = st.st_ino;
+    let who = pid.map_or_else(|| "self".to_string(), |p| p.to_string());
+    ttm_client::provenance::kernel_tuple(&who, inode)
 }
 
 /// Writes all of `bytes`, waiting while the client's receive buffer is full.
