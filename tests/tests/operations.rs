@@ -182,7 +182,8 @@ fn the_daemon_works_with_only_the_units_capabilities() {
         "CapEff {eff:#x}"
     );
     drop(daemon);
-    // One fewer is not enough: without CAP_PERFMON the verifier refuses.
+    // One fewer is not enough: without CAP_PERFMON the verifier would
+    // refuse the decoders, so ttm refuses to start and says which is missing.
     let without: Vec<String> = caps.iter().filter(|c| *c != "perfmon").cloned().collect();
     let refused = ttm_lab::TtmDaemon::start_under(
         &setpriv(&without),
@@ -206,6 +207,9 @@ fn doctor_probes_every_program_through_the_verifier() {
         "bpffs",
         "cgroup v2",
         "ttm_sockops",
+        "ttm_sockops_tc",
+        "tcx",
+        "mode auto",
         "ttm_getsockopt",
         "ttm_getpeername4",
         "ttm_getpeername6",

@@ -162,7 +162,20 @@ fn tcp_frame(src: [u8; 4], sport: u16, flags: u8, area: &[u8]) -> Vec<u8> {
     let mut f = vec![0x02, 0, 0, 0, 0, 1, 0x02, 0, 0, 0, 0, 2, 0x08, 0x00];
     let tcp_len = 20 + area.len();
     let total = 20 + tcp_len;
-    f.extend_from_slice(&[0x45, 0, (total >> 8) as u8, total as u8, 0, 0, 0x40, 0, 64, 6, 0, 0]);
+    f.extend_from_slice(&[
+        0x45,
+        0,
+        (total >> 8) as u8,
+        total as u8,
+        0,
+        0,
+        0x40,
+        0,
+        64,
+        6,
+        0,
+        0,
+    ]);
     f.extend_from_slice(&src);
     f.extend_from_slice(&LOCAL);
     f.extend_from_slice(&sport.to_be_bytes());
@@ -261,11 +274,16 @@ fn only_the_segment_completing_the_handshake_counts() {
     let _serial = ttm_lab::process::serial();
     let (ebpf, prog) = loaded();
     let run = |src: [u8; 4], port: u16, flags: u8, area: &[u8]| {
-        assert_eq!(test_run(prog.as_fd(), &tcp_frame(src, port, flags, area)), TC_ACT_UNSPEC);
+        assert_eq!(
+            test_run(prog.as_fd(), &tcp_frame(src, port, flags, area)),
+            TC_ACT_UNSPEC
+        );
     };
     let toa = |client: [u8; 4], port: u16| {
         let p = port.to_be_bytes();
-        [254, 8, p[0], p[1], client[0], client[1], client[2], client[3]]
+        [
+            254, 8, p[0], p[1], client[0], client[1], client[2], client[3],
+        ]
     };
     let lb = [10, 0, 2, 1];
     let key = |port: u16| TcKey {

@@ -41,7 +41,17 @@ fn eventually(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
 /// ttm's netlink filters on the lab's real-server interface.
 fn netlink_filters() -> usize {
     let out = Command::new("ip")
-        .args(["netns", "exec", lab::RS_NS, "tc", "filter", "show", "dev", lab::RS_IF, "ingress"])
+        .args([
+            "netns",
+            "exec",
+            lab::RS_NS,
+            "tc",
+            "filter",
+            "show",
+            "dev",
+            lab::RS_IF,
+            "ingress",
+        ])
         .output()
         .expect("tc filter show");
     String::from_utf8_lossy(&out.stdout)
@@ -67,7 +77,11 @@ fn tc_mode_records_every_connection_and_hands_it_to_the_socket() {
         let r = records.by_cookie(a.cookie).expect("records");
         assert_eq!(r.map(|r| r.client), Some(a.claimed), "{a:?}");
         for how in ["by_fd", "by_cookie", "by_tuple"] {
-            assert_eq!(a.lookup[how], a.claimed.to_string().as_str(), "{how}: {a:?}");
+            assert_eq!(
+                a.lookup[how],
+                a.claimed.to_string().as_str(),
+                "{how}: {a:?}"
+            );
         }
     }
     let stats = world.stats();
@@ -84,7 +98,11 @@ fn tc_mode_records_every_connection_and_hands_it_to_the_socket() {
         tc_records()
     );
     assert_eq!(world.stats().get(Counter::RecordsRemoved), 20);
-    assert_eq!(world.stats().get(Counter::TcExpired), 0, "nothing left to sweep");
+    assert_eq!(
+        world.stats().get(Counter::TcExpired),
+        0,
+        "nothing left to sweep"
+    );
 }
 
 #[test]
@@ -96,7 +114,15 @@ fn sockets_outside_the_cgroup_are_found_by_4_tuple_and_swept_once_closed() {
         lab_bin(),
         &world.lab.plain_cgroup(),
         lab::RS_NS,
-        &["serve", "--listen", "0.0.0.0:8080", "--count", "1", "--lookup", &socket],
+        &[
+            "serve",
+            "--listen",
+            "0.0.0.0:8080",
+            "--count",
+            "1",
+            "--lookup",
+            &socket,
+        ],
     )
     .expect("spawn server");
     server
@@ -104,10 +130,21 @@ fn sockets_outside_the_cgroup_are_found_by_4_tuple_and_swept_once_closed() {
         .expect("listening");
     world.connect(&world.lab.client_cgroup(), 1, 0);
     let a = world.accepted(&server, 1).pop().expect("accepted");
-    assert_eq!(a.peer.ip().to_string(), lab::LB_IP, "accept() not rewritten");
+    assert_eq!(
+        a.peer.ip().to_string(),
+        lab::LB_IP,
+        "accept() not rewritten"
+    );
     assert_eq!(a.lookup["by_fd"], a.claimed.to_string().as_str(), "{a:?}");
-    assert_eq!(a.lookup["by_tuple"], a.claimed.to_string().as_str(), "{a:?}");
-    assert!(a.lookup["by_cookie"].is_null(), "sockops never saw it: {a:?}");
+    assert_eq!(
+        a.lookup["by_tuple"],
+        a.claimed.to_string().as_str(),
+        "{a:?}"
+    );
+    assert!(
+        a.lookup["by_cookie"].is_null(),
+        "sockops never saw it: {a:?}"
+    );
     let stats = world.stats();
     assert_eq!(stats.get(Counter::TcDecoded), 1);
     assert_eq!(stats.get(Counter::TcJoined), 0);
@@ -156,9 +193,16 @@ fn netlink_filters_decode_hand_over_and_go_away() {
     )
     .expect("upgrade");
     let status = world.daemon.wait_handed_over().expect("old daemon exits");
-    assert_eq!(status.code(), Some(i32::from(ttm::daemon::HANDED_OVER_EXIT)));
+    assert_eq!(
+        status.code(),
+        Some(i32::from(ttm::daemon::HANDED_OVER_EXIT))
+    );
     world.daemon = upgraded;
-    assert_eq!(netlink_filters(), 1, "exactly one ttm filter after the upgrade");
+    assert_eq!(
+        netlink_filters(),
+        1,
+        "exactly one ttm filter after the upgrade"
+    );
     world.connect(&world.lab.client_cgroup(), 3, 0);
 
     let accepted = world.accepted(&server, 6);
@@ -204,7 +248,11 @@ fn auto_reads_headers_in_sockops_and_adds_tc_with_an_interface() {
     let stats = world.stats();
     assert_eq!(stats.get(Counter::Decoded), 2);
     assert_eq!(stats.get(Counter::TcDecoded), 2, "TC recorded them too");
-    assert_eq!(stats.get(Counter::TcJoined), 0, "sockops found the option itself");
+    assert_eq!(
+        stats.get(Counter::TcJoined),
+        0,
+        "sockops found the option itself"
+    );
 }
 
 #[test]
@@ -236,6 +284,12 @@ fn tc_mode_needs_an_interface_and_says_so() {
         "/run/ttm/ttm-test-refused.sock",
     ]);
     assert_ne!(code, 0);
-    assert!(err.contains("ttm-nosuch0") && err.contains("not found"), "{err}");
-    assert!(!Path::new("/sys/fs/bpf/ttm-test-refused").exists(), "nothing left behind");
+    assert!(
+        err.contains("ttm-nosuch0") && err.contains("not found"),
+        "{err}"
+    );
+    assert!(
+        !Path::new("/sys/fs/bpf/ttm-test-refused").exists(),
+        "nothing left behind"
+    );
 }

@@ -16,7 +16,9 @@ use aya_ebpf::{
 };
 use ttm_common::{
     addr::{from_words, v4_mapped, Addr16},
-    decode_client, maps::TcKey, plausible_client, Config, Counter, PeerRecord, Walk,
+    decode_client,
+    maps::TcKey,
+    plausible_client, Config, Counter, PeerRecord, Walk,
 };
 
 use crate::{

@@ -12,9 +12,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::daemon::DaemonConfig;
 use crate::mode::Mode;
-use crate::tc::TcAttach;
 use crate::pins::{PinDir, DEFAULT_PIN_DIR};
 use crate::service::Limits;
+use crate::tc::TcAttach;
 use crate::trust::TrustedLbs;
 
 /// Where the daemon looks for its file unless `--config` says otherwise.

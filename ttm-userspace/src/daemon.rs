@@ -14,11 +14,11 @@ use std::os::fd::AsFd;
 use ttm_common::{format::FormatTable, maps, Config, TrustKey};
 
 use crate::host;
+use crate::mode::{Mode, Plan};
 use crate::pins::{PinDir, LINKED_PROGRAMS, PINNED_MAPS};
 use crate::service::{Limits, LookupService, PinnedDirectory};
-use crate::trust::TrustedLbs;
-use crate::mode::{Mode, Plan};
 use crate::tc::TC_PROGRAM;
+use crate::trust::TrustedLbs;
 use crate::{EBPF_OBJECT, GETSOCKOPT_PROGRAM, SOCKOPS_JOIN_PROGRAM, SOCKOPS_PROGRAM};
 
 /// Everything `ttm daemon` is told.
@@ -181,9 +181,9 @@ impl Daemon {
                 .program_mut(TC_PROGRAM)
                 .context("the TC program is missing from the object")?
                 .try_into()?;
-            program
-                .load()
-                .context("the kernel rejected the TC ingress program (see the verifier log above)")?;
+            program.load().context(
+                "the kernel rejected the TC ingress program (see the verifier log above)",
+            )?;
             let (attachments, taken_over) =
                 crate::tc::attach_all(program, &config.interfaces, &config.pins, config.tc_attach)?;
             crate::tc::log_attachments(&attachments);
@@ -621,16 +621,20 @@ fn load_program(ebpf: &mut Ebpf, name: &str) -> Result<std::os::fd::OwnedFd> {
 /// Resolves `--mode`: the feature probe is the verifier itself — whether it
 /// accepts the sockops program that reads the handshake segment.
 fn choose_plan(ebpf: &mut Ebpf, config: &DaemonConfig) -> Result<Plan> {
-    let header_access = if config.mode == Mode::Tc {
-        false
-    } else {
-        match load_program(ebpf, SOCKOPS_PROGRAM) {
+    let header_access = match config.mode {
+        Mode::Tc => false,
+        // Asked for explicitly: the verifier's own words if it refuses.
+        Mode::Sockops | Mode::Both => {
+            load_program(ebpf, SOCKOPS_PROGRAM)?;
+            true
+        }
+        Mode::Auto => match load_program(ebpf, SOCKOPS_PROGRAM) {
             Ok(_) => true,
             Err(e) => {
                 warn!("sockops cannot read TCP headers on this kernel: {e:#}");
                 false
             }
-        }
+        },
     };
     let (plan, why) = Plan::resolve(config.mode, header_access, &config.interfaces)?;
     if config.mode == Mode::Auto {

@@ -7,6 +7,7 @@ use aya::programs::Program;
 use aya::Ebpf;
 use serde::Serialize;
 
+use crate::mode::{Mode, Plan};
 use crate::pins::LINKED_PROGRAMS;
 
 /// One probe's result.
@@ -57,10 +58,22 @@ pub fn run() -> Vec<Probe> {
                 "created",
             ));
             let mut names: Vec<&str> = LINKED_PROGRAMS.to_vec();
-            names.push("ttm_tc_ingress");
+            names.insert(1, crate::SOCKOPS_JOIN_PROGRAM);
+            names.push(crate::tc::TC_PROGRAM);
+            let mut header_access = false;
             for name in names {
                 let (what, result) = match ebpf.program_mut(name) {
-                    Some(Program::SockOps(p)) => ("sockops header-option decoder", p.load()),
+                    Some(Program::SockOps(p)) if name == crate::SOCKOPS_PROGRAM => {
+                        let result = p.load();
+                        header_access = result.is_ok();
+                        (
+                            "sockops header callbacks (reads the handshake segment)",
+                            result,
+                        )
+                    }
+                    Some(Program::SockOps(p)) => {
+                        ("sockops joining TC records (--mode tc)", p.load())
+                    }
                     Some(Program::CgroupSockopt(p)) => ("getsockopt shim", p.load()),
                     Some(Program::CgroupSockAddr(p)) => ("getpeername hook", p.load()),
                     Some(Program::SchedClassifier(p)) => ("TC ingress decoder", p.load()),
@@ -73,6 +86,33 @@ pub fn run() -> Vec<Probe> {
                 };
                 out.push(probe(name, ok, detail));
             }
+            let tcx = crate::links::tcx_supported();
+            out.push(probe(
+                "tcx",
+                tcx,
+                if tcx {
+                    "TC programs attach with tcx links (pinned)"
+                } else {
+                    "no tcx (before Linux 6.6): TC programs attach as netlink cls_bpf filters"
+                },
+            ));
+            let choice = |interfaces: &[String]| match Plan::resolve(
+                Mode::Auto,
+                header_access,
+                interfaces,
+            ) {
+                Ok((plan, why)) => format!("{} ({why})", plan.mode),
+                Err(e) => format!("refuses to start: {e}"),
+            };
+            out.push(probe(
+                "mode auto",
+                header_access,
+                format!(
+                    "without --interface: {}; with --interface: {}",
+                    choice(&[]),
+                    choice(&["IFACE".to_string()])
+                ),
+            ));
         }
     }
     out

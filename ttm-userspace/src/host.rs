@@ -11,13 +11,14 @@ const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
 
 const CAP_NET_ADMIN: u32 = 12;
 const CAP_SYS_ADMIN: u32 = 21;
+const CAP_PERFMON: u32 = 38;
 const CAP_BPF: u32 = 39;
 
 /// A host precondition that is not met.
 #[derive(Debug, thiserror::Error)]
 pub enum HostError {
     /// Missing privileges.
-    #[error("missing privileges: ttm needs CAP_BPF (or CAP_SYS_ADMIN) and CAP_NET_ADMIN — run as root or grant them (e.g. AmbientCapabilities= in the systemd unit)")]
+    #[error("missing privileges: ttm needs CAP_BPF and CAP_PERFMON (or CAP_SYS_ADMIN) and CAP_NET_ADMIN — run as root or grant them (e.g. AmbientCapabilities= in the systemd unit)")]
     NotPrivileged,
     /// bpffs is not mounted where the pins go.
     #[error("{0} is not on a bpf filesystem — mount it with `mount -t bpf bpf /sys/fs/bpf` or pass --pin-dir on a bpffs mount")]
@@ -53,7 +54,10 @@ pub fn check_privileges() -> Result<(), HostError> {
         .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
         .unwrap_or(0);
     let has = |cap: u32| eff & (1u64 << cap) != 0;
-    if (has(CAP_BPF) || has(CAP_SYS_ADMIN)) && has(CAP_NET_ADMIN) {
+    // Without CAP_PERFMON the verifier refuses the packet-pointer arithmetic
+    // the decoders need.
+    let admin = has(CAP_SYS_ADMIN);
+    if (admin || has(CAP_BPF) && has(CAP_PERFMON)) && has(CAP_NET_ADMIN) {
         Ok(())
     } else {
         Err(HostError::NotPrivileged)

@@ -52,7 +52,11 @@ impl Plan {
     /// Resolves `mode` given whether this kernel lets sockops read the
     /// handshake segment (`header_access`, a verifier probe) and the
     /// interfaces given. Returns the plan and why it was chosen.
-    pub fn resolve(mode: Mode, header_access: bool, interfaces: &[String]) -> Result<(Plan, String)> {
+    pub fn resolve(
+        mode: Mode,
+        header_access: bool,
+        interfaces: &[String],
+    ) -> Result<(Plan, String)> {
         let has_if = !interfaces.is_empty();
         let plan = |mode, sockops_reads_headers, tc| Plan {
             mode,
@@ -62,9 +66,9 @@ impl Plan {
         let no_header_why = "this kernel's sockops cannot read TCP headers (the skb_data field \
                              of bpf_sock_ops needs Linux 5.10+)";
         match mode {
-            Mode::Sockops | Mode::Both if !header_access => bail!(
-                "--mode {mode}: {no_header_why} — use --mode tc with --interface IFACE"
-            ),
+            Mode::Sockops | Mode::Both if !header_access => {
+                bail!("--mode {mode}: {no_header_why} — use --mode tc with --interface IFACE")
+            }
             Mode::Sockops if has_if => bail!(
                 "--interface is for --mode tc, both or auto; --mode sockops attaches no TC program"
             ),

@@ -145,10 +145,10 @@ mod tests {
         let second = 1_000_000_000;
         let live: HashSet<TcKey> = [key(2)].into();
         let entries = [
-            (key(1), 0),           // old, no socket: goes
-            (key(2), 0),           // old, socket alive: stays
-            (key(3), 9 * second),  // young: stays
-            (key(4), 4 * second),  // exactly at the age: stays
+            (key(1), 0),          // old, no socket: goes
+            (key(2), 0),          // old, socket alive: stays
+            (key(3), 9 * second), // young: stays
+            (key(4), 4 * second), // exactly at the age: stays
         ];
         let gone = expired(entries, 10 * second, Duration::from_secs(6), &live);
         assert_eq!(gone, vec![key(1)]);
@@ -157,15 +157,24 @@ mod tests {
     #[test]
     fn proc_net_tables_give_server_side_tuples() {
         let v4 = "  sl  local_address rem_address   st\n   0: 0202000A:1F90 0102000A:C350 01 \n";
-        assert_eq!(tuples_of_proc_net(v4, false).collect::<Vec<_>>(), vec![key(50_000)]);
+        assert_eq!(
+            tuples_of_proc_net(v4, false).collect::<Vec<_>>(),
+            vec![key(50_000)]
+        );
         let v6 = "  sl  local_address rem_address st\n   0: 0000000000000000FFFF00000202000A:1F90 0000000000000000FFFF00000102000A:C350 01\n";
-        assert_eq!(tuples_of_proc_net(v6, true).collect::<Vec<_>>(), vec![key(50_000)]);
+        assert_eq!(
+            tuples_of_proc_net(v6, true).collect::<Vec<_>>(),
+            vec![key(50_000)]
+        );
     }
 
     #[test]
     fn the_interval_follows_the_age_within_bounds() {
         assert_eq!(interval(Duration::from_secs(300)), Duration::from_secs(10));
         assert_eq!(interval(Duration::from_secs(2)), Duration::from_millis(500));
-        assert_eq!(interval(Duration::from_millis(100)), Duration::from_millis(200));
+        assert_eq!(
+            interval(Duration::from_millis(100)),
+            Duration::from_millis(200)
+        );
     }
 }

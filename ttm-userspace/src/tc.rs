@@ -146,8 +146,9 @@ pub fn attach_all(
                     .map(|i| i.cgroup_id as u32 == index)
                     .unwrap_or(false);
                 if same_interface {
-                    links::update(link.as_fd(), prog.as_fd())
-                        .with_context(|| format!("swapping the program behind {}", pin.display()))?;
+                    links::update(link.as_fd(), prog.as_fd()).with_context(|| {
+                        format!("swapping the program behind {}", pin.display())
+                    })?;
                     adopted += 1;
                     out.push(Attachment::Tcx {
                         iface: iface.clone(),
@@ -186,7 +187,8 @@ pub fn attach_all(
 fn attach_netlink(program: &mut SchedClassifier, iface: &str) -> Result<(u16, bool)> {
     if let Err(e) = tc::qdisc_add_clsact(iface) {
         // Already there (ours from before, or another tool's) is fine.
-        let exists = matches!(&e, tc::TcError::NetlinkError(n) if n.raw_os_error() == Some(libc::EEXIST));
+        let exists =
+            matches!(&e, tc::TcError::NetlinkError(n) if n.raw_os_error() == Some(libc::EEXIST));
         if !exists {
             return Err(e).with_context(|| format!("adding the clsact qdisc to {iface}"));
         }

@@ -350,7 +350,10 @@ fn cookie_of_tcp_socket(fd: &OwnedFd) -> Result<u64, String> {
 /// from the socket table of that process's network namespace: calling
 /// getpeername() here would run the app's BPF hooks (ttm's rewrite, and any
 /// foreign program `ttm verify` watches) on the daemon's behalf.
-fn tuple_of(fd: &OwnedFd, pid: Option<i32>) -> Option<(std::net::SocketAddr, std::net::SocketAddr)> {
+fn tuple_of(
+    fd: &OwnedFd,
+    pid: Option<i32>,
+) -> Option<(std::net::SocketAddr, std::net::SocketAddr)> {
     use std::os::fd::AsRawFd;
     // SAFETY: an all-zero `stat` is a valid out-buffer.
     let mut st: libc::stat = unsafe { std::mem::zeroed() };
