@@ -84,6 +84,10 @@ const UNUSED: OptionFormat = OptionFormat {
 
 /// How many layouts the kernel side checks per option.
 pub const MAX_FORMATS: usize = 4;
+const _: () = assert!(
+    MAX_FORMATS.is_power_of_two(),
+    "indexes are masked with MAX_FORMATS - 1"
+);
 
 /// The layouts in force, in priority order. Shared with the kernel through
 /// the config map, so it is fixed-size plain data.

@@ -5,6 +5,7 @@
 //! past [`MAX_OPTION_BYTES`] and every step advances at least one byte.
 
 use crate::addr::{is_v4_mapped, v4_mapped, Addr16};
+use crate::format::MAX_FORMATS;
 use crate::format::{AddrFamily, FormatTable};
 
 /// The TCP option area is at most 40 bytes (data offset 15 words minus the
@@ -226,7 +227,10 @@ pub fn decode_client<B: OptionBytes + ?Sized>(
     formats: &FormatTable,
 ) -> Option<ClientAddr> {
     let start = located.offset;
-    let format = formats.formats.get(located.format_index)?;
+    // A mask rather than a comparison: the index comes from map memory, and
+    // older verifiers (5.10) forget a comparison's bound once the value is
+    // spilled to the stack; the walker only yields indexes below MAX_FORMATS.
+    let format = &formats.formats[located.format_index & (MAX_FORMATS - 1)];
     let family = format.family()?;
     let port = u16::from_be_bytes([at(bytes, start + 2)?, at(bytes, start + 3)?]);
     let a = start + 4;

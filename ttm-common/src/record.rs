@@ -1,7 +1,7 @@
 //! The per-connection record: who the client really is.
 
 use crate::addr::{is_v4_mapped, Addr16};
-use crate::format::{AddrFamily, FormatTable};
+use crate::format::{AddrFamily, FormatTable, MAX_FORMATS};
 use crate::parser::ClientAddr;
 
 /// Which address families the client and the LB→RS connection use.
@@ -113,21 +113,33 @@ impl PeerRecord {
         local: (Addr16, u16),
         now_ns: u64,
     ) {
-        self.client_addr = client.addr;
+        self.set_tuple(peer, local);
+        self.fill_client(client, formats, now_ns);
+    }
+
+    /// Sets the connection as the server sees it: the kernel's peer and the
+    /// local end. The client fields are left as they are.
+    #[inline(always)]
+    pub fn set_tuple(&mut self, peer: (Addr16, u16), local: (Addr16, u16)) {
         self.peer_addr = peer.0;
+        self.peer_port = peer.1;
         self.local_addr = local.0;
+        self.local_port = local.1;
+    }
+
+    /// Fills every field but the tuple for a decoded `client` at `now_ns`;
+    /// the tuple must be set already (the client family depends on the peer).
+    #[inline(always)]
+    pub fn fill_client(&mut self, client: &ClientAddr, formats: &FormatTable, now_ns: u64) {
+        self.client_addr = client.addr;
         self.established_ns = now_ns;
         self.client_port = client.port;
-        self.peer_port = peer.1;
-        self.local_port = local.1;
-        self.client_family = ClientFamily::of(client.family, &peer.0) as u8;
+        self.client_family = ClientFamily::of(client.family, &self.peer_addr) as u8;
         self.format_index = client.format_index;
-        let (kind, len) = match formats.formats.get(client.format_index as usize) {
-            Some(f) => (f.kind, f.len),
-            None => (0, 0),
-        };
-        self.option_kind = kind;
-        self.option_len = len;
+        // Masked, as in `decode_client`, for older verifiers.
+        let format = &formats.formats[usize::from(client.format_index) & (MAX_FORMATS - 1)];
+        self.option_kind = format.kind;
+        self.option_len = format.len;
         self._pad = [0; 6];
     }
 

@@ -1,6 +1,8 @@
 //! ttm's kernel side: thin adapters from kernel contexts to ttm-common logic.
 #![no_std]
 #![no_main]
+// `asm!` on bpf: one register mask the verifier of older kernels needs (packet.rs).
+#![feature(asm_experimental_arch)]
 
 mod counters;
 mod getpeername;

@@ -46,11 +46,20 @@ impl OptionBytes for TcpOptions {
         if i >= self.len {
             return None;
         }
+        // The mask, in a register LLVM cannot see through, bounds the index
+        // right where it meets the packet pointer: older verifiers (5.10)
+        // lose the bound of an earlier comparison when LLVM spilled and
+        // reloaded the value in between. Indexes are below 40 anyway.
+        let mut i = i;
+        // SAFETY: a register-only AND; no memory is touched.
+        unsafe { core::arch::asm!("{0} &= 63", inout(reg) i, options(pure, nomem, nostack)) };
         let p = self.start + i;
         if p + 1 > self.data_end {
             return None;
         }
         // SAFETY: `p` is inside [data, data_end), checked just above.
-        Some(unsafe { *(p as *const u8) })
+        // Volatile: read right after its own check, so LLVM does not hoist
+        // all checks first and keep every pointer alive on the stack.
+        Some(unsafe { core::ptr::read_volatile(p as *const u8) })
     }
 }

@@ -117,18 +117,21 @@ enum FromHeader {
 fn on_passive_established<const READ_HEADER: bool>(ctx: &SockOpsContext) {
     bump(Counter::ConnectionsSeen);
     let Some(config) = CONFIG.get(0) else { return };
+    let Some(record) = SCRATCH.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: the per-CPU scratch slot is ours until the program returns.
+    let record = unsafe { &mut *record };
+    // The tuple goes straight into map memory: kept on the stack across the
+    // option walk it would not fit the 512 bytes older verifiers allow.
     let (peer, peer_port, local, local_port) = four_tuple(ctx);
-    if config.trust_any == 0 && !is_trusted(&peer) {
+    record.set_tuple((peer, peer_port), (local, local_port));
+    if config.trust_any == 0 && !is_trusted(&record.peer_addr) {
         bump(Counter::Untrusted);
         return;
     }
     let absent = if READ_HEADER {
-        let Some(record) = SCRATCH.get_ptr_mut(0) else {
-            return;
-        };
-        // SAFETY: the per-CPU scratch slot is ours until the program returns.
-        let record = unsafe { &mut *record };
-        match from_header(ctx, config, record, (peer, peer_port), (local, local_port)) {
+        match from_header(ctx, config, record) {
             FromHeader::Filled => {
                 if store(ctx, record) {
                     bump(Counter::Decoded);
@@ -182,15 +185,9 @@ fn join_tc_record(ctx: &SockOpsContext) -> bool {
 }
 
 /// Reads the option off the segment that completed the handshake; on
-/// success the client's record is filled into `record`.
+/// success the client's fields are filled into `record` (its tuple is set).
 #[inline(always)]
-fn from_header(
-    ctx: &SockOpsContext,
-    config: &Config,
-    record: &mut PeerRecord,
-    (peer, peer_port): (Addr16, u16),
-    local: (Addr16, u16),
-) -> FromHeader {
+fn from_header(ctx: &SockOpsContext, config: &Config, record: &mut PeerRecord) -> FromHeader {
     let ops: *mut bpf_sock_ops = ctx.ops;
     // SAFETY: reading context fields; the verifier types them as packet pointers.
     let (data, data_end) = unsafe {
@@ -211,7 +208,7 @@ fn from_header(
                 Some(client) if plausible_client(&client.addr) => {
                     // SAFETY: helper without preconditions.
                     let now = unsafe { bpf_ktime_get_ns() };
-                    record.fill_decoded(&client, &config.formats, (peer, peer_port), local, now);
+                    record.fill_client(&client, &config.formats, now);
                     FromHeader::Filled
                 }
                 Some(_) => {
@@ -231,8 +228,8 @@ fn from_header(
             aya_log_ebpf::warn!(
                 ctx,
                 "malformed TCP options from trusted LB {:i} port {} (reason {}): connection not decoded; see `ttm stats`",
-                peer,
-                peer_port,
+                record.peer_addr,
+                record.peer_port,
                 reason as u8
             );
             FromHeader::Refused

@@ -82,7 +82,7 @@ pub fn run() -> Vec<Probe> {
                 let ok = result.is_ok();
                 let detail = match result {
                     Ok(()) => format!("{what}: the verifier accepts {name}"),
-                    Err(e) => format!("{what}: {name} refused: {e}"),
+                    Err(e) => format!("{what}: {name} refused: {}", brief(&e.to_string())),
                 };
                 out.push(probe(name, ok, detail));
             }
@@ -116,4 +116,40 @@ pub fn run() -> Vec<Probe> {
         }
     }
     out
+}
+
+/// A refusal in a line: the verifier's whole log is long, its verdict is
+/// the last line before the statistics.
+fn brief(error: &str) -> String {
+    let Some((head, log)) = error.split_once("Verifier output:") else {
+        return error.to_string();
+    };
+    let verdict = log
+        .lines()
+        .map(str::trim)
+        .filter(|l| {
+            !l.is_empty()
+                && !l.starts_with("verification time")
+                && !l.starts_with("stack depth")
+                && !l.starts_with("processed ")
+                && !l.starts_with(':')
+        })
+        .next_back()
+        .unwrap_or("");
+    format!("{}; verifier: {verdict}", head.trim().trim_end_matches('.'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::brief;
+
+    #[test]
+    fn a_refusal_is_reduced_to_the_verifiers_verdict() {
+        let e = "the BPF_PROG_LOAD syscall returned Invalid argument (os error 22). Verifier output: 0: (85) call pc+2\n7811: (0f) r2 += r1\nmath between map_value pointer and register with unbounded min value is not allowed\nverification time 237441 usec\nstack depth 0+248+0\nprocessed 3300 insns\n: Invalid argument";
+        assert_eq!(
+            brief(e),
+            "the BPF_PROG_LOAD syscall returned Invalid argument (os error 22); verifier: math between map_value pointer and register with unbounded min value is not allowed"
+        );
+        assert_eq!(brief("no such program"), "no such program");
+    }
 }
