@@ -206,6 +206,7 @@ fn loaded() -> (aya::Ebpf, std::os::fd::OwnedFd) {
                 trust_any: 1,
                 getsockopt_name: 1345,
                 nat64_getsockopt_name: 0,
+                short_buffer_retval: -22,
             },
             0,
         )

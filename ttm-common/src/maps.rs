@@ -89,6 +89,10 @@ pub struct Config {
     /// `getsockopt(SOL_IP, name)` answered with the NAT64 layout; 0 is off
     /// (`--nat64-getsockopt`).
     pub nat64_getsockopt_name: u32,
+    /// What the getsockopt shim returns for a buffer under 20 bytes: -EINVAL
+    /// where the kernel lets cgroup programs choose the errno (5.18+), else
+    /// -EFAULT, the only error older kernels give for a changed return value.
+    pub short_buffer_retval: i32,
 }
 
 impl Config {
@@ -98,6 +102,7 @@ impl Config {
         trust_any: 0,
         getsockopt_name: 0,
         nat64_getsockopt_name: 0,
+        short_buffer_retval: 0,
     };
 }
 

@@ -13,7 +13,6 @@ use ttm_common::{
 use crate::{counters::bump, maps::CONFIG, peer_storage::record_of};
 
 const SOL_IP: i32 = 0;
-const EINVAL: i32 = 22;
 
 /// Always returns 1: other programs and the kernel's own answer stand unless
 /// this is ttm's option on a socket with a record.
@@ -46,7 +45,7 @@ pub fn ttm_getsockopt(ctx: SockoptContext) -> i32 {
         let buf = (*so).__bindgen_anon_2.optval.cast::<u8>();
         let end = (*so).__bindgen_anon_3.optval_end.cast::<u8>();
         if buf.add(PEER_SOCKOPT_LEN) > end {
-            write_volatile(&raw mut (*so).retval, -EINVAL);
+            write_volatile(&raw mut (*so).retval, config.short_buffer_retval);
             bump(Counter::GetsockoptShortBuffer);
             return 1;
         }

@@ -661,11 +661,25 @@ fn write_config(ebpf: &mut Ebpf, config: &DaemonConfig) -> Result<()> {
             trust_any: u32::from(config.trust_any),
             getsockopt_name: config.getsockopt_name,
             nat64_getsockopt_name: config.nat64_getsockopt_name.unwrap_or(0),
+            short_buffer_retval: short_buffer_retval(),
         },
         0,
     )
     .context("writing the decoder config")?;
     Ok(())
+}
+
+/// The getsockopt shim's answer to a buffer under 20 bytes on this kernel.
+fn short_buffer_retval() -> i32 {
+    if crate::links::sockopt_errno_supported() {
+        -libc::EINVAL
+    } else {
+        warn!(
+            "this kernel lets cgroup programs only clear getsockopt errors: a buffer under 20 \
+             bytes for getsockopt(SOL_IP, 1345) gets EFAULT instead of EINVAL"
+        );
+        -libc::EFAULT
+    }
 }
 
 /// An exclusive lock per pin directory, so two daemons never share pins.

@@ -86,6 +86,16 @@ pub fn run() -> Vec<Probe> {
                 };
                 out.push(probe(name, ok, detail));
             }
+            let errno = crate::links::sockopt_errno_supported();
+            out.push(probe(
+                "getsockopt errno",
+                errno,
+                if errno {
+                    "a buffer under 20 bytes for getsockopt(SOL_IP, 1345) gets EINVAL"
+                } else {
+                    "cgroup programs can only clear errors here (before 5.18): a buffer under 20 bytes gets EFAULT"
+                },
+            ));
             let tcx = crate::links::tcx_supported();
             out.push(probe(
                 "tcx",

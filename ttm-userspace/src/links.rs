@@ -172,3 +172,44 @@ pub fn tcx_supported() -> bool {
     attr[3] = ids.len() as u64;
     bpf(BPF_PROG_QUERY, &mut attr).is_ok()
 }
+
+const BPF_PROG_LOAD: libc::c_long = 5;
+const BPF_PROG_TYPE_CGROUP_SOCKOPT: u32 = 25;
+/// `bpf_set_retval`, added with the freedom for cgroup programs to set any
+/// return value (Linux 5.18).
+const BPF_FUNC_SET_RETVAL: i32 = 187;
+
+/// Whether cgroup getsockopt programs may answer an arbitrary errno (e.g.
+/// EINVAL for a short buffer). Older kernels only let them clear an error,
+/// and turn any other value into EFAULT. A feature probe: loads a tiny
+/// program calling `bpf_set_retval`.
+pub fn sockopt_errno_supported() -> bool {
+    // r1 = 0; call bpf_set_retval; r0 = 1; exit
+    let insns: [u64; 4] = [
+        0xb7 | (1 << 8),
+        0x85 | ((BPF_FUNC_SET_RETVAL as u32 as u64) << 32),
+        0xb7 | (1 << 32),
+        0x95,
+    ];
+    let license = c"GPL";
+    let mut attr = [0u64; 16];
+    attr[0] = u32s(BPF_PROG_TYPE_CGROUP_SOCKOPT, insns.len() as u32);
+    attr[1] = insns.as_ptr() as u64;
+    attr[2] = license.as_ptr() as u64;
+    // expected_attach_type at byte 68.
+    attr[8] = u32s(0, attach_type::GETSOCKOPT);
+    // SAFETY: bpf(BPF_PROG_LOAD) with a zeroed attribute holding the fields above.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_PROG_LOAD,
+            attr.as_mut_ptr(),
+            std::mem::size_of_val(&attr),
+        )
+    };
+    if fd < 0 {
+        return false;
+    }
+    drop(owned(fd));
+    true
+}

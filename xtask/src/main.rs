@@ -3,6 +3,7 @@
 //! it takes.
 
 mod bootstrap;
+mod kernels;
 
 use std::process::{Command, ExitCode};
 
@@ -42,7 +43,15 @@ enum Cmd {
         mode: String,
     },
     /// Unit tests, the lab integration tests and a benchmark smoke run (needs root).
-    Test,
+    Test {
+        /// Run the lab tests on this kernel instead: 5.10, 6.1, 6.12 (Debian's,
+        /// inside QEMU), host, or all (repeatable).
+        #[arg(long, value_name = "VERSION")]
+        kernel: Vec<String>,
+        /// With --kernel: every lab test file, not only the capability set.
+        #[arg(long, requires = "kernel")]
+        full: bool,
+    },
     /// Build the release `ttm` binary (eBPF objects embedded) into target/dist/.
     Dist,
     /// Measure ttm's costs side by side and write BENCHMARKS.md (release build, needs root).
@@ -79,7 +88,12 @@ fn run(cli: Cli) -> Result<()> {
             unsafe { std::env::set_var("TTM_LAB_MODE", &mode) };
             ttm_lab("demo")
         }
-        Cmd::Test => {
+        Cmd::Test { kernel, full } if !kernel.is_empty() => {
+            require_root("the integration tests build network namespaces")?;
+            build(false)?;
+            matrix(&kernel, full)
+        }
+        Cmd::Test { .. } => {
             require_root("the integration tests build network namespaces")?;
             build(false)?;
             // Lab tests move processes between cgroups and namespaces: one at a time.
@@ -101,6 +115,50 @@ fn run(cli: Cli) -> Result<()> {
             bench(quick)
         }
     }
+}
+
+/// The kernel matrix: the lab tests on each kernel asked for, a table of
+/// what works where (target/kernels/MATRIX.md, and README.md after `all`).
+fn matrix(names: &[String], full: bool) -> Result<()> {
+    let kernels = kernels::resolve(names)?;
+    let runs = kernels::runs(full, &TC_MODE_SUITE)?;
+    let mut results = Vec::new();
+    for kernel in &kernels {
+        let outcomes = kernels::run_on(kernel, &runs)?;
+        for o in &outcomes {
+            println!(
+                "xtask: {kernel:>5} {:<28} {} ({} s)",
+                o.label,
+                if o.code == 0 { "ok" } else { "FAILED" },
+                o.seconds
+            );
+        }
+        results.push((kernel.clone(), outcomes));
+    }
+    let table = kernels::table(&results);
+    println!("{table}");
+    let dir = std::env::current_dir()?.join("target").join("kernels");
+    std::fs::create_dir_all(&dir)?;
+    std::fs::write(dir.join("MATRIX.md"), &table)?;
+    let everything = kernels.len() == kernels::KERNELS.len() + 1;
+    if everything && !full {
+        kernels::update_readme(&table)?;
+    }
+    let failed: Vec<String> = results
+        .iter()
+        .flat_map(|(k, o)| {
+            o.iter()
+                .filter(|o| o.code != 0)
+                .map(move |o| format!("{k} {}", o.label))
+        })
+        .collect();
+    if !failed.is_empty() {
+        bail!(
+            "failed on the kernel matrix: {} (logs in target/kernels/<kernel>/out/)",
+            failed.join(", ")
+        );
+    }
+    Ok(())
 }
 
 /// One file is the whole product: the release binary with its programs inside.
