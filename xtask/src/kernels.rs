@@ -447,6 +447,31 @@ fn boot(vmlinuz: &Path, script: &Path, out: &Path, console: &Path) -> Result<()>
     Ok(())
 }
 
+/// The outcomes of the last run on `kernel`, if it has one.
+pub fn saved(kernel: &str) -> Option<Vec<Outcome>> {
+    let out = kernels_dir().ok()?.join(kernel).join("out");
+    let text = fs::read_to_string(out.join("results")).ok()?;
+    Some(
+        text.lines()
+            .filter_map(|l| {
+                let mut parts = l.split_whitespace();
+                Some(Outcome {
+                    label: parts.next()?.to_string(),
+                    code: parts.next()?.parse().ok()?,
+                    seconds: parts.next()?.parse().ok()?,
+                })
+            })
+            .collect(),
+    )
+}
+
+/// Every kernel of the matrix, in table order.
+pub fn all_names() -> Vec<String> {
+    let mut names: Vec<String> = KERNELS.iter().map(|k| k.name.to_string()).collect();
+    names.push("host".into());
+    names
+}
+
 /// What the doctor said inside the kernel, by probe.
 fn doctor(kernel: &str) -> Vec<serde_json::Value> {
     let path = kernels_dir()
