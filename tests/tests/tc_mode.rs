@@ -64,10 +64,22 @@ fn tcx_pin() -> std::path::PathBuf {
     ttm::tc::tcx_pin(&ttm::pins::PinDir::new(PIN_DIR), lab::RS_IF)
 }
 
+/// The classifier sits on the lab's interface the way this kernel allows:
+/// a pinned tcx link where tcx exists (probed), else one netlink filter.
+fn assert_tc_attached() {
+    if ttm::links::tcx_supported() {
+        assert!(tcx_pin().exists(), "tcx link pinned");
+        assert_eq!(netlink_filters(), 0);
+    } else {
+        assert!(!tcx_pin().exists());
+        assert_eq!(netlink_filters(), 1, "no tcx here: a netlink filter");
+    }
+}
+
 #[test]
 fn tc_mode_records_every_connection_and_hands_it_to_the_socket() {
     let world = World::in_mode("tc", &[]);
-    assert!(tcx_pin().exists(), "tcx link pinned on this kernel");
+    assert_tc_attached();
     let server = world.serve_looking_up(20);
     world.connect(&world.lab.client_cgroup(), 20, 1000);
     let accepted = world.accepted(&server, 20);
@@ -225,6 +237,7 @@ fn auto_reads_headers_in_sockops_and_adds_tc_with_an_interface() {
     // No interface: sockops alone.
     let world = World::in_mode("", &[]);
     assert!(!tcx_pin().exists());
+    assert_eq!(netlink_filters(), 0);
     let server = world.serve(2);
     world.connect(&world.lab.client_cgroup(), 2, 0);
     let _ = world.accepted(&server, 2);
@@ -236,7 +249,7 @@ fn auto_reads_headers_in_sockops_and_adds_tc_with_an_interface() {
 
     // With an interface: both, sockops first.
     let world = World::in_mode("auto", &[]);
-    assert!(tcx_pin().exists());
+    assert_tc_attached();
     let server = world.serve(2);
     world.connect(&world.lab.client_cgroup(), 2, 0);
     let accepted = world.accepted(&server, 2);
