@@ -242,8 +242,12 @@ fn auto_reads_headers_in_sockops_and_adds_tc_with_an_interface() {
     world.connect(&world.lab.client_cgroup(), 2, 0);
     let _ = world.accepted(&server, 2);
     let stats = world.stats();
-    assert_eq!(stats.get(Counter::Decoded), 2);
-    assert_eq!(stats.get(Counter::TcDecoded), 0);
+    assert_eq!(
+        (stats.get(Counter::Decoded), stats.get(Counter::TcDecoded)),
+        (2, 0),
+        "{}",
+        stats.to_json()
+    );
     drop(server);
     drop(world);
 
