@@ -52,6 +52,9 @@ enum Cmd {
         #[arg(long, requires = "kernel")]
         full: bool,
     },
+    /// Rewrite the kernel table (target/kernels/MATRIX.md, and README.md when
+    /// every kernel has a run) from the saved results of `test --kernel`.
+    MatrixTable,
     /// Build the release `ttm` binary (eBPF objects embedded) into target/dist/.
     Dist,
     /// Measure ttm's costs side by side and write BENCHMARKS.md (release build, needs root).
@@ -109,6 +112,7 @@ fn run(cli: Cli) -> Result<()> {
             // The benchmark code must keep working: a smoke run of every section.
             bench(true)
         }
+        Cmd::MatrixTable => write_matrix_table(&[]).map(|_| ()),
         Cmd::Dist => dist(),
         Cmd::Bench { quick } => {
             require_root("the benchmarks build network namespaces")?;
@@ -135,22 +139,7 @@ fn matrix(names: &[String], full: bool) -> Result<()> {
         }
         results.push((kernel.clone(), outcomes));
     }
-    // Each column is that kernel's latest run: this one, or an earlier one.
-    let columns: Vec<(String, Vec<kernels::Outcome>)> = kernels::all_names()
-        .into_iter()
-        .filter_map(|k| match results.iter().find(|(name, _)| *name == k) {
-            Some(found) => Some(found.clone()),
-            None => kernels::saved(&k).map(|o| (k, o)),
-        })
-        .collect();
-    let table = kernels::table(&columns);
-    println!("{table}");
-    let dir = std::env::current_dir()?.join("target").join("kernels");
-    std::fs::create_dir_all(&dir)?;
-    std::fs::write(dir.join("MATRIX.md"), &table)?;
-    if columns.len() == kernels::KERNELS.len() + 1 {
-        kernels::update_readme(&table)?;
-    }
+    write_matrix_table(&results)?;
     let failed: Vec<String> = results
         .iter()
         .flat_map(|(k, o)| {
@@ -166,6 +155,27 @@ fn matrix(names: &[String], full: bool) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// Writes the kernel table: each column is that kernel's latest run (one
+/// of `results`, or an earlier one saved under target/kernels).
+fn write_matrix_table(results: &[(String, Vec<kernels::Outcome>)]) -> Result<String> {
+    let columns: Vec<(String, Vec<kernels::Outcome>)> = kernels::all_names()
+        .into_iter()
+        .filter_map(|k| match results.iter().find(|(name, _)| *name == k) {
+            Some(found) => Some(found.clone()),
+            None => kernels::saved(&k).map(|o| (k, o)),
+        })
+        .collect();
+    let table = kernels::table(&columns);
+    println!("{table}");
+    let dir = std::env::current_dir()?.join("target").join("kernels");
+    std::fs::create_dir_all(&dir)?;
+    std::fs::write(dir.join("MATRIX.md"), &table)?;
+    if columns.len() == kernels::KERNELS.len() + 1 {
+        kernels::update_readme(&table)?;
+    }
+    Ok(table)
 }
 
 /// One file is the whole product: the release binary with its programs inside.
