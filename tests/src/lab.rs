@@ -2,6 +2,7 @@
 
 use std::fs;
 use std::io::Write as _;
+use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
@@ -204,12 +205,42 @@ impl Lab {
             ))?;
             return Ok(0);
         }
-        let text = String::from_utf8_lossy(&out.stdout);
-        text.split_whitespace()
-            .skip_while(|w| *w != "packets")
-            .nth(1)
-            .and_then(|n| n.parse().ok())
-            .context("reading the nft counter")
+        counter_packets(&out.stdout)
+    }
+
+    /// Makes the LB lose every handshake ACK whose option (kind 254, after
+    /// the timestamps) names `client` — the writer's own-address option — so
+    /// the client's first data segment completes the handshake at the real
+    /// server. Pure ACKs are never retransmitted: one loss per connection.
+    pub fn lose_handshake_acks_naming(&self, client: Ipv4Addr) -> Result<()> {
+        let hex: String = client.octets().iter().map(|x| format!("{x:02x}")).collect();
+        nft_in_lb(&format!(
+            "table ip ttm_lab {{\n counter lost_acks {{ }}\n chain lose {{\n type filter hook forward priority filter; policy accept;\n ip daddr {RS_IP} tcp dport 8080 @th,256,16 0xfe08 @th,288,32 0x{hex} counter name lost_acks drop\n }}\n}}\n"
+        ))
+    }
+
+    /// How many handshake ACKs [`Lab::lose_handshake_acks_naming`] dropped.
+    pub fn lost_handshake_acks(&self) -> Result<u64> {
+        let out = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                LB_NS,
+                "nft",
+                "list",
+                "counter",
+                "ip",
+                "ttm_lab",
+                "lost_acks",
+            ])
+            .output()?;
+        if !out.status.success() {
+            bail!(
+                "no lost_acks counter: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        counter_packets(&out.stdout)
     }
 
     /// cgroup of client processes (the option writer acts on their sockets).
@@ -279,6 +310,16 @@ pub fn checksum_twin(target: &[u8; 20]) -> [u8; 20] {
 }
 
 /// Runs an nft script in the LB namespace.
+/// The packet count in `nft list counter` output.
+fn counter_packets(listing: &[u8]) -> Result<u64> {
+    String::from_utf8_lossy(listing)
+        .split_whitespace()
+        .skip_while(|w| *w != "packets")
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .context("reading the nft counter")
+}
+
 fn nft_in_lb(rules: &str) -> Result<()> {
     let mut nft = Command::new("ip")
         .args(["netns", "exec", LB_NS, "nft", "-f", "-"])

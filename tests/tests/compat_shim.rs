@@ -41,7 +41,11 @@ fn python_sees_the_client_through_getsockopt_accept_and_getpeername() {
         assert_eq!(r["sockopt"]["af"], AF_INET, "{r}");
         assert_eq!(r["sockopt"]["client"], claimed.as_str(), "{r}");
         assert_eq!(r["sockopt"]["len"], 20, "{r}");
-        assert_eq!(r["short"]["errno"], short_buffer_errno(), "a 16-byte buffer: {r}");
+        assert_eq!(
+            r["short"]["errno"],
+            short_buffer_errno(),
+            "a 16-byte buffer: {r}"
+        );
         // Unrelated options pass through.
         assert_eq!(r["so_type"], 1, "{r}");
         assert_eq!(r["nodelay"], 0, "{r}");

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use common::World;
 use ttm_common::Counter;
 use ttm_lab::lab;
+use ttm_lab::writer::WriterConfig;
 
 fn lb_ip() -> IpAddr {
     lab::LB_IP.parse().unwrap()
@@ -167,6 +168,44 @@ fn syn_cookies_forced_on_still_decode() {
             .expect("record with syn cookies");
         assert_eq!(info.client, a.claimed);
     }
+}
+
+#[test]
+fn a_lost_handshake_ack_is_made_up_by_the_option_on_the_first_data_segment() {
+    let world = World::new();
+    // The LB puts the option on the handshake ACK and, like LBs that repeat
+    // it until the real server has acknowledged data, on later segments. The
+    // later copy names another client, so the test can tell which one the
+    // real server read.
+    let later: SocketAddr = "10.0.1.99:4242".parse().unwrap();
+    let p = later.port().to_be_bytes();
+    let writer = WriterConfig::TOA_V4
+        .then_on_every_segment(&[254, 8, p[0], p[1], 10, 0, 1, 99])
+        .expect("writer");
+    world.lab.set_writer(writer).expect("configure the writer");
+    world
+        .lab
+        .lose_handshake_acks_naming(lab::CLIENT_IP.parse().unwrap())
+        .expect("lose handshake ACKs");
+    let server = world.serve(3);
+    world.connect(&world.lab.client_cgroup(), 3, 1000);
+    let accepted = world.accepted(&server, 3);
+    assert_eq!(
+        world.lab.lost_handshake_acks().expect("counter"),
+        3,
+        "every handshake ACK was lost on the way"
+    );
+    for a in &accepted {
+        let record = world
+            .records()
+            .by_cookie(a.cookie)
+            .unwrap()
+            .expect("a record from the first data segment");
+        assert_eq!(record.client, later, "the data segment's option was read");
+        assert_eq!(record.kernel_peer.ip(), lb_ip());
+        assert_eq!(a.peer, later, "accept() returned that client");
+    }
+    assert_eq!(world.stats().get(Counter::Decoded), 3);
 }
 
 #[test]

@@ -130,6 +130,34 @@ fn an_upgrade_swaps_programs_without_losing_a_connection() {
 }
 
 #[test]
+fn a_network_dropped_from_trust_is_untrusted_after_the_upgrade() {
+    let mut world = World::trusting(&format!("{},192.0.2.0/24", lab::LB_NET));
+    let server = world.serve(2);
+    world.connect(&world.lab.client_cgroup(), 1, 0);
+    // The new settings no longer trust the LB's network.
+    let upgraded = TtmDaemon::start(
+        "192.0.2.0/24",
+        &world.lab.rs_cgroup(),
+        Path::new(PIN_DIR),
+        &["--upgrade"],
+    )
+    .expect("upgrade");
+    world.daemon.wait_handed_over().expect("old daemon exits");
+    world.daemon = upgraded;
+    world.connect(&world.lab.client_cgroup(), 1, 0);
+    let accepted = world.accepted(&server, 2);
+    let records = world.records();
+    let before = records.by_cookie(accepted[0].cookie).expect("records");
+    assert_eq!(before.map(|r| r.client), Some(accepted[0].claimed));
+    let after = records.by_cookie(accepted[1].cookie).expect("records");
+    assert!(after.is_none(), "the LB is no longer trusted: {after:?}");
+    assert_eq!(accepted[1].peer.ip().to_string(), lab::LB_IP);
+    let stats = world.stats();
+    assert_eq!(stats.get(Counter::Decoded), 1);
+    assert_eq!(stats.get(Counter::Untrusted), 1);
+}
+
+#[test]
 fn ttm_detach_removes_what_a_crashed_daemon_left() {
     let mut world = World::new();
     let (code, _, err) = ttm(&["detach", "--pin-dir", PIN_DIR]);

@@ -185,7 +185,10 @@ fn sockets_outside_the_cgroup_are_found_by_4_tuple_and_swept_once_closed() {
     );
     // The sweep counts what it removed right after removing it.
     assert!(
-        eventually(Duration::from_secs(5), || world.stats().get(Counter::TcExpired) == 1),
+        eventually(Duration::from_secs(5), || world
+            .stats()
+            .get(Counter::TcExpired)
+            == 1),
         "tc_expired: {}",
         world.stats().get(Counter::TcExpired)
     );
@@ -224,9 +227,14 @@ fn netlink_filters_decode_hand_over_and_go_away() {
 
     let accepted = world.accepted(&server, 6);
     let records = world.records();
-    for a in &accepted {
+    for (i, a) in accepted.iter().enumerate() {
         let r = records.by_cookie(a.cookie).expect("records");
-        assert_eq!(r.map(|r| r.client), Some(a.claimed), "{a:?}");
+        assert_eq!(
+            r.map(|r| r.client),
+            Some(a.claimed),
+            "connection {i} of 6 (3 before the upgrade): {a:?}; counters {}",
+            world.stats().to_json()
+        );
     }
     assert_eq!(world.stats().get(Counter::TcJoined), 6);
     drop(server);

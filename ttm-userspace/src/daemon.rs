@@ -648,9 +648,28 @@ fn write_config(ebpf: &mut Ebpf, config: &DaemonConfig) -> Result<()> {
         ebpf.map_mut(maps::TRUSTED_LBS)
             .context("TRUSTED_LBS missing")?,
     )?;
-    for (prefix, addr) in config.trust.trie_entries() {
-        trie.insert(&Key::new(prefix, addr), 1, 0)
+    let wanted = config.trust.trie_entries();
+    for (prefix, addr) in &wanted {
+        trie.insert(&Key::new(*prefix, *addr), 1, 0)
             .context("writing the trusted networks")?;
+    }
+    // The trie is pinned: a network a previous daemon trusted and this one
+    // was not told stays trusted unless removed (after the inserts, so the
+    // networks kept are never missing).
+    let stale: Vec<Key<TrustKey>> = trie
+        .keys()
+        .filter_map(Result::ok)
+        .filter(|k| !wanted.contains(&(k.prefix_len(), k.data())))
+        .collect();
+    for key in &stale {
+        trie.remove(key)
+            .context("removing a network no longer trusted")?;
+    }
+    if !stale.is_empty() {
+        info!(
+            "{} network(s) trusted before are no longer trusted",
+            stale.len()
+        );
     }
     let mut cfg: Array<_, Config> =
         Array::try_from(ebpf.map_mut(maps::CONFIG).context("CONFIG missing")?)?;

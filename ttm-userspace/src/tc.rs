@@ -247,7 +247,7 @@ pub fn log_attachments(attachments: &[Attachment]) {
                 info!("TC ingress on {iface}: tcx link pinned at {}", pin.display())
             }
             Attachment::Netlink { iface, handle } => info!(
-                "TC ingress on {iface}: cls_bpf filter (clsact, priority {NETLINK_PRIORITY:#x}, handle {handle:#x}) — this kernel has no tcx"
+                "TC ingress on {iface}: cls_bpf filter (clsact, priority {NETLINK_PRIORITY:#x}, handle {handle:#x}): no tcx on this kernel, or --tc-attach netlink"
             ),
         }
     }

@@ -107,7 +107,11 @@ pub fn resolve(names: &[String]) -> Result<Vec<String>> {
         } else {
             bail!(
                 "--kernel {name}: known kernels are {}, host and all",
-                KERNELS.iter().map(|k| k.name).collect::<Vec<_>>().join(", ")
+                KERNELS
+                    .iter()
+                    .map(|k| k.name)
+                    .collect::<Vec<_>>()
+                    .join(", ")
             );
         }
     }
@@ -120,7 +124,13 @@ pub fn resolve(names: &[String]) -> Result<Vec<String>> {
 pub fn runs(full: bool, tc_suite: &[&str]) -> Result<Vec<Run>> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let out = Command::new(&cargo)
-        .args(["test", "-p", "ttm-tests", "--no-run", "--message-format=json"])
+        .args([
+            "test",
+            "-p",
+            "ttm-tests",
+            "--no-run",
+            "--message-format=json",
+        ])
         .output()
         .context("building the test binaries")?;
     if !out.status.success() {
@@ -196,7 +206,10 @@ pub fn run_on(kernel: &str, runs: &[Run]) -> Result<Vec<Outcome>> {
     let script = guest_script(runs, &out);
     let script_path = dir.join("run.sh");
     fs::write(&script_path, script)?;
-    fs::set_permissions(&script_path, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+    fs::set_permissions(
+        &script_path,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )?;
     let started = Instant::now();
     if kernel == "host" {
         let status = Command::new("sh").arg(&script_path).status()?;
@@ -209,7 +222,15 @@ pub fn run_on(kernel: &str, runs: &[Run]) -> Result<Vec<Outcome>> {
             .find(|k| k.name == kernel)
             .context("unknown kernel")?;
         let vmlinuz = fetch(spec)?;
-        boot(&vmlinuz, &script_path, &out, &dir.join("console.log"))?;
+        // Every run at its limit, plus boot and the doctor.
+        let limit = Duration::from_secs(RUN_LIMIT_SECS * runs.len() as u64 + 10 * 60);
+        boot(
+            &vmlinuz,
+            &script_path,
+            &out,
+            &dir.join("console.log"),
+            limit,
+        )?;
     }
     let outcomes = read_results(&out, runs)?;
     println!(
@@ -219,6 +240,11 @@ pub fn run_on(kernel: &str, runs: &[Run]) -> Result<Vec<Outcome>> {
     );
     Ok(outcomes)
 }
+
+/// Longest one test binary may run in the guest (5.10 under TCG needs about
+/// 5 minutes for the slowest); past it the run is killed and counts as failed
+/// (exit 124), so a hang costs one run, not the whole matrix.
+const RUN_LIMIT_SECS: u64 = 20 * 60;
 
 /// The script the guest (or the host) runs: bpffs, each test binary with
 /// its mode, one result line per run, the doctor's view of the kernel.
@@ -235,7 +261,7 @@ fn guest_script(runs: &[Run], out: &Path) -> String {
     for run in runs {
         let log = run.label.replace('/', "-");
         s.push_str(&format!(
-            "START=$(date +%s); TTM_LAB_MODE={mode} '{bin}' --test-threads=1 > '{out}/{log}.log' 2>&1; \
+            "START=$(date +%s); TTM_LAB_MODE={mode} timeout -k 10 {RUN_LIMIT_SECS} '{bin}' --test-threads=1 > '{out}/{log}.log' 2>&1; \
              echo \"{label} $? $(( $(date +%s) - START ))\" >> '{out}/results'\n",
             mode = run.mode,
             bin = run.binary.display(),
@@ -247,7 +273,9 @@ fn guest_script(runs: &[Run], out: &Path) -> String {
 }
 
 fn root_display(rel: &str) -> String {
-    root().map(|r| r.join(rel).display().to_string()).unwrap_or_default()
+    root()
+        .map(|r| r.join(rel).display().to_string())
+        .unwrap_or_default()
 }
 
 fn read_results(out: &Path, runs: &[Run]) -> Result<Vec<Outcome>> {
@@ -286,7 +314,14 @@ fn ensure_qemu() -> Result<PathBuf> {
     {
         println!("xtask: installing qemu-system-x86 kmod busybox-static (for the kernel matrix)");
         let status = Command::new("apt-get")
-            .args(["install", "-y", "-q", "qemu-system-x86", "kmod", "busybox-static"])
+            .args([
+                "install",
+                "-y",
+                "-q",
+                "qemu-system-x86",
+                "kmod",
+                "busybox-static",
+            ])
             .env("DEBIAN_FRONTEND", "noninteractive")
             .status()?;
         if !status.success() {
@@ -298,8 +333,7 @@ fn ensure_qemu() -> Result<PathBuf> {
     if !vng.exists() {
         println!("xtask: installing {VIRTME_NG} into {}", venv.display());
         run(Command::new("python3").arg("-m").arg("venv").arg(&venv))?;
-        run(Command::new(venv.join("bin").join("pip"))
-            .args(["install", "-q", VIRTME_NG]))?;
+        run(Command::new(venv.join("bin").join("pip")).args(["install", "-q", VIRTME_NG]))?;
     }
     Ok(venv.join("bin"))
 }
@@ -335,7 +369,10 @@ fn fetch(spec: &Kernel) -> Result<PathBuf> {
         .collect();
     fs::write(apt.join("sources.list"), sources)?;
     let options = [
-        format!("Dir::Etc::SourceList={}", apt.join("sources.list").display()),
+        format!(
+            "Dir::Etc::SourceList={}",
+            apt.join("sources.list").display()
+        ),
         "Dir::Etc::SourceParts=/dev/null".to_string(),
         format!("Dir::State::Lists={}", apt.join("lists").display()),
         format!("Dir::Cache={}", apt.join("cache").display()),
@@ -352,8 +389,13 @@ fn fetch(spec: &Kernel) -> Result<PathBuf> {
     let search = with_options("apt-cache")
         .args(["search", "--names-only", "^linux-image-.*-amd64-unsigned$"])
         .output()?;
-    let package = newest(&String::from_utf8_lossy(&search.stdout), spec.prefix)
-        .with_context(|| format!("no {}*-amd64-unsigned package in {:?}", spec.prefix, spec.suites))?;
+    let package =
+        newest(&String::from_utf8_lossy(&search.stdout), spec.prefix).with_context(|| {
+            format!(
+                "no {}*-amd64-unsigned package in {:?}",
+                spec.prefix, spec.suites
+            )
+        })?;
     println!("xtask: downloading {package}");
     fs::create_dir_all(&dir)?;
     run(with_options("apt-get")
@@ -374,7 +416,10 @@ fn vmlinuz_in(root: &Path) -> Option<PathBuf> {
         .ok()?
         .filter_map(|e| e.ok())
         .map(|e| e.path())
-        .find(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("vmlinuz-")))
+        .find(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("vmlinuz-"))
+        })
 }
 
 /// The newest generic-flavour package whose name starts with `prefix`,
@@ -405,7 +450,7 @@ fn version_key(name: &str) -> Vec<u64> {
 /// host's root filesystem and runs `script`; `out` is the only writable
 /// host directory. vng's own exit status is meaningless here (255 when the
 /// console is the fallback), so results come from the files the script writes.
-fn boot(vmlinuz: &Path, script: &Path, out: &Path, console: &Path) -> Result<()> {
+fn boot(vmlinuz: &Path, script: &Path, out: &Path, console: &Path, limit: Duration) -> Result<()> {
     let bin = ensure_qemu()?;
     let path = format!(
         "{}:{}",
@@ -421,7 +466,14 @@ fn boot(vmlinuz: &Path, script: &Path, out: &Path, console: &Path) -> Result<()>
         .env("PATH", path)
         .arg("--run")
         .arg(vmlinuz)
-        .args(["--disable-kvm", "--memory", "2G", "--cpus", "2", "--verbose"])
+        .args([
+            "--disable-kvm",
+            "--memory",
+            "2G",
+            "--cpus",
+            "2",
+            "--verbose",
+        ])
         .arg("--rwdir")
         .arg(out)
         .arg("--exec")
@@ -431,7 +483,7 @@ fn boot(vmlinuz: &Path, script: &Path, out: &Path, console: &Path) -> Result<()>
         .stderr(log)
         .spawn()
         .context("starting vng")?;
-    let deadline = Instant::now() + Duration::from_secs(150 * 60);
+    let deadline = Instant::now() + limit;
     loop {
         if child.try_wait()?.is_some() {
             break;
@@ -439,7 +491,7 @@ fn boot(vmlinuz: &Path, script: &Path, out: &Path, console: &Path) -> Result<()>
         if Instant::now() > deadline {
             let _ = child.kill();
             let _ = child.wait();
-            eprintln!("xtask: the guest ran past 150 minutes and was stopped");
+            eprintln!("xtask: the guest ran past {limit:?} and was stopped");
             break;
         }
         std::thread::sleep(Duration::from_secs(2));
