@@ -137,14 +137,13 @@ fn brief(error: &str) -> String {
     let verdict = log
         .lines()
         .map(str::trim)
-        .filter(|l| {
+        .rfind(|l| {
             !l.is_empty()
                 && !l.starts_with("verification time")
                 && !l.starts_with("stack depth")
                 && !l.starts_with("processed ")
                 && !l.starts_with(':')
         })
-        .next_back()
         .unwrap_or("");
     format!("{}; verifier: {verdict}", head.trim().trim_end_matches('.'))
 }
