@@ -243,6 +243,40 @@ impl Lab {
         counter_packets(&out.stdout)
     }
 
+    /// What each namespace's kernel counted (non-zero `nstat` counters) and
+    /// the LB's rules with their counters: for failure messages, to tell a
+    /// packet the lab lost from one ttm missed.
+    pub fn packet_counters(&self) -> String {
+        let mut out = String::new();
+        for ns in [CLIENT_NS, LB_NS, RS_NS] {
+            let nstat = Command::new("ip")
+                .args(["netns", "exec", ns, "nstat", "-asz"])
+                .output();
+            out.push_str(&format!("--- {ns} nstat\n"));
+            if let Ok(o) = nstat {
+                for line in String::from_utf8_lossy(&o.stdout).lines() {
+                    let value = line.split_whitespace().nth(1).unwrap_or("0");
+                    if value != "0" && !line.starts_with('#') {
+                        out.push_str(line);
+                        out.push('\n');
+                    }
+                }
+            }
+        }
+        if let Ok(o) = Command::new("ip")
+            .args(["netns", "exec", LB_NS, "nft", "list", "ruleset"])
+            .output()
+        {
+            out.push_str("--- LB ruleset\n");
+            out.push_str(&String::from_utf8_lossy(&o.stdout));
+        }
+        if let Ok(s) = fs::read_to_string("/proc/net/softnet_stat") {
+            out.push_str("--- softnet_stat\n");
+            out.push_str(&s);
+        }
+        out
+    }
+
     /// cgroup of client processes (the option writer acts on their sockets).
     pub fn client_cgroup(&self) -> PathBuf {
         self.cgroups.join("client")
@@ -309,7 +343,6 @@ pub fn checksum_twin(target: &[u8; 20]) -> [u8; 20] {
     twin
 }
 
-/// Runs an nft script in the LB namespace.
 /// The packet count in `nft list counter` output.
 fn counter_packets(listing: &[u8]) -> Result<u64> {
     String::from_utf8_lossy(listing)
@@ -320,6 +353,7 @@ fn counter_packets(listing: &[u8]) -> Result<u64> {
         .context("reading the nft counter")
 }
 
+/// Runs an nft script in the LB namespace.
 fn nft_in_lb(rules: &str) -> Result<()> {
     let mut nft = Command::new("ip")
         .args(["netns", "exec", LB_NS, "nft", "-f", "-"])

@@ -243,14 +243,13 @@ fn data_round_trips_through_the_lb_with_ttm_attached() {
     let server = world.serve(4);
     world.connect(&world.lab.client_cgroup(), 4, 1 << 20);
     for a in world.accepted(&server, 4) {
+        let record = world.records().by_cookie(a.cookie).unwrap();
         assert_eq!(
-            world
-                .records()
-                .by_cookie(a.cookie)
-                .unwrap()
-                .expect("record")
-                .client,
-            a.claimed
+            record.map(|r| r.client),
+            Some(a.claimed),
+            "{a:?}; counters {}\n{}",
+            world.stats().to_json(),
+            world.lab.packet_counters()
         );
     }
 }

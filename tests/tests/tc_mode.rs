@@ -232,8 +232,9 @@ fn netlink_filters_decode_hand_over_and_go_away() {
         assert_eq!(
             r.map(|r| r.client),
             Some(a.claimed),
-            "connection {i} of 6 (3 before the upgrade): {a:?}; counters {}",
-            world.stats().to_json()
+            "connection {i} of 6 (3 before the upgrade): {a:?}; counters {}\n{}",
+            world.stats().to_json(),
+            world.lab.packet_counters()
         );
     }
     assert_eq!(world.stats().get(Counter::TcJoined), 6);
