@@ -23,8 +23,13 @@ pub struct WriterConfig {
     pub on_syn: u8,
     /// Length of `later`, written on every segment after the handshake ACK; 0: none.
     pub later_len: u8,
-    /// Padding.
-    pub _pad: u8,
+    /// Non-zero (`MODE_OWN_ADDRESS` by default): the handshake option is
+    /// written again on every later segment, as an LB that marks each packet
+    /// of the connection does. Then the segment that completes the handshake
+    /// carries it even when the handshake ACK is lost or overtaken by a
+    /// duplicate ACK (seen under QEMU: a retransmitted SYN-ACK's duplicate ACK,
+    /// sent from another CPU, reached the real server first).
+    pub repeat: u8,
     /// The handshake ACK's option (`MODE_RAW`), or byte 0 = the kind (`MODE_OWN_ADDRESS`).
     pub first: [u8; MAX_OPTION],
     /// The option of later segments.
@@ -37,7 +42,7 @@ impl WriterConfig {
         mode: MODE_OFF,
         on_syn: 0,
         later_len: 0,
-        _pad: 0,
+        repeat: 0,
         first: [0; MAX_OPTION],
         later: [0; MAX_OPTION],
     };
@@ -50,6 +55,7 @@ impl WriterConfig {
         let mut c = WriterConfig::OFF;
         c.mode = MODE_OWN_ADDRESS;
         c.first[0] = kind;
+        c.repeat = 1;
         c
     }
 
@@ -82,12 +88,14 @@ impl WriterConfig {
         let option = fits(option)?;
         self.later[..option.len()].copy_from_slice(option);
         self.later_len = option.len() as u8;
+        self.repeat = 0;
         Some(self)
     }
 
     /// Moves the option to the SYN (nothing on the handshake ACK).
     pub fn on_syn_only(mut self) -> WriterConfig {
         self.on_syn = 1;
+        self.repeat = 0;
         self
     }
 

@@ -47,6 +47,7 @@ pub fn toa_writer(ctx: SockOpsContext) -> u32 {
         BPF_SOCK_OPS_HDR_OPT_LEN_CB => {
             let len = match (syn, cfg.on_syn != 0, written(&ctx)) {
                 (true, true, _) | (false, false, false) => cfg.first_len(),
+                (false, false, true) if cfg.repeat != 0 => cfg.first_len(),
                 (false, false, true) => cfg.later_len,
                 _ => 0,
             };
@@ -57,11 +58,17 @@ pub fn toa_writer(ctx: SockOpsContext) -> u32 {
             (false, true) => stop(&ctx),
             (false, false) => match slot(&ctx, true) {
                 // SAFETY (both reads/writes): this socket's storage slot.
-                Some(flag) if unsafe { *flag } != 0 => write(&ctx, &cfg.later, cfg.later_len),
+                Some(flag) if unsafe { *flag } != 0 => {
+                    if cfg.repeat != 0 {
+                        write_first(&ctx, cfg);
+                    } else {
+                        write(&ctx, &cfg.later, cfg.later_len);
+                    }
+                }
                 Some(flag) => {
                     write_first(&ctx, cfg);
                     unsafe { *flag = 1 };
-                    if cfg.later_len == 0 {
+                    if cfg.later_len == 0 && cfg.repeat == 0 {
                         stop(&ctx);
                     }
                 }

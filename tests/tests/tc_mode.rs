@@ -274,7 +274,13 @@ fn auto_reads_headers_in_sockops_and_adds_tc_with_an_interface() {
     let records = world.records();
     for a in &accepted {
         let r = records.by_cookie(a.cookie).expect("records");
-        assert_eq!(r.map(|r| r.client), Some(a.claimed), "{a:?}");
+        assert_eq!(
+            r.map(|r| r.client),
+            Some(a.claimed),
+            "{a:?}; counters {}\n{}",
+            world.stats().to_json(),
+            world.lab.packet_counters()
+        );
     }
     let stats = world.stats();
     assert_eq!(stats.get(Counter::Decoded), 2);
