@@ -226,16 +226,8 @@ fn netlink_filters_decode_hand_over_and_go_away() {
     world.connect(&world.lab.client_cgroup(), 3, 0);
 
     let accepted = world.accepted(&server, 6);
-    let records = world.records();
     for (i, a) in accepted.iter().enumerate() {
-        let r = records.by_cookie(a.cookie).expect("records");
-        assert_eq!(
-            r.map(|r| r.client),
-            Some(a.claimed),
-            "connection {i} of 6 (3 before the upgrade): {a:?}; counters {}\n{}",
-            world.stats().to_json(),
-            world.lab.packet_counters()
-        );
+        world.assert_recorded(a, &format!("connection {i} of 6 (3 before the upgrade)"));
     }
     assert_eq!(world.stats().get(Counter::TcJoined), 6);
     drop(server);
@@ -270,17 +262,8 @@ fn auto_reads_headers_in_sockops_and_adds_tc_with_an_interface() {
     assert_tc_attached();
     let server = world.serve(2);
     world.connect(&world.lab.client_cgroup(), 2, 0);
-    let accepted = world.accepted(&server, 2);
-    let records = world.records();
-    for a in &accepted {
-        let r = records.by_cookie(a.cookie).expect("records");
-        assert_eq!(
-            r.map(|r| r.client),
-            Some(a.claimed),
-            "{a:?}; counters {}\n{}",
-            world.stats().to_json(),
-            world.lab.packet_counters()
-        );
+    for a in &world.accepted(&server, 2) {
+        world.assert_recorded(a, "both modes");
     }
     let stats = world.stats();
     assert_eq!(stats.get(Counter::Decoded), 2);

@@ -19,6 +19,16 @@ pub struct Probe {
     pub ok: bool,
     /// What it means, or why not.
     pub detail: String,
+    /// ttm has a fallback when this is missing (the detail names it), so
+    /// its absence is reported but not counted as missing.
+    pub has_fallback: bool,
+}
+
+impl Probe {
+    /// Missing, with nothing to take its place.
+    pub fn is_missing(&self) -> bool {
+        !self.ok && !self.has_fallback
+    }
 }
 
 fn probe(feature: &str, ok: bool, detail: impl Into<String>) -> Probe {
@@ -26,6 +36,15 @@ fn probe(feature: &str, ok: bool, detail: impl Into<String>) -> Probe {
         feature: feature.to_string(),
         ok,
         detail: detail.into(),
+        has_fallback: false,
+    }
+}
+
+/// A probe of a feature ttm can do without (it falls back, as `detail` says).
+fn probe_with_fallback(feature: &str, ok: bool, detail: impl Into<String>) -> Probe {
+    Probe {
+        has_fallback: true,
+        ..probe(feature, ok, detail)
     }
 }
 
@@ -87,7 +106,7 @@ pub fn run() -> Vec<Probe> {
                 out.push(probe(name, ok, detail));
             }
             let errno = crate::links::sockopt_errno_supported();
-            out.push(probe(
+            out.push(probe_with_fallback(
                 "getsockopt errno",
                 errno,
                 if errno {
@@ -97,7 +116,7 @@ pub fn run() -> Vec<Probe> {
                 },
             ));
             let tcx = crate::links::tcx_supported();
-            out.push(probe(
+            out.push(probe_with_fallback(
                 "tcx",
                 tcx,
                 if tcx {

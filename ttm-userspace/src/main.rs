@@ -329,13 +329,21 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 for p in &probes {
                     println!(
                         "{:<4} {:<46} {}",
-                        if p.ok { "ok" } else { "NO" },
+                        if p.ok {
+                            "ok"
+                        } else if p.has_fallback {
+                            "--"
+                        } else {
+                            "NO"
+                        },
                         p.feature,
                         p.detail
                     );
                 }
             }
-            Ok(findings_exit(probes.iter().filter(|p| !p.ok).count()))
+            Ok(findings_exit(
+                probes.iter().filter(|p| p.is_missing()).count(),
+            ))
         }
         Command::Formats => {
             for preset in &ttm::formats::PRESETS {

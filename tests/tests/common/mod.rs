@@ -190,6 +190,24 @@ impl World {
             .collect()
     }
 
+    /// Asserts that `a` has a record naming the client it claimed; a failure
+    /// says what the counters and every namespace's packet statistics show,
+    /// to tell a packet the lab lost from one ttm missed.
+    pub fn assert_recorded(&self, a: &Accepted, what: &str) {
+        let found = self
+            .records()
+            .by_cookie(a.cookie)
+            .expect("records")
+            .map(|r| r.client);
+        assert_eq!(
+            found,
+            Some(a.claimed),
+            "{what}: {a:?}; counters {}\n{}",
+            self.stats().to_json(),
+            self.lab.packet_counters()
+        );
+    }
+
     /// The daemon's record map.
     pub fn records(&self) -> RecordStore {
         RecordStore::open(&PinDir::new(PIN_DIR)).expect("open pinned records")
