@@ -162,9 +162,11 @@ impl Daemon {
         for name in PINNED_MAPS {
             loader.map_pin_path(name, config.pins.map(name));
         }
-        let mut ebpf = loader
-            .load(EBPF_OBJECT)
-            .context("loading the ttm eBPF object — the kernel needs BTF, BPF_MAP_TYPE_SK_STORAGE and sockops (Linux 5.10+)")?;
+        let mut ebpf = loader.load(EBPF_OBJECT).context(
+            "loading the ttm eBPF object — the kernel needs BTF, BPF_MAP_TYPE_SK_STORAGE and \
+                 sockops (Linux 5.10+); before Linux 5.11 maps count against RLIMIT_MEMLOCK: \
+                 raise it (systemd: LimitMEMLOCK=infinity) or grant CAP_SYS_RESOURCE",
+        )?;
         let logger = match aya_log::EbpfLogger::init(&mut ebpf) {
             Ok(logger) => Some(logger),
             Err(e) => {
