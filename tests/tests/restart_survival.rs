@@ -189,4 +189,6 @@ fn ttm_detach_removes_what_a_crashed_daemon_left() {
     world.connect(&world.lab.client_cgroup(), 1, 0);
     let a = world.accepted(&server, 1).pop().expect("accepted");
     assert_eq!(a.peer.ip().to_string(), lab::LB_IP);
+    // The crashed daemon's socket file (a next daemon would replace it).
+    let _ = std::fs::remove_file(&world.daemon.socket);
 }
