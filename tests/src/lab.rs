@@ -194,18 +194,13 @@ impl Lab {
     pub fn option_sightings(&self, option: [u8; 8]) -> Result<u64> {
         let hex: String = option.iter().map(|x| format!("{x:02x}")).collect();
         let name = format!("seen_{hex}");
-        let out = Command::new("ip")
-            .args([
-                "netns", "exec", LB_NS, "nft", "list", "counter", "ip", "ttm_lab", &name,
-            ])
-            .output()?;
-        if !out.status.success() {
-            nft_in_lb(&format!(
-                "table ip ttm_lab {{\n counter {name} {{ }}\n chain sightings {{\n type filter hook postrouting priority mangle; policy accept;\n ip daddr {RS_IP} @th,256,64 0x{hex} counter name {name}\n ip daddr {RS_IP} @th,320,64 0x{hex} counter name {name}\n }}\n}}\n"
-            ))?;
-            return Ok(0);
+        if let Some(packets) = lb_counter(&name)? {
+            return Ok(packets);
         }
-        counter_packets(&out.stdout)
+        nft_in_lb(&format!(
+            "table ip ttm_lab {{\n counter {name} {{ }}\n chain sightings {{\n type filter hook postrouting priority mangle; policy accept;\n ip daddr {RS_IP} @th,256,64 0x{hex} counter name {name}\n ip daddr {RS_IP} @th,320,64 0x{hex} counter name {name}\n }}\n}}\n"
+        ))?;
+        Ok(0)
     }
 
     /// Makes the LB lose every handshake ACK whose option (kind 254, after
@@ -221,26 +216,7 @@ impl Lab {
 
     /// How many handshake ACKs [`Lab::lose_handshake_acks_naming`] dropped.
     pub fn lost_handshake_acks(&self) -> Result<u64> {
-        let out = Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                LB_NS,
-                "nft",
-                "list",
-                "counter",
-                "ip",
-                "ttm_lab",
-                "lost_acks",
-            ])
-            .output()?;
-        if !out.status.success() {
-            bail!(
-                "no lost_acks counter: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        counter_packets(&out.stdout)
+        lb_counter("lost_acks")?.context("no lost_acks counter: lose_handshake_acks_naming first")
     }
 
     /// What each namespace's kernel counted (non-zero `nstat` counters) and
@@ -343,14 +319,24 @@ pub fn checksum_twin(target: &[u8; 20]) -> [u8; 20] {
     twin
 }
 
-/// The packet count in `nft list counter` output.
-fn counter_packets(listing: &[u8]) -> Result<u64> {
-    String::from_utf8_lossy(listing)
+/// Packets counted by the LB's named counter `name` in table `ttm_lab`;
+/// `None` if there is no such counter.
+fn lb_counter(name: &str) -> Result<Option<u64>> {
+    let out = Command::new("ip")
+        .args([
+            "netns", "exec", LB_NS, "nft", "list", "counter", "ip", "ttm_lab", name,
+        ])
+        .output()?;
+    if !out.status.success() {
+        return Ok(None);
+    }
+    String::from_utf8_lossy(&out.stdout)
         .split_whitespace()
         .skip_while(|w| *w != "packets")
         .nth(1)
         .and_then(|n| n.parse().ok())
         .context("reading the nft counter")
+        .map(Some)
 }
 
 /// Runs an nft script in the LB namespace.

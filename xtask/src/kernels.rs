@@ -291,18 +291,7 @@ fn root_display(rel: &str) -> String {
 fn read_results(out: &Path, runs: &[Run]) -> Result<Vec<Outcome>> {
     let text = fs::read_to_string(out.join("results")).unwrap_or_default();
     let finished = out.join("finished").exists();
-    let mut outcomes: Vec<Outcome> = text
-        .lines()
-        .filter_map(|l| {
-            let mut parts = l.split_whitespace();
-            Some(Outcome {
-                label: parts.next()?.to_string(),
-                code: parts.next()?.parse().ok()?,
-                seconds: parts.next()?.parse().ok()?,
-                attempts: parts.next().and_then(|a| a.parse().ok()).unwrap_or(1),
-            })
-        })
-        .collect();
+    let mut outcomes = parse_results(&text);
     // A run the guest never reported (it died, or timed out) failed.
     for run in runs {
         if !outcomes.iter().any(|o| o.label == run.label) {
@@ -515,19 +504,23 @@ fn boot(vmlinuz: &Path, script: &Path, out: &Path, console: &Path, limit: Durati
 pub fn saved(kernel: &str) -> Option<Vec<Outcome>> {
     let out = kernels_dir().ok()?.join(kernel).join("out");
     let text = fs::read_to_string(out.join("results")).ok()?;
-    Some(
-        text.lines()
-            .filter_map(|l| {
-                let mut parts = l.split_whitespace();
-                Some(Outcome {
-                    label: parts.next()?.to_string(),
-                    code: parts.next()?.parse().ok()?,
-                    seconds: parts.next()?.parse().ok()?,
-                    attempts: parts.next().and_then(|a| a.parse().ok()).unwrap_or(1),
-                })
+    Some(parse_results(&text))
+}
+
+/// The lines of a results file: `label code seconds [tries]` (runs saved
+/// before retries existed have no tries: one).
+fn parse_results(text: &str) -> Vec<Outcome> {
+    text.lines()
+        .filter_map(|l| {
+            let mut parts = l.split_whitespace();
+            Some(Outcome {
+                label: parts.next()?.to_string(),
+                code: parts.next()?.parse().ok()?,
+                seconds: parts.next()?.parse().ok()?,
+                attempts: parts.next().and_then(|a| a.parse().ok()).unwrap_or(1),
             })
-            .collect(),
-    )
+        })
+        .collect()
 }
 
 /// Every kernel of the matrix, in table order.
@@ -663,6 +656,16 @@ mod tests {
             Some("linux-image-5.10.0-46-amd64-unsigned")
         );
         assert_eq!(newest(search, "linux-image-6.12."), None);
+    }
+
+    #[test]
+    fn results_lines_parse_with_and_without_tries() {
+        let got = parse_results("sockops/a 0 12 2\nsockops/b 101 7\ngarbage\n");
+        let got: Vec<_> = got
+            .iter()
+            .map(|o| (o.label.as_str(), o.code, o.seconds, o.attempts))
+            .collect();
+        assert_eq!(got, [("sockops/a", 0, 12, 2), ("sockops/b", 101, 7, 1)]);
     }
 
     #[test]
