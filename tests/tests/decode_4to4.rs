@@ -177,10 +177,11 @@ fn a_lost_handshake_ack_is_made_up_by_the_option_on_the_first_data_segment() {
     // it until the real server has acknowledged data, on later segments. The
     // later copy names another client, so the test can tell which one the
     // real server read.
-    let later: SocketAddr = "10.0.1.99:4242".parse().unwrap();
-    let p = later.port().to_be_bytes();
+    let (ip, port) = ([10, 0, 1, 99], 4242u16);
+    let later = SocketAddr::from((ip, port));
+    let p = port.to_be_bytes();
     let writer = WriterConfig::TOA_V4
-        .then_on_every_segment(&[254, 8, p[0], p[1], 10, 0, 1, 99])
+        .then_on_every_segment(&[254, 8, p[0], p[1], ip[0], ip[1], ip[2], ip[3]])
         .expect("writer");
     world.lab.set_writer(writer).expect("configure the writer");
     world
