@@ -50,37 +50,48 @@ fn kill_9_under_load_then_restart_loses_nothing() {
 }
 
 #[test]
-fn a_full_map_evicts_counted_and_traffic_is_unaffected() {
+fn a_full_map_refuses_new_records_counted_keeps_the_old_and_traffic_is_unaffected() {
     const CONNECTIONS: usize = 40;
+    const CAPACITY: usize = 8;
     let world = World::with_daemon_args(lab::LB_NET, &["--max-records", "8"]);
-    let mut server = world.serve(CONNECTIONS);
+    let mut server = world.serve_looking_up(CONNECTIONS);
     world.connect(&world.lab.client_cgroup(), CONNECTIONS, 0);
     let accepted = world.accepted(&server, CONNECTIONS);
+    let records = world.records();
+    let mut by_cookie = 0;
     for a in &accepted {
         // The hooks read per-socket storage, not the bounded cookie map.
         assert_eq!(a.peer, a.claimed, "accept() still returns the client");
+        // So do lookups by fd, for every connection.
+        assert_eq!(a.lookup["by_fd"], a.claimed.to_string().as_str(), "{a:?}");
+        if let Some(r) = records.by_cookie(a.cookie).expect("records") {
+            assert_eq!(r.client, a.claimed, "{a:?}");
+            by_cookie += 1;
+        }
     }
-    let live = world.records().len();
-    assert!(live <= 8, "{live} records in a map of 8");
-    assert_eq!(world.stats().get(Counter::Decoded), CONNECTIONS as u64);
-    // Closing every connection tells evicted from removed.
+    assert_eq!(by_cookie, CAPACITY, "the map holds exactly its capacity");
+    let stats = world.stats();
+    assert_eq!(stats.get(Counter::Decoded), CONNECTIONS as u64);
+    assert_eq!(stats.get(Counter::RecordsStored), CAPACITY as u64);
+    assert_eq!(
+        stats.get(Counter::MapInsertFailed),
+        (CONNECTIONS - CAPACITY) as u64,
+        "each refused record is counted"
+    );
+    assert_eq!(stats.live_records(), CAPACITY as u64);
+    // Closing every connection removes exactly the stored records; nothing
+    // was evicted.
     server.close_stdin();
     let _ = server.wait(Duration::from_secs(10));
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     loop {
         let stats = world.stats();
-        let closed = stats.get(Counter::RecordsRemoved) + stats.get(Counter::RecordsEvicted);
-        if closed == CONNECTIONS as u64 {
-            assert!(
-                stats.get(Counter::RecordsEvicted) >= (CONNECTIONS - 8) as u64,
-                "evictions counted: {stats:?}"
-            );
+        if stats.get(Counter::RecordsRemoved) == CAPACITY as u64 {
+            assert_eq!(stats.live_records(), 0);
+            assert_eq!(stats.get(Counter::RecordsEvicted), 0, "{stats:?}");
             break;
         }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "closed {closed}: {stats:?}"
-        );
+        assert!(std::time::Instant::now() < deadline, "{stats:?}");
         std::thread::sleep(Duration::from_millis(50));
     }
 }

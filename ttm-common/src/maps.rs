@@ -1,7 +1,7 @@
 //! Names and value types of the maps the kernel programs and user space share.
 //!
-//! Owners: the sockops program writes `RECORDS` and `PEER_STORAGE`; every
-//! program bumps `STATS`;
+//! Owners: the sockops program writes `RECORDS`, `TUPLES` and
+//! `PEER_STORAGE`; every program bumps `STATS`;
 //! the daemon writes `CONFIG` and `TRUSTED_LBS` before attaching and reads the
 //! rest; `ttm lookup`/`ttm stats` read the pinned copies.
 
@@ -9,8 +9,16 @@ use crate::addr::Addr16;
 use crate::format::FormatTable;
 use crate::parser::Malformed;
 
-/// Cookie-keyed LRU hash of [`crate::PeerRecord`], for user-space lookups.
+/// Cookie-keyed hash of [`crate::PeerRecord`], for user-space lookups.
+/// Not preallocated and never evicting: its memory follows live
+/// connections, and a full map refuses new records (counted), it never
+/// drops a live one.
 pub const RECORDS: &str = "RECORDS";
+/// The 4-tuple index next to `RECORDS`: [`TcKey`] → socket cookie, two
+/// entries per record — (local, kernel peer) and (local, client), the peer
+/// an application sees after the rewrite — so lookups by either tuple are
+/// one hash get, whatever the number of live records. Not preallocated.
+pub const TUPLES: &str = "TUPLES";
 /// Per-socket storage of [`crate::PeerRecord`], for the in-kernel hooks.
 pub const PEER_STORAGE: &str = "PEER_STORAGE";
 /// LPM trie of trusted LB networks ([`TrustKey`] → `u8` 1).
@@ -66,8 +74,17 @@ pub struct Mismatch {
     pub pid: u32,
 }
 
-/// Default capacity of `RECORDS` (live connections tracked for lookups).
-pub const DEFAULT_RECORDS_CAPACITY: u32 = 65_536;
+/// Default capacity of `RECORDS` (live connections tracked for lookups):
+/// a limit, not an allocation — entries are allocated as connections come.
+pub const DEFAULT_RECORDS_CAPACITY: u32 = 1 << 20;
+/// Capacity of `TUPLES` for a `RECORDS` capacity: two keys per record.
+pub const fn tuples_capacity(records: u32) -> u32 {
+    records.saturating_mul(2)
+}
+/// Default capacity of the TC path's LRU maps (`TC_RECORDS`, `TC_PENDING`):
+/// handshakes in flight and sockets outside the decoder's cgroup. These are
+/// preallocated (an LRU map always is), so they stay small.
+pub const DEFAULT_TC_CAPACITY: u32 = 65_536;
 /// Capacity of `TRUSTED_LBS`.
 pub const TRUSTED_LBS_CAPACITY: u32 = 1_024;
 
@@ -128,11 +145,15 @@ pub enum Counter {
     MalformedUnexpectedLength = 7,
     /// Records removed because their socket closed.
     RecordsRemoved = 8,
-    /// Records the LRU map evicted before their socket closed (map too small).
+    /// A closing socket's cookie entry was gone before it closed. The cookie
+    /// map no longer evicts, so this stays 0; kept for its place in `STATS`.
     RecordsEvicted = 9,
     /// Socket storage could not be allocated (memory pressure).
     StorageFailed = 10,
-    /// Cookie map insert failed.
+    /// Cookie map insert failed: the map is full (`--max-records`) or the
+    /// kernel is out of memory. The socket's own storage still has the
+    /// record (getsockopt and the rewrite work; lookups by fd too), no
+    /// existing record was dropped.
     MapInsertFailed = 11,
     /// The handshake-completing segment was not available to parse.
     NoHeader = 12,
@@ -160,11 +181,17 @@ pub enum Counter {
     /// 4-tuple records removed by the daemon's sweep: older than
     /// `--tc-max-age` and no socket with that 4-tuple left.
     TcExpired = 22,
+    /// Records filed in the cookie map. Live records = this − `RecordsRemoved`,
+    /// so the live count costs two per-CPU reads, not a walk of the map.
+    RecordsStored = 23,
+    /// A 4-tuple index entry could not be stored (`TUPLES` full or no
+    /// memory): that connection is found by fd and cookie, not by tuple.
+    TupleIndexFailed = 24,
 }
 
 impl Counter {
     /// Number of counters; the size of `STATS`.
-    pub const COUNT: u32 = 23;
+    pub const COUNT: u32 = 25;
 
     /// Every counter, in index order.
     pub const ALL: [Counter; Counter::COUNT as usize] = [
@@ -191,6 +218,8 @@ impl Counter {
         Counter::TcDecoded,
         Counter::TcJoined,
         Counter::TcExpired,
+        Counter::RecordsStored,
+        Counter::TupleIndexFailed,
     ];
 
     /// The counter for a malformed-option reason.
@@ -230,13 +259,34 @@ impl Counter {
             Counter::TcDecoded => "tc_decoded",
             Counter::TcJoined => "tc_joined",
             Counter::TcExpired => "tc_expired",
+            Counter::RecordsStored => "records_stored",
+            Counter::TupleIndexFailed => "tuple_index_failed",
         }
     }
+}
+
+/// Live records from counter totals: filed minus removed (never below 0:
+/// counters are summed per CPU at slightly different moments).
+pub const fn live_records(stored: u64, removed: u64) -> u64 {
+    stored.saturating_sub(removed)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn live_records_are_stored_minus_removed_and_never_negative() {
+        assert_eq!(live_records(10, 3), 7);
+        assert_eq!(live_records(3, 3), 0);
+        assert_eq!(live_records(3, 4), 0);
+    }
+
+    #[test]
+    fn the_tuple_index_holds_two_keys_per_record() {
+        assert_eq!(tuples_capacity(DEFAULT_RECORDS_CAPACITY), 2 << 20);
+        assert_eq!(tuples_capacity(u32::MAX), u32::MAX);
+    }
 
     #[test]
     fn counters_are_indexed_in_order_with_unique_names() {

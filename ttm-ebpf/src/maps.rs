@@ -1,20 +1,39 @@
 //! The maps this object owns. Names match `ttm_common::maps`.
 
 use aya_ebpf::{
-    btf_maps::{Array, LpmTrie, LruHashMap, PerCpuArray, SkStorage},
+    bindings::BPF_F_NO_PREALLOC,
+    btf_maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, SkStorage},
     macros::btf_map,
 };
 use ttm_common::{
-    maps::{Mismatch, TcKey, DEFAULT_RECORDS_CAPACITY, MISMATCHES_CAPACITY, TRUSTED_LBS_CAPACITY},
+    maps::{
+        tuples_capacity, Mismatch, TcKey, DEFAULT_RECORDS_CAPACITY, DEFAULT_TC_CAPACITY,
+        MISMATCHES_CAPACITY, TRUSTED_LBS_CAPACITY,
+    },
     Config, Counter, PeerRecord, TrustKey, WalkState,
 };
 
+/// Hash maps whose entries are allocated as they come, not up front.
+const NO_PREALLOC: usize = BPF_F_NO_PREALLOC as usize;
+
 /// Socket cookie → record. Written by sockops at handshake completion,
 /// removed by sockops at close; read by user space (`ttm lookup`).
-/// Capacity is set by the daemon at load (`--max-records`).
+/// Capacity is set by the daemon at load (`--max-records`); a full map
+/// refuses the new record (counted), it never evicts a live one.
 #[btf_map]
-pub static RECORDS: LruHashMap<u64, PeerRecord, { DEFAULT_RECORDS_CAPACITY as usize }> =
-    LruHashMap::new();
+pub static RECORDS: HashMap<u64, PeerRecord, { DEFAULT_RECORDS_CAPACITY as usize }, NO_PREALLOC> =
+    HashMap::new();
+
+/// 4-tuple → socket cookie, for lookups by tuple: (local, kernel peer) and
+/// (local, client) of every record in `RECORDS`. Written and removed by
+/// sockops alongside `RECORDS`; read by user space.
+#[btf_map]
+pub static TUPLES: HashMap<
+    TcKey,
+    u64,
+    { tuples_capacity(DEFAULT_RECORDS_CAPACITY) as usize },
+    NO_PREALLOC,
+> = HashMap::new();
 
 /// Per-socket record, freed with the socket. Written by sockops; read by
 /// sockops at close, the getsockopt shim and the getpeername rewrite.
@@ -38,6 +57,11 @@ pub static STATS: PerCpuArray<u64, { Counter::COUNT as usize }> = PerCpuArray::n
 #[btf_map]
 pub static SCRATCH: PerCpuArray<PeerRecord, 1> = PerCpuArray::new();
 
+/// Per-CPU scratch space for a `TUPLES` key (the stack of older verifiers
+/// has no room for it beside the record). Owned by sockops only.
+#[btf_map]
+pub static KEY_SCRATCH: PerCpuArray<TcKey, 1> = PerCpuArray::new();
+
 /// Per-CPU home of the option walk between steps. Re-reading it from map
 /// memory at each step keeps verifier states from multiplying. Owned by sockops.
 #[btf_map]
@@ -54,11 +78,10 @@ pub static MISMATCHES: LruHashMap<u64, Mismatch, { MISMATCHES_CAPACITY as usize 
 /// which removes it when the socket closes, and by user space, whose sweep
 /// removes entries of sockets sockops never saw.
 #[btf_map]
-pub static TC_RECORDS: LruHashMap<TcKey, PeerRecord, { DEFAULT_RECORDS_CAPACITY as usize }> =
+pub static TC_RECORDS: LruHashMap<TcKey, PeerRecord, { DEFAULT_TC_CAPACITY as usize }> =
     LruHashMap::new();
 
 /// 4-tuple → SYN time: handshakes whose completing segment the TC path has
 /// not seen yet. Owned by the TC ingress path.
 #[btf_map]
-pub static TC_PENDING: LruHashMap<TcKey, u64, { DEFAULT_RECORDS_CAPACITY as usize }> =
-    LruHashMap::new();
+pub static TC_PENDING: LruHashMap<TcKey, u64, { DEFAULT_TC_CAPACITY as usize }> = LruHashMap::new();

@@ -6,8 +6,8 @@ use core::ptr;
 
 use aya_ebpf::{
     bindings::{
-        bpf_sock_ops, BPF_ANY, BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB, BPF_SOCK_OPS_STATE_CB,
-        BPF_SOCK_OPS_STATE_CB_FLAG, BPF_TCP_CLOSE,
+        bpf_sock_ops, BPF_ANY, BPF_NOEXIST, BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB,
+        BPF_SOCK_OPS_STATE_CB, BPF_SOCK_OPS_STATE_CB_FLAG, BPF_TCP_CLOSE,
     },
     btf_maps::lpm_trie::Key,
     helpers::{bpf_get_socket_cookie, bpf_ktime_get_ns},
@@ -23,7 +23,7 @@ use ttm_common::{
 
 use crate::{
     counters::bump,
-    maps::{CONFIG, RECORDS, SCRATCH, TC_RECORDS, TRUSTED_LBS},
+    maps::{CONFIG, KEY_SCRATCH, RECORDS, SCRATCH, TC_RECORDS, TRUSTED_LBS, TUPLES},
     packet::TcpOptions,
     peer_storage::{record_of, record_or_insert},
     walk::walk_options,
@@ -181,6 +181,9 @@ fn join_tc_record(ctx: &SockOpsContext) -> bool {
         bump(Counter::Decoded);
         bump(Counter::TcJoined);
     }
+    // The socket holds the record now: the 4-tuple map keeps only
+    // handshakes in flight and sockets sockops does not see.
+    let _ = TC_RECORDS.remove(&tc_key(ctx));
     true
 }
 
@@ -237,8 +240,8 @@ fn from_header(ctx: &SockOpsContext, config: &Config, record: &mut PeerRecord) -
     }
 }
 
-/// Files `record` in the socket's storage and the cookie map, and asks for
-/// the close callback. False when nothing new was stored.
+/// Files `record` in the socket's storage, the cookie map and the tuple
+/// index, and asks for the close callback. False when nothing new was stored.
 #[inline(always)]
 fn store(ctx: &SockOpsContext, record: &mut PeerRecord) -> bool {
     // SAFETY: `sk` is a context field; null-checked below.
@@ -257,26 +260,87 @@ fn store(ctx: &SockOpsContext, record: &mut PeerRecord) -> bool {
     }
     // SAFETY: helper valid in sockops.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.ops.cast()) };
-    if RECORDS.insert(cookie, &*record, BPF_ANY as u64).is_err() {
+    // BPF_NOEXIST: a cookie is never reused, and a full map must refuse
+    // rather than replace.
+    if RECORDS.insert(cookie, &*record, BPF_NOEXIST as u64).is_ok() {
+        bump(Counter::RecordsStored);
+        index_tuples(record, cookie);
+    } else {
+        // Full (`--max-records`) or out of memory: the socket's storage
+        // still serves the hooks and lookups by fd.
         bump(Counter::MapInsertFailed);
     }
-    // Ask for state callbacks so the cookie entry goes when the socket closes.
+    // Ask for state callbacks so the entries go when the socket closes.
     let _ = ctx.set_cb_flags((ctx.cb_flags() | BPF_SOCK_OPS_STATE_CB_FLAG) as i32);
     true
+}
+
+/// The `TUPLES` key (local end, `peer`) of `record`, built in map memory.
+#[inline(always)]
+fn tuple_key<'a>(record: &PeerRecord, peer: (Addr16, u16)) -> Option<&'a TcKey> {
+    let key = KEY_SCRATCH.get_ptr_mut(0)?;
+    // SAFETY: the per-CPU scratch slot is ours until the program returns.
+    let key = unsafe { &mut *key };
+    key.local_addr = record.local_addr;
+    key.local_port = record.local_port;
+    key.peer_addr = peer.0;
+    key.peer_port = peer.1;
+    Some(key)
+}
+
+/// The two tuples `record` is found by: the kernel's and the app's view.
+#[inline(always)]
+fn tuples_of(record: &PeerRecord) -> [(Addr16, u16); 2] {
+    [
+        (record.peer_addr, record.peer_port),
+        (record.client_addr, record.client_port),
+    ]
+}
+
+/// Files `record`'s tuples in `TUPLES` under `cookie`.
+#[inline(always)]
+fn index_tuples(record: &PeerRecord, cookie: u64) {
+    for peer in tuples_of(record) {
+        let Some(key) = tuple_key(record, peer) else {
+            return;
+        };
+        if TUPLES.insert(key, cookie, BPF_ANY as u64).is_err() {
+            bump(Counter::TupleIndexFailed);
+        }
+    }
+}
+
+/// Removes `record`'s tuples from `TUPLES`, where they still name `cookie`
+/// (the same tuple in another network namespace may have replaced them).
+#[inline(always)]
+fn unindex_tuples(record: &PeerRecord, cookie: u64) {
+    for peer in tuples_of(record) {
+        let Some(key) = tuple_key(record, peer) else {
+            return;
+        };
+        let ours = TUPLES.get_ptr(key).is_some_and(|c| {
+            // SAFETY: a live map value.
+            unsafe { *c == cookie }
+        });
+        if ours {
+            let _ = TUPLES.remove(key);
+        }
+    }
 }
 
 #[inline(always)]
 fn on_close(ctx: &SockOpsContext) {
     // SAFETY: context field (null-checked by `record_of`).
     let sk = unsafe { (*ctx.ops).__bindgen_anon_2.sk };
-    if !record_of(sk.cast()).is_some_and(PeerRecord::is_set) {
+    let Some(record) = record_of(sk.cast()).filter(|r| r.is_set()) else {
         return;
-    }
+    };
     // SAFETY: helper valid in sockops.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.ops.cast()) };
-    match RECORDS.remove(cookie) {
-        Ok(()) => bump(Counter::RecordsRemoved),
-        Err(_) => bump(Counter::RecordsEvicted),
+    // Absent when the map was full at the handshake (counted then).
+    if RECORDS.remove(cookie).is_ok() {
+        bump(Counter::RecordsRemoved);
+        unindex_tuples(record, cookie);
     }
     // The TC path's entry for this 4-tuple, if it made one, goes too.
     let _ = TC_RECORDS.remove(&tc_key(ctx));

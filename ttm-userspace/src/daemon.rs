@@ -157,8 +157,12 @@ impl Daemon {
         // reuses them, with the records and counters they hold.
         let mut loader = EbpfLoader::new();
         loader.map_max_entries(maps::RECORDS, config.max_records);
-        loader.map_max_entries(maps::TC_RECORDS, config.max_records);
-        loader.map_max_entries(maps::TC_PENDING, config.max_records);
+        loader.map_max_entries(maps::TUPLES, maps::tuples_capacity(config.max_records));
+        // The TC maps are preallocated LRUs holding only handshakes in flight
+        // and sockets sockops does not see: bounded, whatever --max-records is.
+        let tc_capacity = config.max_records.min(maps::DEFAULT_TC_CAPACITY);
+        loader.map_max_entries(maps::TC_RECORDS, tc_capacity);
+        loader.map_max_entries(maps::TC_PENDING, tc_capacity);
         for name in PINNED_MAPS {
             loader.map_pin_path(name, config.pins.map(name));
         }

@@ -12,6 +12,7 @@ pub mod mode;
 pub mod pins;
 pub mod records;
 pub mod service;
+pub mod sockdiag;
 pub mod stats;
 pub mod sweep;
 pub mod tc;

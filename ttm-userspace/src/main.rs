@@ -363,7 +363,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         } => {
             let pins = PinDir::new(pin_dir);
             let stats = ttm::stats::read(&ttm::stats::open(&pins)?)?;
-            let live = RecordStore::open(&pins)?.len();
+            let live = stats.live_records();
             // The service's counters live in the daemon; show them when it answers.
             let service = Client::connect(&socket)
                 .and_then(|mut c| c.stats())

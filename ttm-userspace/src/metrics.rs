@@ -14,7 +14,6 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
 use crate::pins::PinDir;
-use crate::records::RecordStore;
 use crate::service::{ServiceCounter, ServiceCounters};
 
 /// The exposition text for the current state.
@@ -37,7 +36,7 @@ pub fn render(pins: &PinDir, service: Option<&ServiceCounters>, capacity: u32) -
             );
         }
     }
-    let live = RecordStore::open(pins)?.len();
+    let live = stats.live_records();
     registry.register(
         "live_records",
         "connections holding a record in the cookie map",

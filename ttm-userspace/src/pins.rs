@@ -9,8 +9,9 @@ pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/ttm";
 
 /// The maps ttm pins, by name (the pin file has the map's name). A new
 /// daemon reuses them, so records and counters survive restarts.
-pub const PINNED_MAPS: [&str; 8] = [
+pub const PINNED_MAPS: [&str; 9] = [
     maps::RECORDS,
+    maps::TUPLES,
     maps::PEER_STORAGE,
     maps::STATS,
     maps::CONFIG,

@@ -1,9 +1,11 @@
-//! Reading decoded connections from the pinned cookie map.
+//! Reading decoded connections from the pinned maps.
 
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
-use aya::maps::{HashMap, Map, MapData, MapError};
+use std::os::fd::{AsRawFd, BorrowedFd};
+
+use aya::maps::{HashMap, Map, MapData, MapError, SkStorage};
 use ttm_client::Connection;
 use ttm_common::{maps, maps::TcKey, ClientFamily, PeerRecord};
 
@@ -62,10 +64,14 @@ pub fn connection(cookie: u64, record: &PeerRecord, now_ns: u64) -> Connection {
     }
 }
 
-/// The pinned cookie → record map, and the TC path's 4-tuple → record map
-/// when the daemon pinned one.
+/// The pinned maps lookups read: cookie → record, the tuple index, the
+/// sockets' own storage, and the TC path's 4-tuple → record map when the
+/// daemon pinned one. Every lookup is a fixed number of map gets: none
+/// walks a map, so its cost does not grow with the number of records.
 pub struct RecordStore {
     map: HashMap<MapData, u64, PeerRecord>,
+    tuples: Option<HashMap<MapData, TcKey, u64>>,
+    storage: Option<SkStorage<MapData, PeerRecord>>,
     tc: Option<HashMap<MapData, TcKey, PeerRecord>>,
 }
 
@@ -87,83 +93,105 @@ pub fn tc_key(local: SocketAddr, peer: SocketAddr) -> TcKey {
     }
 }
 
+/// Opens pinned map `name` under `pins`, if it is there.
+fn open_optional(pins: &PinDir, name: &str) -> Result<Option<Map>, RecordsError> {
+    match MapData::from_pin(pins.map(name)) {
+        Ok(data) => Ok(Some(Map::from_map_data(data)?)),
+        Err(_) => Ok(None),
+    }
+}
+
+/// Reads one key; a missing key is `None`.
+fn get<K: aya::Pod, V: aya::Pod>(
+    map: &HashMap<MapData, K, V>,
+    key: &K,
+) -> Result<Option<V>, RecordsError> {
+    match map.get(key, 0) {
+        Ok(v) => Ok(Some(v)),
+        Err(MapError::KeyNotFound) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
 impl RecordStore {
-    /// Opens the map the daemon pinned under `pins`.
+    /// Opens the maps the daemon pinned under `pins`.
     pub fn open(pins: &PinDir) -> Result<RecordStore, RecordsError> {
         let path = pins.map(maps::RECORDS);
         let data = MapData::from_pin(&path).map_err(|source| RecordsError::NotPinned {
             path: path.display().to_string(),
             source,
         })?;
-        let map = HashMap::try_from(Map::LruHashMap(data))?;
-        let tc = MapData::from_pin(pins.map(maps::TC_RECORDS))
-            .ok()
-            .map(|data| HashMap::try_from(Map::LruHashMap(data)))
+        // A hash map, or the LRU of daemons before the tuple index.
+        let map = HashMap::try_from(Map::from_map_data(data)?)?;
+        let tuples = open_optional(pins, maps::TUPLES)?
+            .map(HashMap::try_from)
             .transpose()?;
-        Ok(RecordStore { map, tc })
+        let storage = open_optional(pins, maps::PEER_STORAGE)?
+            .map(SkStorage::try_from)
+            .transpose()?;
+        let tc = open_optional(pins, maps::TC_RECORDS)?
+            .map(HashMap::try_from)
+            .transpose()?;
+        Ok(RecordStore {
+            map,
+            tuples,
+            storage,
+            tc,
+        })
     }
 
     /// The record of the connection with socket cookie `cookie`.
     pub fn by_cookie(&self, cookie: u64) -> Result<Option<Connection>, RecordsError> {
-        match self.map.get(&cookie, 0) {
-            Ok(r) => Ok(Some(connection(cookie, &r, monotonic_ns()))),
-            Err(MapError::KeyNotFound) => Ok(None),
-            Err(e) => Err(e.into()),
+        Ok(get(&self.map, &cookie)?.map(|r| connection(cookie, &r, monotonic_ns())))
+    }
+
+    /// The record of socket `fd` (a TCP socket with cookie `cookie`): the
+    /// cookie map, else the socket's own storage (which has the record even
+    /// when the cookie map was full), else — for sockets sockops does not
+    /// see — the TC path's record for the socket's 4-tuple, as the kernel's
+    /// socket table confirms it (`sockdiag`).
+    pub fn by_fd(
+        &self,
+        fd: BorrowedFd<'_>,
+        cookie: u64,
+    ) -> Result<Option<Connection>, RecordsError> {
+        if let Some(found) = self.by_cookie(cookie)? {
+            return Ok(Some(found));
         }
+        if let Some(storage) = &self.storage {
+            match storage.get(&fd.as_raw_fd(), 0) {
+                Ok(r) if r.is_set() => return Ok(Some(connection(cookie, &r, monotonic_ns()))),
+                Ok(_) | Err(MapError::KeyNotFound) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        let Some(tc) = &self.tc else { return Ok(None) };
+        let Some((local, peer)) = crate::sockdiag::kernel_tuple(fd, cookie) else {
+            return Ok(None);
+        };
+        Ok(get(tc, &tc_key(local, peer))?.map(|r| connection(NO_COOKIE, &r, monotonic_ns())))
     }
 
     /// The record of the connection whose local address is `local` and whose
     /// peer is `peer`: the kernel's peer (the LB), or the client when the
-    /// app got it from a rewritten `accept()`/`getpeername()`.
+    /// app got it from a rewritten `accept()`/`getpeername()`. One get in
+    /// the tuple index and one in the cookie map; for sockets sockops did
+    /// not see, one get in the TC path's map by the kernel's 4-tuple.
     pub fn by_tuple(
         &self,
         local: SocketAddr,
         peer: SocketAddr,
     ) -> Result<Option<Connection>, RecordsError> {
-        let (local, peer) = (canonical(local), canonical(peer));
-        let now = monotonic_ns();
-        for entry in self.map.iter() {
-            let (cookie, record) = match entry {
-                Ok(e) => e,
-                // An entry removed while we iterate is simply gone.
-                Err(MapError::KeyNotFound) => continue,
-                Err(e) => return Err(e.into()),
-            };
-            let info = connection(cookie, &record, now);
-            if info.local == local && (info.kernel_peer == peer || info.client == peer) {
-                return Ok(Some(info));
+        let key = tc_key(canonical(local), canonical(peer));
+        if let Some(tuples) = &self.tuples {
+            if let Some(cookie) = get(tuples, &key)? {
+                if let Some(found) = self.by_cookie(cookie)? {
+                    return Ok(Some(found));
+                }
             }
         }
         let Some(tc) = &self.tc else { return Ok(None) };
-        // Sockets sockops never saw: by the 4-tuple the kernel sees...
-        match tc.get(&tc_key(local, peer), 0) {
-            Ok(record) => return Ok(Some(connection(NO_COOKIE, &record, now))),
-            Err(MapError::KeyNotFound) => {}
-            Err(e) => return Err(e.into()),
-        }
-        // ...or by the client, if the app's peer was rewritten.
-        for entry in tc.iter() {
-            let record = match entry {
-                Ok((_, record)) => record,
-                Err(MapError::KeyNotFound) => continue,
-                Err(e) => return Err(e.into()),
-            };
-            let info = connection(NO_COOKIE, &record, now);
-            if info.local == local && info.client == peer {
-                return Ok(Some(info));
-            }
-        }
-        Ok(None)
-    }
-
-    /// Number of live records.
-    pub fn len(&self) -> usize {
-        self.map.keys().filter(Result::is_ok).count()
-    }
-
-    /// True if there is no record.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
+        Ok(get(tc, &key)?.map(|r| connection(NO_COOKIE, &r, monotonic_ns())))
     }
 }
 

@@ -20,6 +20,16 @@ impl Stats {
         self.counters[counter as usize].1
     }
 
+    /// Records in the cookie map now: filed minus removed, kept by the
+    /// kernel side as records come and go, so reading it costs the same at a
+    /// million records as at ten.
+    pub fn live_records(&self) -> u64 {
+        maps::live_records(
+            self.get(Counter::RecordsStored),
+            self.get(Counter::RecordsRemoved),
+        )
+    }
+
     /// The counters as a JSON object `{name: total}`.
     pub fn to_json(&self) -> serde_json::Value {
         serde_json::Value::Object(

@@ -213,6 +213,28 @@ impl World {
         RecordStore::open(&PinDir::new(PIN_DIR)).expect("open pinned records")
     }
 
+    /// Entries in the pinned map `name`, counted by walking it (a test's
+    /// check that the kernel side left nothing behind; ttm never walks).
+    pub fn map_entries(&self, name: &str) -> usize {
+        let data =
+            aya::maps::MapData::from_pin(PinDir::new(PIN_DIR).map(name)).expect("pinned map");
+        let map = aya::maps::Map::from_map_data(data).expect("map");
+        match name {
+            ttm_common::maps::TUPLES => {
+                aya::maps::HashMap::<_, ttm_common::maps::TcKey, u64>::try_from(map)
+                    .expect("hash")
+                    .keys()
+                    .filter(Result::is_ok)
+                    .count()
+            }
+            _ => aya::maps::HashMap::<_, u64, ttm_common::PeerRecord>::try_from(map)
+                .expect("hash")
+                .keys()
+                .filter(Result::is_ok)
+                .count(),
+        }
+    }
+
     /// The daemon's counters.
     pub fn stats(&self) -> Stats {
         ttm::stats::read(&ttm::stats::open(&PinDir::new(PIN_DIR)).expect("open pinned stats"))

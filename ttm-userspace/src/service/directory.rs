@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::os::fd::BorrowedFd;
 
 use aya::maps::{MapData, PerCpuArray};
 use ttm_client::Connection;
@@ -14,6 +15,11 @@ use crate::records::{RecordStore, RecordsError};
 pub trait Directory: Send + Sync + 'static {
     /// The connection with socket cookie `cookie`.
     fn by_cookie(&self, cookie: u64) -> Result<Option<Connection>, RecordsError>;
+    /// The connection of socket `fd`, a TCP socket whose cookie is `cookie`.
+    fn by_fd(&self, fd: BorrowedFd<'_>, cookie: u64) -> Result<Option<Connection>, RecordsError> {
+        let _ = fd;
+        self.by_cookie(cookie)
+    }
     /// The connection with local address `local` and kernel peer `peer`.
     fn by_tuple(
         &self,
@@ -45,6 +51,10 @@ impl Directory for PinnedDirectory {
         self.records.by_cookie(cookie)
     }
 
+    fn by_fd(&self, fd: BorrowedFd<'_>, cookie: u64) -> Result<Option<Connection>, RecordsError> {
+        self.records.by_fd(fd, cookie)
+    }
+
     fn by_tuple(
         &self,
         local: SocketAddr,
@@ -60,6 +70,6 @@ impl Directory for PinnedDirectory {
             .iter()
             .map(|(k, v)| ((*k).to_string(), *v))
             .collect();
-        Ok((counters, self.records.len() as u64))
+        Ok((counters, stats.live_records()))
     }
 }

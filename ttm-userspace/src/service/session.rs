@@ -204,15 +204,7 @@ impl Session {
         let answer = match request {
             Request::Fd => match fds.next() {
                 Some(fd) => match cookie_of_tcp_socket(&fd) {
-                    // By cookie, else by the socket's 4-tuple (the TC path's
-                    // records of sockets sockops did not see).
-                    Ok(cookie) => self.lookup(|d| match d.by_cookie(cookie)? {
-                        Some(found) => Ok(Some(found)),
-                        None => match tuple_of(&fd, self.peer.pid) {
-                            Some((local, peer)) => d.by_tuple(local, peer),
-                            None => Ok(None),
-                        },
-                    }),
+                    Ok(cookie) => self.lookup(|d| d.by_fd(fd.as_fd(), cookie)),
                     Err(reason) => {
                         self.shared.counters.bump(C::FdsNotTcp);
                         Err(ErrorReply::because(ErrorCode::BadRequest, reason))
@@ -344,26 +336,6 @@ fn cookie_of_tcp_socket(fd: &OwnedFd) -> Result<u64, String> {
         );
     }
     ttm_client::socket_cookie(fd).map_err(|e| format!("cannot read the socket's cookie: {e}"))
-}
-
-/// The (local, kernel peer) addresses of a socket sent by process `pid`,
-/// from the socket table of that process's network namespace: calling
-/// getpeername() here would run the app's BPF hooks (ttm's rewrite, and any
-/// foreign program `ttm verify` watches) on the daemon's behalf.
-fn tuple_of(
-    fd: &OwnedFd,
-    pid: Option<i32>,
-) -> Option<(std::net::SocketAddr, std::net::SocketAddr)> {
-    use std::os::fd::AsRawFd;
-    // SAFETY: an all-zero `stat` is a valid out-buffer.
-    let mut st: libc::stat = unsafe { std::mem::zeroed() };
-    // SAFETY: a live descriptor and a valid out-pointer.
-    if unsafe { libc::fstat(fd.as_raw_fd(), &mut st) } != 0 {
-        return None;
-    }
-    let inode = st.st_ino;
-    let who = pid.map_or_else(|| "self".to_string(), |p| p.to_string());
-    ttm_client::provenance::kernel_tuple(&who, inode)
 }
 
 /// Writes all of `bytes`, waiting while the client's receive buffer is full.
