@@ -52,7 +52,8 @@ fn ip(args: &[&str]) -> Result<()> {
     run(Command::new("ip").args(args))
 }
 
-fn in_ns(ns: &str, args: &[&str]) -> Result<()> {
+/// Runs `args` inside network namespace `ns`.
+pub fn in_ns(ns: &str, args: &[&str]) -> Result<()> {
     run(Command::new("ip").args(["netns", "exec", ns]).args(args))
 }
 

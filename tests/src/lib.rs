@@ -13,6 +13,7 @@ pub mod daemon;
 pub mod hijacker;
 pub mod lab;
 pub mod process;
+pub mod scale;
 pub mod writer;
 
 pub use daemon::TtmDaemon;

@@ -8,6 +8,8 @@ use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+mod hold;
+
 use anyhow::{bail, Context as _, Result};
 use clap::{Parser, Subcommand};
 use ttm_lab::lab::{self, Lab};
@@ -58,6 +60,23 @@ enum Cmd {
         #[arg(long, default_value_t = 1)]
         count: usize,
     },
+    /// Scale server: accept COUNT connections, check ttm finds each by fd,
+    /// cookie and both tuples, report, hold them until stdin closes.
+    HoldServer {
+        #[arg(long)]
+        listen: SocketAddr,
+        #[arg(long)]
+        count: usize,
+        #[arg(long, value_name = "SOCKET")]
+        lookup: PathBuf,
+    },
+    /// Scale client: open COUNT connections and hold them until stdin closes.
+    HoldClient {
+        #[arg(long)]
+        to: SocketAddr,
+        #[arg(long)]
+        count: usize,
+    },
     /// The end-to-end demo: lab up, ttm daemon, connections, what ttm recovered, lab down.
     Demo {
         #[arg(long, default_value_t = 5)]
@@ -105,6 +124,12 @@ fn run(cli: Cli) -> Result<()> {
         } => serve(listen, count, lookup),
         Cmd::Connect { to, count, payload } => connect(to, count, payload),
         Cmd::Http { to, count } => http(to, count),
+        Cmd::HoldServer {
+            listen,
+            count,
+            lookup,
+        } => hold::hold_server(listen, count, &lookup),
+        Cmd::HoldClient { to, count } => hold::hold_client(to, count),
         Cmd::Demo { connections } => demo(connections),
     }
 }

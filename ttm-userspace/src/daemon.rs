@@ -319,6 +319,12 @@ impl Daemon {
             None => None,
         };
         let service = self.service.take().map(|s| tokio::spawn(s.serve()));
+        let stats_map = crate::stats::open(&self.pins)
+            .inspect_err(|e| warn!("limit checks unavailable: {e}"))
+            .ok();
+        let mut last_stats = stats_map
+            .as_ref()
+            .and_then(|m| crate::stats::read(m).ok());
         println!("ttm: ready");
         loop {
             tokio::select! {
@@ -327,6 +333,19 @@ impl Daemon {
                 _ = watch.tick() => {
                     if let Err(e) = keep_witnesses_last(&self.cgroup, &self.witnesses) {
                         warn!("checking the witness order: {e:#}");
+                    }
+                    if let (Some(map), Some(before)) = (&stats_map, &mut last_stats) {
+                        if let Ok(now) = crate::stats::read(map) {
+                            for (limit, new) in crate::limits::newly_reached(before, &now) {
+                                warn!(
+                                    "{new} new connection(s) hit a limit ({} = {}): {}",
+                                    limit.counter.name(),
+                                    limit.connections,
+                                    limit.advice
+                                );
+                            }
+                            *before = now;
+                        }
                     }
                 }
                 _ = sweep_tick.tick(), if sweeper.is_some() => {

@@ -147,6 +147,27 @@ pub fn run() -> Vec<Probe> {
     out
 }
 
+/// The running daemon's limits (pinned under `pins`), if one runs: which
+/// limit connections hit and what to change. Reported, never counted as
+/// a missing feature.
+pub fn limits(pins: &crate::pins::PinDir) -> Option<Probe> {
+    let stats = crate::stats::read(&crate::stats::open(pins).ok()?).ok()?;
+    let reached = crate::limits::reached(&stats);
+    let detail = if reached.is_empty() {
+        format!(
+            "none reached ({} live records)",
+            stats.live_records()
+        )
+    } else {
+        reached
+            .iter()
+            .map(|l| format!("{} connection(s): {}", l.connections, l.advice))
+            .collect::<Vec<_>>()
+            .join("; ")
+    };
+    Some(probe_with_fallback("limits of the running daemon", reached.is_empty(), detail))
+}
+
 /// A refusal in a line: the verifier's whole log is long, its verdict is
 /// the last line before the statistics.
 fn brief(error: &str) -> String {

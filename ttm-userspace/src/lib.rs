@@ -6,6 +6,7 @@ pub mod daemon;
 pub mod doctor;
 pub mod formats;
 pub mod host;
+pub mod limits;
 pub mod links;
 pub mod metrics;
 pub mod mode;

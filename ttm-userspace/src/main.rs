@@ -322,7 +322,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Ok(findings_exit(threats))
         }
         Command::Doctor { json } => {
-            let probes = ttm::doctor::run();
+            let mut probes = ttm::doctor::run();
+            probes.extend(ttm::doctor::limits(&PinDir::default()));
             if json {
                 println!("{}", serde_json::to_string(&probes)?);
             } else {
@@ -381,6 +382,14 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     println!("{name:<38} {total}");
                 }
                 println!("{:<38} {live}", "live_records");
+                for limit in ttm::limits::reached(&stats) {
+                    println!(
+                        "LIMIT: {} connection(s) ({}): {}",
+                        limit.connections,
+                        limit.counter.name(),
+                        limit.advice
+                    );
+                }
                 match &service {
                     Some(service) => {
                         for (name, total) in service {
