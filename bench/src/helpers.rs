@@ -229,3 +229,119 @@ pub fn line_client(to: SocketAddr) -> Result<()> {
     let _ = s.read_to_end(&mut rest);
     Ok(())
 }
+
+/// Percentiles of `latencies` (ns) as JSON in µs.
+fn summary_json(latencies: &mut [u64]) -> serde_json::Value {
+    let s = Summary::of(latencies);
+    serde_json::json!({"p50_us": s.p50 as f64 / 1000.0, "p99_us": s.p99 as f64 / 1000.0})
+}
+
+/// Lookups by fd at each scale level: holds one lab connection (with a
+/// record) and one loopback connection (without), prints "ready", then for
+/// each line on stdin asks the daemon `requests` times about each and
+/// prints {"with":{…},"without":{…}}.
+pub fn fd_probe(listen: SocketAddr, socket: &Path, requests: usize) -> Result<()> {
+    let with = accept_lab_connection(listen)?;
+    let loopback = TcpListener::bind("127.0.0.1:0")?;
+    let _peer = TcpStream::connect(loopback.local_addr()?)?;
+    let (without, _) = loopback.accept()?;
+    let mut client = ttm_client::Client::connect(socket)?;
+    println!("ready");
+    std::io::stdout().flush()?;
+    for line in std::io::stdin().lines() {
+        line?;
+        let mut report = serde_json::Map::new();
+        for (name, conn, has_record) in [("with", &with, true), ("without", &without, false)] {
+            let mut latencies = Vec::with_capacity(requests);
+            for _ in 0..requests {
+                let t = Instant::now();
+                let found = client.lookup_fd(conn)?;
+                latencies.push(t.elapsed().as_nanos() as u64);
+                if found.is_some() != has_record {
+                    bail!("lookup by fd of the connection {name} a record found {found:?}");
+                }
+            }
+            report.insert(name.to_string(), summary_json(&mut latencies));
+        }
+        println!("{}", serde_json::Value::Object(report));
+        std::io::stdout().flush()?;
+    }
+    Ok(())
+}
+
+/// Bytes the floor server answers per request line.
+pub const FLOOR_REPLY_BYTES: usize = 200;
+
+/// The floor: a minimal thread-per-client Unix-socket line server that
+/// answers every request line with a fixed 200-byte line — the same IPC as
+/// the daemon's lookups, with no lookup behind it.
+pub fn floor_server(socket: &Path) -> Result<()> {
+    let _ = std::fs::remove_file(socket);
+    let listener = std::os::unix::net::UnixListener::bind(socket)?;
+    println!("listening");
+    std::io::stdout().flush()?;
+    let mut reply = vec![b'x'; FLOOR_REPLY_BYTES - 1];
+    reply.push(b'\n');
+    let reply: Arc<[u8]> = reply.into();
+    for conn in listener.incoming() {
+        let conn = conn?;
+        let reply = reply.clone();
+        std::thread::spawn(move || {
+            let mut reader = BufReader::new(&conn);
+            let mut line = Vec::new();
+            loop {
+                line.clear();
+                match reader.read_until(b'\n', &mut line) {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {
+                        if (&conn).write_all(&reply).is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+        });
+    }
+    Ok(())
+}
+
+/// `clients` threads, each sending `request` (one line) and waiting for
+/// its answer line, `requests` times, over the Unix socket `socket`.
+/// Returns (requests per second, p50 µs, p99 µs).
+pub fn line_load(
+    socket: &Path,
+    request: &str,
+    clients: usize,
+    requests: usize,
+) -> Result<(f64, f64, f64)> {
+    let started = Instant::now();
+    let workers: Vec<_> = (0..clients)
+        .map(|_| {
+            let socket = socket.to_path_buf();
+            let request = format!("{request}\n").into_bytes();
+            std::thread::spawn(move || -> Result<Vec<u64>> {
+                let conn = std::os::unix::net::UnixStream::connect(&socket)?;
+                let mut reader = BufReader::new(&conn);
+                let mut line = Vec::new();
+                let mut latencies = Vec::with_capacity(requests);
+                for _ in 0..requests {
+                    let t = Instant::now();
+                    (&conn).write_all(&request)?;
+                    line.clear();
+                    if reader.read_until(b'\n', &mut line)? == 0 {
+                        bail!("the server hung up");
+                    }
+                    latencies.push(t.elapsed().as_nanos() as u64);
+                }
+                Ok(latencies)
+            })
+        })
+        .collect();
+    let mut all = Vec::with_capacity(clients * requests);
+    for w in workers {
+        all.extend(w.join().map_err(|_| anyhow::anyhow!("worker panicked"))??);
+    }
+    let rate = all.len() as f64 / started.elapsed().as_secs_f64();
+    let s = Summary::of(&mut all);
+    Ok((rate, s.p50 as f64 / 1000.0, s.p99 as f64 / 1000.0))
+}

@@ -64,6 +64,22 @@ enum Cmd {
         #[arg(long)]
         iterations: usize,
     },
+    /// Helper: lookups by fd with and without a record, per stdin line.
+    #[command(hide = true)]
+    FdProbe {
+        #[arg(long)]
+        listen: SocketAddr,
+        #[arg(long)]
+        socket: PathBuf,
+        #[arg(long)]
+        requests: usize,
+    },
+    /// Helper: the floor line server.
+    #[command(hide = true)]
+    FloorServer {
+        #[arg(long)]
+        socket: PathBuf,
+    },
     /// Helper: lookup load on one accepted connection.
     #[command(hide = true)]
     LookupLoad {
@@ -95,6 +111,12 @@ fn main() -> ExitCode {
             clients,
             requests,
         } => helpers::lookup_load(listen, &socket, clients, requests),
+        Cmd::FdProbe {
+            listen,
+            socket,
+            requests,
+        } => helpers::fd_probe(listen, &socket, requests),
+        Cmd::FloorServer { socket } => helpers::floor_server(&socket),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -107,6 +107,15 @@ impl Guarded {
         }
     }
 
+    /// Writes `line` and a newline to the child's stdin.
+    pub fn send_line(&mut self, line: &str) -> Result<()> {
+        use std::io::Write as _;
+        let stdin = self.child.stdin.as_mut().context("the child's stdin is closed")?;
+        writeln!(stdin, "{line}")?;
+        stdin.flush()?;
+        Ok(())
+    }
+
     /// Closes the child's stdin (the lab helpers treat that as "finish").
     pub fn close_stdin(&mut self) {
         drop(self.child.stdin.take());
