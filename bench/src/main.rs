@@ -31,6 +31,10 @@ enum Cmd {
         /// Where to write the Markdown report (the SVG chart goes beside it).
         #[arg(long, default_value = "BENCHMARKS.md")]
         out: PathBuf,
+        /// Run only these sections (repeatable): connection-rate, per-call,
+        /// lookups, floor, scale, real-connections, cold-start.
+        #[arg(long)]
+        only: Vec<String>,
     },
     /// Helper: accept forever, one byte each way.
     #[command(hide = true)]
@@ -96,7 +100,7 @@ enum Cmd {
 
 fn main() -> ExitCode {
     let result = match Cli::parse().command {
-        Cmd::Run { quick, out } => sections::run(quick, &out),
+        Cmd::Run { quick, out, only } => sections::run(quick, &out, &only),
         Cmd::EchoServer { listen, getsockopt } => helpers::echo_server(listen, getsockopt),
         Cmd::ConnRate {
             to,

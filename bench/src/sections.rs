@@ -54,7 +54,9 @@ const QUICK: Sizes = Sizes {
 };
 
 /// Runs every section and writes the report to `out`.
-pub fn run(quick: bool, out: &Path) -> Result<()> {
+/// `only` names the sections to run (all when empty): connection-rate,
+/// per-call, lookups, floor, scale, real-connections, cold-start.
+pub fn run(quick: bool, out: &Path, only: &[String]) -> Result<()> {
     let sizes = if quick { &QUICK } else { &FULL };
     let lab = Lab::up().context("bringing the lab up")?;
     // Thousands of short connections: widen the client's port range.
@@ -66,20 +68,21 @@ pub fn run(quick: bool, out: &Path) -> Result<()> {
     }
     let mut sections = Vec::new();
     let mut chart = Vec::new();
-    eprintln!("bench: connection rate");
-    sections.push(connection_rate(&lab, sizes)?);
-    eprintln!("bench: per-call cost");
-    sections.push(per_call(&lab, sizes)?);
-    eprintln!("bench: lookups");
-    sections.push(lookups(&lab, sizes)?);
-    eprintln!("bench: lookup service against its floor");
-    sections.push(service_floor(&lab, sizes)?);
-    eprintln!("bench: scale and memory");
-    sections.push(scale(&lab, sizes, &mut chart)?);
-    eprintln!("bench: real connections at scale");
-    sections.push(real_connections(&lab, sizes)?);
-    eprintln!("bench: cold start");
-    sections.push(cold_start(&lab, sizes)?);
+    let wanted = |name: &str| only.is_empty() || only.iter().any(|o| o == name);
+    let mut section = |name: &str, run: &mut dyn FnMut() -> Result<Section>| -> Result<()> {
+        if wanted(name) {
+            eprintln!("bench: {name}");
+            sections.push(run()?);
+        }
+        Ok(())
+    };
+    section("connection-rate", &mut || connection_rate(&lab, sizes))?;
+    section("per-call", &mut || per_call(&lab, sizes))?;
+    section("lookups", &mut || lookups(&lab, sizes))?;
+    section("floor", &mut || service_floor(&lab, sizes))?;
+    section("scale", &mut || scale(&lab, sizes, &mut chart))?;
+    section("real-connections", &mut || real_connections(&lab, sizes))?;
+    section("cold-start", &mut || cold_start(&lab, sizes))?;
     drop(lab);
     report::write(out, quick, &sections, &chart)?;
     eprintln!("bench: wrote {}", out.display());
@@ -562,22 +565,30 @@ struct Row {
 
 fn scale(lab: &Lab, sizes: &Sizes, chart: &mut Vec<(u64, f64, f64)>) -> Result<Section> {
     let capacity = *sizes.scale_levels.last().unwrap_or(&1_000);
-    let cap = capacity.max(u64::from(maps::DEFAULT_RECORDS_CAPACITY)).to_string();
+    let cap = capacity
+        .max(u64::from(maps::DEFAULT_RECORDS_CAPACITY))
+        .to_string();
     let daemon = daemon(lab, &["--max-records", &cap, "--metrics", METRICS_ADDR])?;
     let socket = daemon.socket.to_string_lossy().into_owned();
     let pins = PinDir::new(PIN_DIR);
-    let mut records: HashMap<MapData, u64, PeerRecord> = HashMap::try_from(
-        Map::from_map_data(MapData::from_pin(pins.map(maps::RECORDS))?)?,
-    )?;
-    let mut tuples: HashMap<MapData, maps::TcKey, u64> = HashMap::try_from(
-        Map::from_map_data(MapData::from_pin(pins.map(maps::TUPLES))?)?,
-    )?;
+    let mut records: HashMap<MapData, u64, PeerRecord> = HashMap::try_from(Map::from_map_data(
+        MapData::from_pin(pins.map(maps::RECORDS))?,
+    )?)?;
+    let mut tuples: HashMap<MapData, maps::TcKey, u64> = HashMap::try_from(Map::from_map_data(
+        MapData::from_pin(pins.map(maps::TUPLES))?,
+    )?)?;
     let requests = sizes.scale_lookups.to_string();
     let listen = listen_all();
     let mut probe = in_rs(
         lab,
         &[
-            "fd-probe", "--listen", &listen, "--socket", &socket, "--requests", &requests,
+            "fd-probe",
+            "--listen",
+            &listen,
+            "--socket",
+            &socket,
+            "--requests",
+            &requests,
         ],
     )?;
     listening(&probe)?;
@@ -642,7 +653,8 @@ fn scale(lab: &Lab, sizes: &Sizes, chart: &mut Vec<(u64, f64, f64)>) -> Result<S
         let client_tuple = by_tuple(true)?;
         let kernel_tuple = by_tuple(false)?;
         let missing = latencies(n, |k| {
-            let local: SocketAddr = format!("10.250.{}.{}:{PORT}", (k >> 8) as u8, k as u8).parse()?;
+            let local: SocketAddr =
+                format!("10.250.{}.{}:{PORT}", (k >> 8) as u8, k as u8).parse()?;
             match client.lookup_tuple(local, "10.0.2.1:50000".parse()?)? {
                 None => Ok(()),
                 Some(found) => bail!("a tuple that was never filed was found: {found:?}"),
@@ -901,9 +913,9 @@ const FLOOR_CLIENTS: usize = 4;
 fn service_floor(lab: &Lab, sizes: &Sizes) -> Result<Section> {
     let daemon = daemon(lab, &[])?;
     let pins = PinDir::new(PIN_DIR);
-    let mut records: HashMap<MapData, u64, PeerRecord> = HashMap::try_from(
-        Map::from_map_data(MapData::from_pin(pins.map(maps::RECORDS))?)?,
-    )?;
+    let mut records: HashMap<MapData, u64, PeerRecord> = HashMap::try_from(Map::from_map_data(
+        MapData::from_pin(pins.map(maps::RECORDS))?,
+    )?)?;
     records.insert(SYNTHETIC_COOKIES, synthetic_record(0), 0)?;
     let floor_socket = PathBuf::from("/run/ttm/bench-floor.sock");
     let floor = Guarded::spawn({

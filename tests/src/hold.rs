@@ -56,10 +56,7 @@ pub fn hold_server(listen: SocketAddr, count: usize, socket: &Path) -> Result<()
                 continue;
             }
             by_cookie += 1;
-            if client
-                .lookup_fd(stream)?
-                .is_some_and(|r| r.client == *peer)
-            {
+            if client.lookup_fd(stream)?.is_some_and(|r| r.client == *peer) {
                 by_fd += 1;
             }
             let local = stream.local_addr()?;

@@ -110,7 +110,11 @@ impl Guarded {
     /// Writes `line` and a newline to the child's stdin.
     pub fn send_line(&mut self, line: &str) -> Result<()> {
         use std::io::Write as _;
-        let stdin = self.child.stdin.as_mut().context("the child's stdin is closed")?;
+        let stdin = self
+            .child
+            .stdin
+            .as_mut()
+            .context("the child's stdin is closed")?;
         writeln!(stdin, "{line}")?;
         stdin.flush()?;
         Ok(())

@@ -109,7 +109,7 @@ fn metrics_expose_every_counter_the_fill_level_and_build_info() {
         "ttm_connections_seen_total 2",
         "ttm_untrusted_total 0",
         "ttm_live_records 2",
-        "ttm_records_capacity 65536",
+        "ttm_records_capacity 1048576",
         "ttm_build_info{version=\"0.1.0\"} 1",
     ] {
         assert!(text.contains(line), "{line} missing:\n{text}");

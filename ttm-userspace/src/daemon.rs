@@ -225,7 +225,8 @@ impl Daemon {
                 "took over {adopted} pinned attachment(s) with an atomic program swap: no connection went unrecorded"
             );
         }
-        let directory = PinnedDirectory::open(&daemon.pins).context("opening the pinned maps")?;
+        let directory = PinnedDirectory::open(&daemon.pins, daemon.plan.tc)
+            .context("opening the pinned maps")?;
         let service = LookupService::bind(
             &config.socket,
             config.socket_group,
@@ -322,9 +323,7 @@ impl Daemon {
         let stats_map = crate::stats::open(&self.pins)
             .inspect_err(|e| warn!("limit checks unavailable: {e}"))
             .ok();
-        let mut last_stats = stats_map
-            .as_ref()
-            .and_then(|m| crate::stats::read(m).ok());
+        let mut last_stats = stats_map.as_ref().and_then(|m| crate::stats::read(m).ok());
         println!("ttm: ready");
         loop {
             tokio::select! {

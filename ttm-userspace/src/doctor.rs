@@ -154,10 +154,7 @@ pub fn limits(pins: &crate::pins::PinDir) -> Option<Probe> {
     let stats = crate::stats::read(&crate::stats::open(pins).ok()?).ok()?;
     let reached = crate::limits::reached(&stats);
     let detail = if reached.is_empty() {
-        format!(
-            "none reached ({} live records)",
-            stats.live_records()
-        )
+        format!("none reached ({} live records)", stats.live_records())
     } else {
         reached
             .iter()
@@ -165,7 +162,11 @@ pub fn limits(pins: &crate::pins::PinDir) -> Option<Probe> {
             .collect::<Vec<_>>()
             .join("; ")
     };
-    Some(probe_with_fallback("limits of the running daemon", reached.is_empty(), detail))
+    Some(probe_with_fallback(
+        "limits of the running daemon",
+        reached.is_empty(),
+        detail,
+    ))
 }
 
 /// A refusal in a line: the verifier's whole log is long, its verdict is

@@ -89,7 +89,10 @@ mod tests {
     #[test]
     fn only_new_refusals_are_reported_again() {
         let before = stats(&[(Counter::MapInsertFailed, 3)]);
-        let now = stats(&[(Counter::MapInsertFailed, 5), (Counter::TupleIndexFailed, 1)]);
+        let now = stats(&[
+            (Counter::MapInsertFailed, 5),
+            (Counter::TupleIndexFailed, 1),
+        ]);
         let new = newly_reached(&before, &now);
         assert_eq!(new.len(), 2);
         assert_eq!((new[0].0.counter, new[0].1), (Counter::MapInsertFailed, 2));

@@ -73,6 +73,7 @@ pub struct RecordStore {
     tuples: Option<HashMap<MapData, TcKey, u64>>,
     storage: Option<SkStorage<MapData, PeerRecord>>,
     tc: Option<HashMap<MapData, TcKey, PeerRecord>>,
+    tc_fd_fallback: bool,
 }
 
 /// Cookie reported for a record only the TC path has (its socket was not
@@ -137,7 +138,15 @@ impl RecordStore {
             tuples,
             storage,
             tc,
+            tc_fd_fallback: true,
         })
+    }
+
+    /// Whether lookups by fd of sockets without a record of their own try
+    /// the TC path's map (on by default). Only worth it where the TC path
+    /// decodes: finding the socket's 4-tuple runs its getpeername hooks.
+    pub fn set_tc_fd_fallback(&mut self, on: bool) {
+        self.tc_fd_fallback = on;
     }
 
     /// The record of the connection with socket cookie `cookie`.
@@ -165,7 +174,9 @@ impl RecordStore {
                 Err(e) => return Err(e.into()),
             }
         }
-        let Some(tc) = &self.tc else { return Ok(None) };
+        let Some(tc) = self.tc.as_ref().filter(|_| self.tc_fd_fallback) else {
+            return Ok(None);
+        };
         let Some((local, peer)) = crate::sockdiag::kernel_tuple(fd, cookie) else {
             return Ok(None);
         };

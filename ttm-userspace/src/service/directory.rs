@@ -37,10 +37,13 @@ pub struct PinnedDirectory {
 }
 
 impl PinnedDirectory {
-    /// Opens the maps pinned under `pins`.
-    pub fn open(pins: &PinDir) -> Result<PinnedDirectory, RecordsError> {
+    /// Opens the maps pinned under `pins`. `tc`: the TC path decodes, so
+    /// sockets sockops did not see may have a record by 4-tuple.
+    pub fn open(pins: &PinDir, tc: bool) -> Result<PinnedDirectory, RecordsError> {
+        let mut records = RecordStore::open(pins)?;
+        records.set_tc_fd_fallback(tc);
         Ok(PinnedDirectory {
-            records: RecordStore::open(pins)?,
+            records,
             stats: crate::stats::open(pins)?,
         })
     }

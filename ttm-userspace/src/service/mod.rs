@@ -47,6 +47,10 @@ pub enum ServiceError {
     },
 }
 
+/// Stack of each client's thread: a session needs little (requests are at
+/// most 4 KiB and answered without recursion).
+const CLIENT_THREAD_STACK: usize = 256 * 1024;
+
 /// Limits that keep the service bounded.
 #[derive(Clone, Copy, Debug)]
 pub struct Limits {
@@ -156,12 +160,34 @@ impl LookupService {
                 refuse_overloaded(&stream);
                 continue;
             };
-            counters.bump(ServiceCounter::ClientsAccepted);
+            // Each client gets a thread of its own with blocking I/O: the
+            // same path as a minimal line server, and nothing a client or
+            // its request does can hold up another client's answers.
+            let stream = match stream.into_std().and_then(|s| {
+                s.set_nonblocking(false)?;
+                Ok(s)
+            }) {
+                Ok(s) => s,
+                Err(e) => {
+                    warn!("lookup service: cannot serve a client: {e}");
+                    continue;
+                }
+            };
             let shared = self.shared.clone();
-            tokio::spawn(async move {
-                session::serve(stream, shared).await;
-                drop(permit);
-            });
+            let spawned = std::thread::Builder::new()
+                .name("ttm-lookup".into())
+                .stack_size(CLIENT_THREAD_STACK)
+                .spawn(move || {
+                    session::serve(stream, shared);
+                    drop(permit);
+                });
+            match spawned {
+                Ok(_) => counters.bump(ServiceCounter::ClientsAccepted),
+                Err(e) => {
+                    counters.bump(ServiceCounter::ClientsOverloaded);
+                    warn!("lookup service: cannot start a client thread: {e}");
+                }
+            }
         }
     }
 }

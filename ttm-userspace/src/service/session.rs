@@ -12,8 +12,8 @@ use rustix::net::{
     recvmsg, sockopt, AddressFamily, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags,
     SocketType,
 };
-use tokio::io::Interest;
-use tokio::net::UnixStream;
+use std::io::Write as _;
+use std::os::unix::net::UnixStream;
 use ttm_client::protocol::{
     encode_line, ErrorCode, ErrorReply, Request, StatsReply, VersionReply, PROTOCOL_VERSION,
 };
@@ -67,18 +67,27 @@ struct Session {
     rejected: u64,
 }
 
-/// Serves `stream` until the client leaves, misbehaves past recovery, or idles.
-pub(super) async fn serve(stream: UnixStream, shared: Arc<Shared>) {
-    let peer = match stream.peer_cred() {
+/// Serves `stream` until the client leaves, misbehaves past recovery, or
+/// idles. Runs on the client's own thread with blocking I/O: a client that
+/// is slow, or a request that waits on the kernel, holds only its thread,
+/// never another client's answers.
+pub(super) fn serve(stream: UnixStream, shared: Arc<Shared>) {
+    let peer = match rustix::net::sockopt::socket_peercred(&stream) {
         Ok(c) => Peer {
-            pid: c.pid(),
-            uid: c.uid(),
+            pid: Some(c.pid.as_raw_nonzero().get()),
+            uid: c.uid.as_raw(),
         },
         Err(_) => Peer {
             pid: None,
             uid: u32::MAX,
         },
     };
+    let limits = shared.limits;
+    if stream.set_read_timeout(Some(limits.idle_timeout)).is_err()
+        || stream.set_write_timeout(Some(limits.idle_timeout)).is_err()
+    {
+        return;
+    }
     let mut session = Session {
         shared,
         peer,
@@ -87,7 +96,7 @@ pub(super) async fn serve(stream: UnixStream, shared: Arc<Shared>) {
         fds: VecDeque::new(),
         rejected: 0,
     };
-    session.run(&stream).await;
+    session.run(&stream);
     if session.rejected > 0 {
         warn!(
             "lookup client {} left after {} rejected request(s)",
@@ -97,7 +106,7 @@ pub(super) async fn serve(stream: UnixStream, shared: Arc<Shared>) {
 }
 
 impl Session {
-    async fn run(&mut self, stream: &UnixStream) {
+    fn run(&mut self, stream: &UnixStream) {
         let limits = self.shared.limits;
         let mut out = Vec::with_capacity(512);
         loop {
@@ -111,61 +120,61 @@ impl Session {
                     limits.max_request
                 );
                 self.reject(&reason, &mut out);
-                let _ = tokio::time::timeout(limits.idle_timeout, write_all(stream, &out)).await;
+                let _ = (&*stream).write_all(&out);
                 return;
             }
             if !out.is_empty() {
-                match tokio::time::timeout(limits.idle_timeout, write_all(stream, &out)).await {
-                    Ok(Ok(())) => out.clear(),
-                    // The client stopped reading or left: drop it.
-                    _ => return,
+                // Blocks at most the write timeout: a client that stops
+                // reading is dropped.
+                if (&*stream).write_all(&out).is_err() {
+                    return;
                 }
+                out.clear();
             }
-            match tokio::time::timeout(limits.idle_timeout, self.read(stream)).await {
-                Ok(Ok(0)) => {
+            match self.read(stream) {
+                Ok(0) => {
                     if !self.buf.is_empty() {
                         self.shared.counters.bump(C::ClientsHungUpMidRequest);
                     }
                     return;
                 }
-                Ok(Ok(_)) => {}
-                Ok(Err(_)) => return,
-                Err(_) => {
+                Ok(_) => {}
+                Err(e)
+                    if e.kind() == io::ErrorKind::WouldBlock
+                        || e.kind() == io::ErrorKind::TimedOut =>
+                {
                     self.shared.counters.bump(C::ClientsTimedOut);
                     return;
                 }
+                Err(_) => return,
             }
         }
     }
 
-    /// Reads one chunk, queueing any descriptors that came with it.
-    async fn read(&mut self, stream: &UnixStream) -> io::Result<usize> {
+    /// Reads one chunk (waiting at most the idle timeout), queueing any
+    /// descriptors that came with it.
+    fn read(&mut self, stream: &UnixStream) -> io::Result<usize> {
         let mut chunk = [0u8; READ_CHUNK];
-        loop {
-            stream.readable().await?;
-            let mut received = Vec::new();
-            match stream.try_io(Interest::READABLE, || {
-                recv_chunk(stream, &mut chunk, &mut received)
-            }) {
-                Ok(n) => {
-                    let at = self.consumed + self.buf.len() as u64;
-                    self.shared
-                        .counters
-                        .add(C::FdsReceived, received.len() as u64);
-                    for fd in received {
-                        if self.fds.len() >= MAX_QUEUED_FDS {
-                            self.shared.counters.bump(C::FdsUnclaimed);
-                        } else {
-                            self.fds.push_back((at, fd));
-                        }
-                    }
-                    self.buf.extend_from_slice(&chunk[..n]);
-                    return Ok(n);
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                Err(e) => return Err(e),
+        let mut received = Vec::new();
+        let n = loop {
+            match recv_chunk(stream, &mut chunk, &mut received) {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                other => break other?,
+            }
+        };
+        let at = self.consumed + self.buf.len() as u64;
+        self.shared
+            .counters
+            .add(C::FdsReceived, received.len() as u64);
+        for fd in received {
+            if self.fds.len() >= MAX_QUEUED_FDS {
+                self.shared.counters.bump(C::FdsUnclaimed);
+            } else {
+                self.fds.push_back((at, fd));
             }
         }
+        self.buf.extend_from_slice(&chunk[..n]);
+        Ok(n)
     }
 
     /// Answers the line `buf[..end]` (newline at `end`) into `out`.
@@ -177,26 +186,32 @@ impl Session {
                 line_fds.push(fd);
             }
         }
-        let line: Vec<u8> = self.buf.drain(..=end).collect();
-        self.consumed += line.len() as u64;
-        let text = match std::str::from_utf8(&line[..end]) {
-            Ok(t) => t.trim(),
-            Err(_) => {
-                self.shared.counters.bump(C::RequestsNotUtf8);
+        // Parsed in place; the line leaves the buffer whatever it held.
+        let parsed = match std::str::from_utf8(&self.buf[..end]) {
+            Ok(text) if text.trim().is_empty() => None,
+            Ok(text) => Some(
+                serde_json::from_str::<Request>(text.trim())
+                    .map_err(|e| (None, format!("not a valid request: {e}"))),
+            ),
+            Err(_) => Some(Err((
+                Some(C::RequestsNotUtf8),
+                "request is not UTF-8 (send one JSON object per line)".to_string(),
+            ))),
+        };
+        self.buf.drain(..=end);
+        self.consumed += end as u64 + 1;
+        let request = match parsed {
+            None => {
                 self.unclaimed(line_fds.len());
-                self.reject("request is not UTF-8 (send one JSON object per line)", out);
                 return;
             }
-        };
-        if text.is_empty() {
-            self.unclaimed(line_fds.len());
-            return;
-        }
-        let request = match serde_json::from_str::<Request>(text) {
-            Ok(r) => r,
-            Err(e) => {
+            Some(Ok(r)) => r,
+            Some(Err((counter, reason))) => {
+                if let Some(counter) = counter {
+                    self.shared.counters.bump(counter);
+                }
                 self.unclaimed(line_fds.len());
-                self.reject(&format!("not a valid request: {e}"), out);
+                self.reject(&reason, out);
                 return;
             }
         };
@@ -305,7 +320,7 @@ fn recv_chunk(
         stream,
         &mut [io::IoSliceMut::new(chunk)],
         &mut control,
-        RecvFlags::CMSG_CLOEXEC | RecvFlags::DONTWAIT,
+        RecvFlags::CMSG_CLOEXEC,
     )?;
     for message in control.drain() {
         if let RecvAncillaryMessage::ScmRights(fds) = message {
@@ -336,18 +351,4 @@ fn cookie_of_tcp_socket(fd: &OwnedFd) -> Result<u64, String> {
         );
     }
     ttm_client::socket_cookie(fd).map_err(|e| format!("cannot read the socket's cookie: {e}"))
-}
-
-/// Writes all of `bytes`, waiting while the client's receive buffer is full.
-async fn write_all(stream: &UnixStream, mut bytes: &[u8]) -> io::Result<()> {
-    while !bytes.is_empty() {
-        stream.writable().await?;
-        match stream.try_write(bytes) {
-            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(n) => bytes = &bytes[n..],
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
 }
