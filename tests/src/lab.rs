@@ -269,6 +269,15 @@ impl Lab {
         self.cgroups.join("rs")
     }
 
+    /// An application's cgroup inside the real server's (`rs/<name>`), made
+    /// if missing: the decoder on `rs` covers it; the app-facing hooks only
+    /// where `--compat-cgroup` names it. Removed when the lab goes down.
+    pub fn app_cgroup(&self, name: &str) -> Result<PathBuf> {
+        let cg = self.rs_cgroup().join(name);
+        fs::create_dir_all(&cg).with_context(|| format!("creating cgroup {}", cg.display()))?;
+        Ok(cg)
+    }
+
     /// Sets a sysctl inside the real server's namespace.
     pub fn rs_sysctl(&self, setting: &str) -> Result<()> {
         in_ns(RS_NS, &["sysctl", "-qw", setting])
@@ -286,6 +295,13 @@ impl Lab {
             let dir = root.join(CGROUP_DIR);
             for sub in ["client", "plain", "rs"] {
                 let cg = dir.join(sub);
+                // Children first (the app cgroups some tests make).
+                for child in fs::read_dir(&cg).into_iter().flatten().flatten() {
+                    if child.path().is_dir() {
+                        kill_cgroup(&child.path());
+                        let _ = fs::remove_dir(child.path());
+                    }
+                }
                 kill_cgroup(&cg);
                 let _ = fs::remove_dir(&cg);
             }

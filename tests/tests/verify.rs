@@ -37,7 +37,7 @@ fn at(v: &serde_json::Value, cgroup: &str) -> Vec<serde_json::Value> {
 
 #[test]
 fn ttm_is_recognised_and_a_foreign_peer_rewriter_is_flagged() {
-    let world = World::new();
+    let world = World::with_daemon_args(ttm_lab::lab::LB_NET, &["--witness"]);
     let rs = world.lab.rs_cgroup().to_string_lossy().into_owned();
     let (code, v) = verify();
     assert_eq!(
@@ -228,7 +228,7 @@ impl Drop for ChildCgroup {
 
 #[test]
 fn the_witness_catches_a_foreign_rewrite_that_runs_before_ttm() {
-    let world = World::new();
+    let world = World::with_daemon_args(ttm_lab::lab::LB_NET, &["--witness"]);
     let child = ChildCgroup(world.lab.rs_cgroup().join("witness-child"));
     std::fs::create_dir_all(&child.0).expect("child cgroup");
     // Programs on a child cgroup run before the parent's (ttm's).
@@ -301,4 +301,33 @@ fn the_witness_catches_a_foreign_rewrite_that_runs_before_ttm() {
         "{p}"
     );
     drop(server);
+}
+
+#[test]
+fn without_the_witness_one_program_runs_per_getpeername_and_the_audit_still_flags_a_hijacker() {
+    let world = World::new();
+    let rs = world.lab.rs_cgroup().to_string_lossy().into_owned();
+    let (code, v) = verify();
+    assert_eq!(code, 0, "{v}");
+    let ours = at(&v, &rs);
+    for hook in ["getpeername4", "getpeername6"] {
+        let n = ours
+            .iter()
+            .filter(|p| p["attach_point"].as_str().unwrap().ends_with(hook))
+            .count();
+        assert_eq!(n, 1, "the rewrite alone on {hook}: {ours:?}");
+    }
+    // `--live` says the witness is off and what turns it on.
+    let out = Command::new(ttm_bin().expect("ttm"))
+        .args(["verify", "--live", "--pin-dir", PIN_DIR])
+        .output()
+        .expect("ttm verify --live");
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("witness is off") && err.contains("--witness"), "{err}");
+    // The static audit flags the hijacker all the same.
+    let _hijacker = Hijacker::attach(&world.lab.rs_cgroup()).expect("attach the hijacker");
+    let (code, v) = verify();
+    assert_eq!(code, 1, "{v}");
+    assert!(v["threats"].as_u64().unwrap_or(0) >= 1, "{v}");
 }

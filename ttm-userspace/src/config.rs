@@ -46,7 +46,20 @@ pub struct DaemonArgs {
     /// custom:KIND/LEN/v4|v6; repeatable, in priority order (default: toa). See `ttm formats`.
     #[arg(long = "format", value_name = "NAME")]
     pub formats: Vec<String>,
-    /// Capacity of the connection map (live decoded connections; default 65536).
+    /// cgroup v2 directory whose applications get the getsockopt shim and the
+    /// accept()/getpeername() rewrite (repeatable; default: --cgroup). Only
+    /// processes under these pay for the hooks on their calls.
+    #[arg(long = "compat-cgroup", value_name = "PATH")]
+    pub compat_cgroups: Vec<PathBuf>,
+    /// Do not attach the getsockopt shim at all (for hosts whose apps never
+    /// call getsockopt(SOL_IP, 1345)): no getsockopt on the host pays for it.
+    #[arg(long)]
+    pub no_getsockopt: bool,
+    /// Attach the live witness behind the rewrite (`ttm verify --live`):
+    /// a second program on every getpeername in the compat cgroups.
+    #[arg(long)]
+    pub witness: bool,
+    /// Most connections tracked for lookups at once (default 1048576; a limit, not an allocation).
     #[arg(long, value_name = "N")]
     pub max_records: Option<u32>,
     /// Unix socket of the lookup service (default /run/ttm/ttm.sock).
@@ -104,6 +117,9 @@ struct FileConfig {
     trust: Option<Vec<String>>,
     trust_any: Option<bool>,
     cgroup: Option<PathBuf>,
+    compat_cgroup: Option<Vec<PathBuf>>,
+    getsockopt: Option<bool>,
+    witness: Option<bool>,
     pin_dir: Option<PathBuf>,
     formats: Option<Vec<String>>,
     max_records: Option<u32>,
@@ -131,6 +147,13 @@ pub struct Settings {
     /// cgroup to attach to (absent: the cgroup2 root).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cgroup: Option<PathBuf>,
+    /// cgroups of the apps that get the shim and the rewrite (empty: `cgroup`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub compat_cgroup: Vec<PathBuf>,
+    /// The getsockopt shim is attached.
+    pub getsockopt: bool,
+    /// The live witness is attached.
+    pub witness: bool,
     /// Pin directory.
     pub pin_dir: PathBuf,
     /// Option layouts.
@@ -196,6 +219,13 @@ impl Settings {
             trust: list(&args.trust, file.trust),
             trust_any: args.trust_any || file.trust_any.unwrap_or(false),
             cgroup: args.cgroup.clone().or(file.cgroup),
+            compat_cgroup: if args.compat_cgroups.is_empty() {
+                file.compat_cgroup.unwrap_or_default()
+            } else {
+                args.compat_cgroups.clone()
+            },
+            getsockopt: !args.no_getsockopt && file.getsockopt.unwrap_or(true),
+            witness: args.witness || file.witness.unwrap_or(false),
             pin_dir: args
                 .pin_dir
                 .clone()
@@ -281,6 +311,9 @@ impl Settings {
             trust,
             trust_any: self.trust_any,
             cgroup: self.cgroup.clone(),
+            compat_cgroups: self.compat_cgroup.clone(),
+            getsockopt: self.getsockopt,
+            witness: self.witness,
             pins: PinDir::new(&self.pin_dir),
             max_records: self.max_records,
             formats,

@@ -30,6 +30,12 @@ pub struct DaemonConfig {
     pub trust_any: bool,
     /// cgroup v2 directory to attach to; `None` is the root of the cgroup2 mount.
     pub cgroup: Option<PathBuf>,
+    /// cgroups whose apps get the getsockopt shim and the rewrite; empty is `cgroup`.
+    pub compat_cgroups: Vec<PathBuf>,
+    /// Attach the getsockopt shim.
+    pub getsockopt: bool,
+    /// Attach the live witness behind the rewrite.
+    pub witness: bool,
     /// Where to pin the maps.
     pub pins: PinDir,
     /// Capacity of the cookie map.
@@ -128,6 +134,9 @@ impl Daemon {
             None => host::cgroup2_mount()?,
         };
         host::check_cgroup2(&cgroup)?;
+        for compat in &config.compat_cgroups {
+            host::check_cgroup2(compat).context("--compat-cgroup")?;
+        }
         for iface in &config.interfaces {
             crate::tc::ifindex(iface)?;
         }
@@ -281,6 +290,9 @@ impl Daemon {
             },
             daemon.pins.path().display()
         );
+        for line in compat_summary(config, &daemon.cgroup) {
+            info!("{line}");
+        }
         Ok(daemon)
     }
 
@@ -330,7 +342,7 @@ impl Daemon {
                 _ = term.recv() => { info!("SIGTERM: detaching"); break }
                 _ = int.recv() => { info!("SIGINT: detaching"); break }
                 _ = watch.tick() => {
-                    if let Err(e) = keep_witnesses_last(&self.cgroup, &self.witnesses) {
+                    if let Err(e) = keep_witnesses_last(&self.witnesses) {
                         warn!("checking the witness order: {e:#}");
                     }
                     if let (Some(map), Some(before)) = (&stats_map, &mut last_stats) {
@@ -409,10 +421,9 @@ impl Drop for Daemon {
 /// pins were removed.
 pub fn remove_pins(pins: &PinDir) -> usize {
     let mut removed = 0;
-    for name in LINKED_PROGRAMS {
-        removed += usize::from(fs::remove_file(pins.link(name)).is_ok());
-    }
-    for pin in crate::tc::pinned_tcx_links(pins) {
+    // Every link: sockops, the app-facing programs of each compat cgroup,
+    // the TC classifier's tcx links.
+    for pin in pins.link_pins() {
         removed += usize::from(fs::remove_file(pin).is_ok());
     }
     for name in PINNED_MAPS {
@@ -461,21 +472,118 @@ fn hand_over(pin_dir: &Path) -> Result<InstanceLock> {
 
 /// One program ttm attaches to the cgroup.
 struct Attachment {
-    /// Names the pinned link.
-    name: &'static str,
-    /// The program attached through it.
+    /// The program attached through it (also names the pinned link).
     program: &'static str,
     attach_type: u32,
-    wanted: bool,
+    /// Where, and the link's pin.
+    cgroup: PathBuf,
+    pin: PathBuf,
 }
 
-/// A witness program and where its link is pinned.
+/// A witness program, the cgroup it watches and where its link is pinned.
 struct Witness {
     name: &'static str,
     attach_type: u32,
     prog: std::os::fd::OwnedFd,
     prog_id: u32,
+    cgroup: PathBuf,
     pin: PathBuf,
+}
+
+/// The app-facing programs (attached per compat cgroup), in attach order:
+/// the witnesses after the rewrite they check.
+const COMPAT_PROGRAMS: [(&str, u32); 5] = [
+    (LINKED_PROGRAMS[1], crate::links::attach_type::GETSOCKOPT),
+    (LINKED_PROGRAMS[2], crate::links::attach_type::GETPEERNAME4),
+    (LINKED_PROGRAMS[3], crate::links::attach_type::GETPEERNAME6),
+    (LINKED_PROGRAMS[4], crate::links::attach_type::GETPEERNAME4),
+    (LINKED_PROGRAMS[5], crate::links::attach_type::GETPEERNAME6),
+];
+
+/// Where the app-facing hooks are and what they cost, for the startup log.
+fn compat_summary(config: &DaemonConfig, decoder: &Path) -> Vec<String> {
+    let cgroups = compat_cgroups(config, decoder)
+        .iter()
+        .map(|c| c.display().to_string())
+        .collect::<Vec<_>>()
+        .join(", ");
+    let mut out = Vec::new();
+    out.push(if config.getsockopt {
+        format!(
+            "getsockopt shim on {cgroups}: every getsockopt() by processes under these cgroups,              whatever the option, pays for it (the kernel copies the option in and out for              any cgroup getsockopt program: about 300 ns here, see BENCHMARKS.md); narrow it              with --compat-cgroup, or --no-getsockopt if no app calls getsockopt(SOL_IP, {})",
+            config.getsockopt_name
+        )
+    } else {
+        "getsockopt shim off (--no-getsockopt): getsockopt(SOL_IP, 1345) answers ENOPROTOOPT,          no getsockopt pays anything"
+            .to_string()
+    });
+    out.push(if config.rewrite {
+        format!(
+            "accept()/getpeername() rewrite on {cgroups}: one socket-storage lookup per call              under these cgroups"
+        )
+    } else {
+        "accept()/getpeername() rewrite off (--no-rewrite)".to_string()
+    });
+    out.push(if config.witness {
+        format!(
+            "live witness on {cgroups} (--witness): a second program on every getpeername              there, checked by `ttm verify --live`"
+        )
+    } else {
+        "live witness off: `ttm verify` audits attachments; --witness also checks every          getpeername answer as it happens"
+            .to_string()
+    });
+    out
+}
+
+/// The cgroups whose apps get the shim and the rewrite: `--compat-cgroup`,
+/// else the decoder's cgroup.
+pub fn compat_cgroups(config: &DaemonConfig, decoder: &Path) -> Vec<PathBuf> {
+    if config.compat_cgroups.is_empty() {
+        vec![decoder.to_path_buf()]
+    } else {
+        config.compat_cgroups.clone()
+    }
+}
+
+/// What `config` attaches, in order: sockops on the decoder's cgroup, then
+/// per compat cgroup the shim, the rewrite and the witness as configured.
+fn planned_attachments(
+    config: &DaemonConfig,
+    plan: &Plan,
+    decoder: &Path,
+) -> Result<Vec<Attachment>> {
+    use crate::links::{self, attach_type};
+    let decoder_id = links::cgroup_id(decoder)?;
+    let mut out = vec![Attachment {
+        program: if plan.sockops_reads_headers {
+            SOCKOPS_PROGRAM
+        } else {
+            SOCKOPS_JOIN_PROGRAM
+        },
+        attach_type: attach_type::SOCK_OPS,
+        cgroup: decoder.to_path_buf(),
+        pin: config.pins.link(LINKED_PROGRAMS[0]),
+    }];
+    for cgroup in compat_cgroups(config, decoder) {
+        let id = links::cgroup_id(&cgroup)
+            .with_context(|| format!("--compat-cgroup {}", cgroup.display()))?;
+        for (program, attach_type) in COMPAT_PROGRAMS {
+            let wanted = match program {
+                p if p == GETSOCKOPT_PROGRAM => config.getsockopt,
+                p if p.starts_with("ttm_witness") => config.witness,
+                _ => config.rewrite,
+            };
+            if wanted {
+                out.push(Attachment {
+                    program,
+                    attach_type,
+                    cgroup: cgroup.clone(),
+                    pin: config.pins.compat_link(program, id, id == decoder_id),
+                });
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// Loads every program and attaches it through a pinned link: an existing
@@ -488,93 +596,52 @@ fn attach_all(
     plan: &Plan,
     cgroup: &Path,
 ) -> Result<(usize, Vec<Witness>)> {
-    use crate::links::{self, attach_type};
-    let cgroup_file =
-        File::open(cgroup).with_context(|| format!("opening cgroup {}", cgroup.display()))?;
-    let cgroup_id = links::cgroup_id(cgroup)?;
-    let wanted = [
-        Attachment {
-            name: LINKED_PROGRAMS[0],
-            program: if plan.sockops_reads_headers {
-                SOCKOPS_PROGRAM
-            } else {
-                SOCKOPS_JOIN_PROGRAM
-            },
-            attach_type: attach_type::SOCK_OPS,
-            wanted: true,
-        },
-        Attachment {
-            name: LINKED_PROGRAMS[1],
-            program: LINKED_PROGRAMS[1],
-            attach_type: attach_type::GETSOCKOPT,
-            wanted: true,
-        },
-        Attachment {
-            name: LINKED_PROGRAMS[2],
-            program: LINKED_PROGRAMS[2],
-            attach_type: attach_type::GETPEERNAME4,
-            wanted: config.rewrite,
-        },
-        Attachment {
-            name: LINKED_PROGRAMS[3],
-            program: LINKED_PROGRAMS[3],
-            attach_type: attach_type::GETPEERNAME6,
-            wanted: config.rewrite,
-        },
-        // The witnesses come last: they check what the rewrite left.
-        Attachment {
-            name: LINKED_PROGRAMS[4],
-            program: LINKED_PROGRAMS[4],
-            attach_type: attach_type::GETPEERNAME4,
-            wanted: true,
-        },
-        Attachment {
-            name: LINKED_PROGRAMS[5],
-            program: LINKED_PROGRAMS[5],
-            attach_type: attach_type::GETPEERNAME6,
-            wanted: true,
-        },
-    ];
+    use crate::links;
+    let wanted = planned_attachments(config, plan, cgroup)?;
+    // Links of app-facing programs no longer wanted (a cgroup dropped from
+    // --compat-cgroup, the shim or witness turned off) go first.
+    for pin in config.pins.cgroup_link_pins() {
+        if !wanted.iter().any(|a| a.pin == pin) {
+            fs::remove_file(&pin).with_context(|| format!("unpinning {}", pin.display()))?;
+            info!("{} detached (no longer configured)", pin.display());
+        }
+    }
     let mut adopted = 0;
     let mut witnesses = Vec::new();
     for a in wanted {
-        let pin = config.pins.link(a.name);
-        let existing = links::open_pinned(&pin).ok();
-        if !a.wanted {
-            if existing.is_some() {
-                fs::remove_file(&pin).with_context(|| format!("unpinning {}", pin.display()))?;
-                info!("{} detached (no longer configured)", a.name);
-            }
-            continue;
-        }
+        let cgroup_file = File::open(&a.cgroup)
+            .with_context(|| format!("opening cgroup {}", a.cgroup.display()))?;
+        let cgroup_id = links::cgroup_id(&a.cgroup)?;
+        let existing = links::open_pinned(&a.pin).ok();
         let prog_fd = load_program(ebpf, a.program)?;
-        if a.name.starts_with("ttm_witness") {
+        if a.program.starts_with("ttm_witness") {
             witnesses.push(Witness {
-                name: a.name,
+                name: a.program,
                 attach_type: a.attach_type,
                 prog: prog_fd.try_clone()?,
                 prog_id: links::prog_id(prog_fd.as_fd())?,
-                pin: pin.clone(),
+                cgroup: a.cgroup.clone(),
+                pin: a.pin.clone(),
             });
         }
         match existing {
             Some(link) if links::info(link.as_fd())?.cgroup_id == cgroup_id => {
                 links::update(link.as_fd(), prog_fd.as_fd())
-                    .with_context(|| format!("swapping the program behind {}", pin.display()))?;
+                    .with_context(|| format!("swapping the program behind {}", a.pin.display()))?;
                 adopted += 1;
             }
             other => {
                 if other.is_some() {
                     // Attached to another cgroup before: move it.
-                    fs::remove_file(&pin)
-                        .with_context(|| format!("unpinning {}", pin.display()))?;
+                    fs::remove_file(&a.pin)
+                        .with_context(|| format!("unpinning {}", a.pin.display()))?;
                 }
                 let link = links::create(prog_fd.as_fd(), cgroup_file.as_fd(), a.attach_type)
                     .with_context(|| {
-                        format!("attaching {} to cgroup {}", a.name, cgroup.display())
+                        format!("attaching {} to cgroup {}", a.program, a.cgroup.display())
                     })?;
-                links::pin(link.as_fd(), &pin).with_context(|| {
-                    format!("pinning the link of {} at {}", a.name, pin.display())
+                links::pin(link.as_fd(), &a.pin).with_context(|| {
+                    format!("pinning the link of {} at {}", a.program, a.pin.display())
                 })?;
             }
         }
@@ -584,10 +651,10 @@ fn attach_all(
 
 /// Moves each witness to the end of its chain if a program was attached
 /// after it on the same cgroup, so that it sees every rewrite there.
-fn keep_witnesses_last(cgroup: &Path, witnesses: &[Witness]) -> Result<()> {
+fn keep_witnesses_last(witnesses: &[Witness]) -> Result<()> {
     use crate::links;
-    let cgroup_file = File::open(cgroup)?;
     for w in witnesses {
+        let cgroup_file = File::open(&w.cgroup)?;
         let ids = links::query_cgroup(cgroup_file.as_fd(), w.attach_type)?;
         if ids.last() == Some(&w.prog_id) || !ids.contains(&w.prog_id) {
             continue;
@@ -599,7 +666,7 @@ fn keep_witnesses_last(cgroup: &Path, witnesses: &[Witness]) -> Result<()> {
             "a program (id {}) was attached after ttm's {} on {}: witness moved last — run `ttm verify` to see what it is",
             ids.last().copied().unwrap_or(0),
             w.name,
-            cgroup.display()
+            w.cgroup.display()
         );
     }
     Ok(())

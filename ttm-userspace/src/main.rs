@@ -221,7 +221,17 @@ fn run(cli: Cli) -> Result<ExitCode> {
             live: true,
             ..
         } => {
-            let caught = ttm::verify::caught(&PinDir::new(pin_dir))?;
+            let pins = PinDir::new(pin_dir);
+            if !ttm::verify::witness_attached(&pins) {
+                eprintln!(
+                    "ttm verify --live: the live witness is off on {} — start the daemon with \
+                     --witness (or `witness = true` in its settings) to check every getpeername \
+                     answer as it happens; `ttm verify` (the static audit) works without it",
+                    pins.path().display()
+                );
+                return Ok(ExitCode::from(2));
+            }
+            let caught = ttm::verify::caught(&pins)?;
             if json {
                 println!("{}", serde_json::to_string(&caught)?);
             } else {

@@ -22,7 +22,9 @@ pub const PINNED_MAPS: [&str; 9] = [
 ];
 
 /// The programs ttm attaches, by name, in attach order (the witnesses after
-/// the rewrite they check); each link is pinned as `link_<name>`.
+/// the rewrite they check); each link is pinned as `link_<name>` (the
+/// app-facing ones on other cgroups than the decoder's as
+/// `link_<name>@cg<cgroup id>`, see [`PinDir::compat_link`]).
 pub const LINKED_PROGRAMS: [&str; 6] = [
     "ttm_sockops",
     "ttm_getsockopt",
@@ -55,6 +57,52 @@ impl PinDir {
     /// Path of the pinned link of program `name`.
     pub fn link(&self, name: &str) -> PathBuf {
         self.0.join(format!("link_{name}"))
+    }
+
+    /// Path of the pinned link of app-facing program `name` on the cgroup
+    /// with id `cgroup_id`: `link_<name>` on the decoder's own cgroup (as
+    /// before compat cgroups existed, so upgrades adopt it), else
+    /// `link_<name>@cg<id>`.
+    pub fn compat_link(&self, name: &str, cgroup_id: u64, decoder_cgroup: bool) -> PathBuf {
+        if decoder_cgroup {
+            self.link(name)
+        } else {
+            self.0.join(format!("link_{name}@cg{cgroup_id}"))
+        }
+    }
+
+    /// Every pinned link here (cgroup and tcx links alike).
+    pub fn link_pins(&self) -> Vec<PathBuf> {
+        self.pins_starting("link_")
+    }
+
+    /// Pinned links of the app-facing cgroup programs (shim, rewrite,
+    /// witness), on every cgroup.
+    pub fn cgroup_link_pins(&self) -> Vec<PathBuf> {
+        LINKED_PROGRAMS[1..]
+            .iter()
+            .flat_map(|name| {
+                let exact = self.link(name);
+                let mut found = self.pins_starting(&format!("link_{name}@cg"));
+                if exact.exists() {
+                    found.push(exact);
+                }
+                found
+            })
+            .collect()
+    }
+
+    fn pins_starting(&self, prefix: &str) -> Vec<PathBuf> {
+        let Ok(entries) = std::fs::read_dir(&self.0) else {
+            return Vec::new();
+        };
+        let mut out: Vec<PathBuf> = entries
+            .filter_map(Result::ok)
+            .filter(|e| e.file_name().to_string_lossy().starts_with(prefix))
+            .map(|e| e.path())
+            .collect();
+        out.sort();
+        out
     }
 }
 

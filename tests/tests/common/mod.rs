@@ -67,6 +67,22 @@ impl World {
         }
     }
 
+    /// Builds the lab, runs `setup` on it (making app cgroups, say), and
+    /// starts ttm on the real server's cgroup with the flags it returns.
+    pub fn with_setup(setup: impl FnOnce(&Lab) -> Vec<String>) -> World {
+        let serial = serial();
+        let lab = Lab::up().expect("bring the lab up");
+        let extra = setup(&lab);
+        let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+        let daemon = TtmDaemon::start(lab::LB_NET, &lab.rs_cgroup(), Path::new(PIN_DIR), &extra)
+            .expect("start ttm daemon");
+        World {
+            daemon,
+            lab,
+            _serial: serial,
+        }
+    }
+
     /// Builds the lab and starts ttm in `mode` (whatever `$TTM_LAB_MODE`
     /// says; see [`TtmDaemon::start_in_mode`]) trusting the LB network.
     pub fn in_mode(mode: &str, extra: &[&str]) -> World {
@@ -252,9 +268,14 @@ pub fn app(path: &str) -> PathBuf {
 
 /// Starts `program args` in the real server's cgroup and netns and waits for "listening".
 pub fn start_app(world: &World, program: &str, args: &[&str]) -> Guarded {
+    start_app_in(&world.lab.rs_cgroup(), program, args)
+}
+
+/// Starts an app in the real server's namespace, in `cgroup`.
+pub fn start_app_in(cgroup: &Path, program: &str, args: &[&str]) -> Guarded {
     let mut cmd = Command::new(program);
     cmd.args(args);
-    place(&mut cmd, &world.lab.rs_cgroup(), lab::RS_NS);
+    place(&mut cmd, cgroup, lab::RS_NS);
     let app = Guarded::spawn(cmd).expect("spawn app");
     app.wait_for(Duration::from_secs(10), |l| l == "listening")
         .expect("app listening");
@@ -263,11 +284,22 @@ pub fn start_app(world: &World, program: &str, args: &[&str]) -> Guarded {
 
 /// The Python peer server on `host`, accepting `count` connections.
 pub fn python_server(world: &World, host: &str, count: usize, extra: &[&str]) -> Guarded {
+    python_server_in(&world.lab.rs_cgroup(), host, 8080, count, extra)
+}
+
+/// The Python peer server in `cgroup` on `host`:`port`.
+pub fn python_server_in(
+    cgroup: &Path,
+    host: &str,
+    port: u16,
+    count: usize,
+    extra: &[&str],
+) -> Guarded {
     let script = app("peer_server.py");
-    let count = count.to_string();
-    let mut args = vec![script.to_str().expect("path"), host, "8080", &count];
+    let (count, port) = (count.to_string(), port.to_string());
+    let mut args = vec![script.to_str().expect("path"), host, &port, &count];
     args.extend_from_slice(extra);
-    start_app(world, "python3", &args)
+    start_app_in(cgroup, "python3", &args)
 }
 
 pub fn report(app: &Guarded) -> serde_json::Value {

@@ -9,7 +9,7 @@ use std::process::Command;
 
 use super::{Finding, Power, Report};
 use crate::links;
-use crate::pins::{PinDir, LINKED_PROGRAMS};
+use crate::pins::PinDir;
 
 /// Why the audit could not run at all.
 #[derive(Debug, thiserror::Error)]
@@ -104,9 +104,9 @@ fn holders() -> BTreeMap<u32, BTreeSet<String>> {
 
 /// Program ids behind ttm's pinned links.
 fn ttm_programs(pins: &PinDir) -> BTreeSet<u32> {
-    LINKED_PROGRAMS
+    pins.link_pins()
         .iter()
-        .filter_map(|name| links::open_pinned(&pins.link(name)).ok())
+        .filter_map(|pin| links::open_pinned(pin).ok())
         .filter_map(|fd| {
             use std::os::fd::AsFd;
             links::info(fd.as_fd()).ok()

@@ -29,6 +29,14 @@ pub struct Caught {
     pub age: f64,
 }
 
+/// Whether a daemon on `pins` has the live witness attached (`--witness`).
+pub fn witness_attached(pins: &PinDir) -> bool {
+    pins.link_pins().iter().any(|p| {
+        p.file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with("link_ttm_witness"))
+    })
+}
+
 /// Reads the witness's findings from the pinned map.
 pub fn caught(pins: &PinDir) -> Result<Vec<Caught>, RecordsError> {
     let path = pins.map(maps::MISMATCHES);

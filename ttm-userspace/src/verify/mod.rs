@@ -14,7 +14,7 @@ mod process;
 use serde::Serialize;
 
 pub use audit::{audit, AuditError};
-pub use live::{caught, Caught};
+pub use live::{caught, witness_attached, Caught};
 pub use process::{audit_process, ProcessError, SocketView, Verdict};
 
 /// What a hook lets a program do to the peer an application sees.
