@@ -10,8 +10,8 @@ use std::os::fd::AsFd;
 use std::path::Path;
 
 use common::{lab_bin, python_server_in, report, ttm, World, PIN_DIR};
-use ttm_lab::process::spawn_in;
 use ttm_lab::lab;
+use ttm_lab::process::spawn_in;
 
 /// ENOPROTOOPT: what a host without ttm answers to getsockopt(SOL_IP, 1345).
 const ENOPROTOOPT: i64 = 92;
@@ -62,11 +62,15 @@ fn is_found(world: &World, cgroup: &Path, port: u16, app_sees_client: bool) {
         lab_bin(),
         cgroup,
         lab::RS_NS,
-        &["serve", "--listen", &listen, "--count", "1", "--lookup", &socket],
+        &[
+            "serve", "--listen", &listen, "--count", "1", "--lookup", &socket,
+        ],
     )
     .expect("lab server");
     server
-        .wait_for(std::time::Duration::from_secs(10), |l| l.starts_with("listening"))
+        .wait_for(std::time::Duration::from_secs(10), |l| {
+            l.starts_with("listening")
+        })
         .expect("listening");
     world.connect_to(
         &world.lab.client_cgroup(),
@@ -77,7 +81,11 @@ fn is_found(world: &World, cgroup: &Path, port: u16, app_sees_client: bool) {
     let a = &world.accepted(&server, 1)[0];
     assert_eq!(a.peer == a.claimed, app_sees_client, "{a:?}");
     for how in ["by_fd", "by_cookie", "by_tuple"] {
-        assert_eq!(a.lookup[how], a.claimed.to_string().as_str(), "{how}: {a:?}");
+        assert_eq!(
+            a.lookup[how],
+            a.claimed.to_string().as_str(),
+            "{how}: {a:?}"
+        );
     }
 }
 
@@ -111,7 +119,11 @@ fn only_the_compat_cgroups_see_the_client_and_every_connection_is_still_decoded(
     assert_eq!(attached(&rs, GETPEERNAME4), 0);
     for name in ["app-a", "app-b"] {
         assert_eq!(attached(&rs.join(name), GETSOCKOPT), 1, "{name}");
-        assert_eq!(attached(&rs.join(name), GETPEERNAME4), 1, "{name}: no witness by default");
+        assert_eq!(
+            attached(&rs.join(name), GETPEERNAME4),
+            1,
+            "{name}: no witness by default"
+        );
     }
     assert_eq!(attached(&rs.join("other"), GETSOCKOPT), 0);
 
@@ -126,6 +138,30 @@ fn only_the_compat_cgroups_see_the_client_and_every_connection_is_still_decoded(
         .filter(|p| p["ttm"] == true)
         .count();
     assert_eq!(ours, 1 + 2 * 3, "sockops + (shim, rewrite v4, v6) × 2: {v}");
+
+    // `ttm doctor` says where each hook is and what it costs.
+    let (_, out, err) = ttm(&["doctor", "--json", "--pin-dir", PIN_DIR]);
+    let probes: Vec<serde_json::Value> = serde_json::from_str(&out).expect(&err);
+    let shims: Vec<&str> = probes
+        .iter()
+        .filter(|p| p["feature"] == "attached: ttm_getsockopt")
+        .map(|p| p["detail"].as_str().unwrap_or_default())
+        .collect();
+    assert_eq!(shims.len(), 2, "{probes:?}");
+    for name in ["app-a", "app-b"] {
+        let path = rs.join(name).display().to_string();
+        assert!(
+            shims
+                .iter()
+                .any(|d| d.starts_with(&path) && d.contains("getsockopt()")),
+            "{name}: {shims:?}"
+        );
+    }
+    let limits = probes
+        .iter()
+        .find(|p| p["feature"] == "limits of the running daemon")
+        .expect("limits probe");
+    assert_eq!(limits["ok"], true, "{limits}");
 }
 
 #[test]
@@ -180,7 +216,11 @@ fn upgrade_crash_adoption_and_detach_cover_every_compat_cgroup() {
     world.daemon = upgraded;
     assert_eq!(ttm::pins::PinDir::new(PIN_DIR).link_pins(), links_before);
     for (cg, port) in [(&a, 9211), (&b, 9212)] {
-        assert_eq!(attached(cg, ttm::links::attach_type::GETPEERNAME4), 2, "rewrite + witness");
+        assert_eq!(
+            attached(cg, ttm::links::attach_type::GETPEERNAME4),
+            2,
+            "rewrite + witness"
+        );
         let (r, client) = one_connection(&world, cg, port);
         sees_client(&r, &client);
     }

@@ -324,7 +324,10 @@ fn without_the_witness_one_program_runs_per_getpeername_and_the_audit_still_flag
         .expect("ttm verify --live");
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("witness is off") && err.contains("--witness"), "{err}");
+    assert!(
+        err.contains("witness is off") && err.contains("--witness"),
+        "{err}"
+    );
     // The static audit flags the hijacker all the same.
     let _hijacker = Hijacker::attach(&world.lab.rs_cgroup()).expect("attach the hijacker");
     let (code, v) = verify();

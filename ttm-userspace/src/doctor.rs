@@ -169,6 +169,65 @@ pub fn limits(pins: &crate::pins::PinDir) -> Option<Probe> {
     ))
 }
 
+/// Where the running daemon (pinned under `pins`) attached its cgroup
+/// programs, and what each costs the calls under it.
+pub fn attachments(pins: &crate::pins::PinDir) -> Vec<Probe> {
+    use std::os::fd::AsFd;
+    let root = crate::host::cgroup2_mount().ok();
+    pins.link_pins()
+        .into_iter()
+        .filter_map(|pin| {
+            let file = pin.file_name()?.to_string_lossy().into_owned();
+            let program = file.strip_prefix("link_")?.split('@').next()?.to_string();
+            if program == crate::tc::TC_PROGRAM {
+                return None;
+            }
+            let link = crate::links::open_pinned(&pin).ok()?;
+            let id = crate::links::info(link.as_fd()).ok()?.cgroup_id;
+            let cgroup = root
+                .as_deref()
+                .and_then(|r| cgroup_path_by_id(r, id))
+                .map_or_else(|| format!("cgroup id {id}"), |p| p.display().to_string());
+            let cost = match program.as_str() {
+                "ttm_sockops" | "ttm_sockops_tc" => "once per accepted connection",
+                "ttm_getsockopt" => {
+                    "every getsockopt() under it pays the kernel's copy in and out (≈ ×2 for \
+                     unrelated options); narrow with --compat-cgroup or --no-getsockopt"
+                }
+                p if p.starts_with("ttm_witness") => "a second program on every getpeername()",
+                _ => "one socket-storage lookup per getpeername()/accept()",
+            };
+            Some(probe(
+                &format!("attached: {program}"),
+                true,
+                format!("{cgroup} — {cost}"),
+            ))
+        })
+        .collect()
+}
+
+/// The directory under the cgroup2 mount `root` whose id (inode) is `id`.
+fn cgroup_path_by_id(root: &Path, id: u64) -> Option<std::path::PathBuf> {
+    use std::os::unix::fs::MetadataExt;
+    let mut stack = vec![root.to_path_buf()];
+    let mut seen = 0;
+    while let Some(dir) = stack.pop() {
+        if std::fs::metadata(&dir).ok()?.ino() == id {
+            return Some(dir);
+        }
+        seen += 1;
+        if seen > 100_000 {
+            return None;
+        }
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                stack.push(entry.path());
+            }
+        }
+    }
+    None
+}
+
 /// A refusal in a line: the verifier's whole log is long, its verdict is
 /// the last line before the statistics.
 fn brief(error: &str) -> String {

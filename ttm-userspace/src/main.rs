@@ -71,6 +71,9 @@ enum Command {
         /// Print JSON.
         #[arg(long)]
         json: bool,
+        /// bpffs directory of a running daemon, whose limits and attachments are shown.
+        #[arg(long, value_name = "DIR", default_value = DEFAULT_PIN_DIR)]
+        pin_dir: PathBuf,
     },
     /// Audit who can change the peer address applications see: every BPF
     /// program on a cgroup hook or on TC/XDP, ttm's own marked, foreign
@@ -331,9 +334,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
             Ok(findings_exit(threats))
         }
-        Command::Doctor { json } => {
+        Command::Doctor { json, pin_dir } => {
+            let pins = PinDir::new(pin_dir);
             let mut probes = ttm::doctor::run();
-            probes.extend(ttm::doctor::limits(&PinDir::default()));
+            probes.extend(ttm::doctor::limits(&pins));
+            probes.extend(ttm::doctor::attachments(&pins));
             if json {
                 println!("{}", serde_json::to_string(&probes)?);
             } else {
