@@ -196,7 +196,14 @@ fn upgrade_crash_adoption_and_detach_cover_every_compat_cgroup() {
         b.to_str().expect("path"),
         "--witness",
     ];
-    let links_before: Vec<_> = ttm::pins::PinDir::new(PIN_DIR).link_pins();
+    let cgroup_links = || {
+        let pins = ttm::pins::PinDir::new(PIN_DIR);
+        let mut all = pins.cgroup_link_pins();
+        all.push(pins.link("ttm_sockops"));
+        all.sort();
+        all
+    };
+    let links_before = cgroup_links();
     assert_eq!(links_before.len(), 1 + 2 * 5, "{links_before:?}");
 
     // An upgrade swaps every program in place: same links, no gap.
@@ -214,7 +221,7 @@ fn upgrade_crash_adoption_and_detach_cover_every_compat_cgroup() {
         "{status}"
     );
     world.daemon = upgraded;
-    assert_eq!(ttm::pins::PinDir::new(PIN_DIR).link_pins(), links_before);
+    assert_eq!(cgroup_links(), links_before);
     for (cg, port) in [(&a, 9211), (&b, 9212)] {
         assert_eq!(
             attached(cg, ttm::links::attach_type::GETPEERNAME4),
@@ -230,7 +237,7 @@ fn upgrade_crash_adoption_and_detach_cover_every_compat_cgroup() {
     let (r, client) = one_connection(&world, &b, 9213);
     sees_client(&r, &client);
     world.restart_daemon(&args);
-    assert_eq!(ttm::pins::PinDir::new(PIN_DIR).link_pins(), links_before);
+    assert_eq!(cgroup_links(), links_before);
     assert_eq!(attached(&a, ttm::links::attach_type::GETSOCKOPT), 1);
 
     // After another crash, `ttm detach` removes every attachment.
