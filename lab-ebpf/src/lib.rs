@@ -11,6 +11,15 @@ pub const MODE_OFF: u8 = 0;
 pub const MODE_OWN_ADDRESS: u8 = 1;
 /// `first` verbatim (its byte 1 is its length: 4, 8, 12, 16 or 20).
 pub const MODE_RAW: u8 = 2;
+/// Two options in one segment, as a client that adds its own option and an
+/// LB that inserts the true one meet: `first` verbatim (the client's claim)
+/// and `[own_kind][own_len][own port][own IPv4, or v4-mapped in 16 bytes]`
+/// (the LB's), the LB's before the claim or, with `own_after`, after it.
+/// Experimental kinds (253, 254) only: the kernel refuses a second option
+/// of any other kind in one segment.
+pub const MODE_PAIR: u8 = 3;
+/// Longest pair: two 20-byte options (needs a segment without timestamps).
+pub const MAX_PAIR: usize = 40;
 
 /// What the writer puts into segments of connections from its cgroup. Slot 0
 /// of `WRITER_CONFIG`; written by the lab, read by the writer.
@@ -34,6 +43,14 @@ pub struct WriterConfig {
     pub first: [u8; MAX_OPTION],
     /// The option of later segments.
     pub later: [u8; MAX_OPTION],
+    /// `MODE_PAIR`: kind of the LB's own-address option.
+    pub own_kind: u8,
+    /// `MODE_PAIR`: its length, 8 (IPv4) or 20 (v4-mapped IPv6 layout).
+    pub own_len: u8,
+    /// `MODE_PAIR`: non-zero puts the LB's option after the claim.
+    pub own_after: u8,
+    /// Explicit padding; always zero.
+    pub _pad: u8,
 }
 
 impl WriterConfig {
@@ -45,6 +62,10 @@ impl WriterConfig {
         repeat: 0,
         first: [0; MAX_OPTION],
         later: [0; MAX_OPTION],
+        own_kind: 0,
+        own_len: 0,
+        own_after: 0,
+        _pad: 0,
     };
 
     /// The common TOA layout carrying the connecting socket's own address.
@@ -99,11 +120,28 @@ impl WriterConfig {
         self
     }
 
-    /// Length of the handshake option.
+    /// The client's `claim` (a whole option) and the LB's own-address option
+    /// of `own_kind`/`own_len` (8 or 20) in the handshake ACK, the LB's after
+    /// the claim if `lb_after`, else before it. `None` if the claim is not a
+    /// valid option or the pair is longer than 40 bytes.
+    pub fn pair(claim: &[u8], own_kind: u8, own_len: u8, lb_after: bool) -> Option<WriterConfig> {
+        let mut c = WriterConfig::raw(claim)?;
+        if !(own_len == 8 || own_len == 20) || claim.len() + usize::from(own_len) > MAX_PAIR {
+            return None;
+        }
+        c.mode = MODE_PAIR;
+        c.own_kind = own_kind;
+        c.own_len = own_len;
+        c.own_after = u8::from(lb_after);
+        Some(c)
+    }
+
+    /// Length of the handshake option (or options).
     pub fn first_len(&self) -> u8 {
         match self.mode {
             MODE_OWN_ADDRESS => 8,
             MODE_RAW => self.first[1],
+            MODE_PAIR => self.first[1] + self.own_len,
             _ => 0,
         }
     }

@@ -19,7 +19,7 @@ use aya_ebpf::{
     macros::{btf_map, sock_ops},
     programs::SockOpsContext,
 };
-use lab_ebpf::{WriterConfig, MAX_OPTION, MODE_OFF, MODE_OWN_ADDRESS};
+use lab_ebpf::{WriterConfig, MAX_OPTION, MODE_OFF, MODE_OWN_ADDRESS, MODE_PAIR};
 
 /// Slot 0: what to write. Written by the lab; read here.
 #[btf_map]
@@ -136,6 +136,10 @@ fn reserve(ctx: &SockOpsContext, len: u8) {
 
 #[inline(always)]
 fn write_first(ctx: &SockOpsContext, cfg: &WriterConfig) {
+    if cfg.mode == MODE_PAIR {
+        write_pair(ctx, cfg);
+        return;
+    }
     if cfg.mode == MODE_OWN_ADDRESS {
         let port = (ctx.local_port() as u16).to_be_bytes();
         let ip = ctx.local_ip4().to_ne_bytes();
@@ -154,22 +158,49 @@ fn write_first(ctx: &SockOpsContext, cfg: &WriterConfig) {
     }
 }
 
-/// Stores `opt[..len]`. Constant lengths at each call: the verifier needs the
-/// size bounded there.
+/// The client's claim and the LB's own-address option, in the configured order.
+#[inline(always)]
+fn write_pair(ctx: &SockOpsContext, cfg: &WriterConfig) {
+    let port = (ctx.local_port() as u16).to_be_bytes();
+    let ip = ctx.local_ip4().to_ne_bytes();
+    let mut own = [0u8; MAX_OPTION];
+    own[0] = cfg.own_kind;
+    own[2] = port[0];
+    own[3] = port[1];
+    if cfg.own_len == 20 {
+        own[1] = 20;
+        own[14] = 0xff;
+        own[15] = 0xff;
+        own[16..20].copy_from_slice(&ip);
+    } else {
+        own[1] = 8;
+        own[4..8].copy_from_slice(&ip);
+    }
+    // Two stores, one option each (a store writes one option). The kernel
+    // refuses a second option of the same kind unless it is experimental
+    // (253/254, told apart by the two bytes after the length): the lab pairs
+    // other kinds through the LB's nftables instead.
+    let claim_len = cfg.first[1];
+    if cfg.own_after != 0 {
+        write(ctx, &cfg.first, claim_len);
+        write(ctx, &own, own[1]);
+    } else {
+        write(ctx, &own, own[1]);
+        write(ctx, &cfg.first, claim_len);
+    }
+}
+
+/// Stores the option at the start of `opt` (`len` bytes, 4 to 20). The
+/// length is clamped so the verifier sees it bounded by the buffer.
 #[inline(always)]
 fn write(ctx: &SockOpsContext, opt: &[u8; MAX_OPTION], len: u8) {
+    if len < 4 {
+        return;
+    }
+    let len = u32::from(len).min(MAX_OPTION as u32);
     let p = opt.as_ptr().cast_mut().cast();
-    // SAFETY (every arm): valid in WRITE_HDR_OPT_CB; `opt` holds MAX_OPTION bytes.
-    unsafe {
-        match len {
-            4 => bpf_store_hdr_opt(ctx.ops, p, 4, 0),
-            8 => bpf_store_hdr_opt(ctx.ops, p, 8, 0),
-            12 => bpf_store_hdr_opt(ctx.ops, p, 12, 0),
-            16 => bpf_store_hdr_opt(ctx.ops, p, 16, 0),
-            20 => bpf_store_hdr_opt(ctx.ops, p, 20, 0),
-            _ => 0,
-        }
-    };
+    // SAFETY: valid in WRITE_HDR_OPT_CB; `opt` holds MAX_OPTION ≥ `len` bytes.
+    unsafe { bpf_store_hdr_opt(ctx.ops, p, len, 0) };
 }
 
 /// Test-only hijacker for `ttm verify`: makes every getpeername() in its

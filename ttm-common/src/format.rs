@@ -31,8 +31,47 @@ pub struct OptionFormat {
     pub len: u8,
     /// `AddrFamily` as u8 (kept raw so the struct is plain old data).
     pub family: u8,
-    /// Explicit padding; always zero.
-    pub _pad: u8,
+    /// [`OptionPosition`] as u8: where the LB writes this option among
+    /// those already in the segment.
+    pub position: u8,
+}
+
+/// Where a load balancer writes its option among the options the segment
+/// already carries — which decides, when a segment holds two configured
+/// options, which one is the LB's and which one a client put there.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OptionPosition {
+    /// Not known: two configured options claiming different clients give no
+    /// record (the app sees the LB), never a client's choice.
+    Unknown = 0,
+    /// Right after the 20-byte TCP header, moving existing options down (LVS
+    /// FULLNAT, DPVS): the first configured option is the LB's.
+    First = 1,
+    /// After the existing options (the kind-200 DPDK LBs): the last
+    /// configured option is the LB's.
+    Last = 2,
+}
+
+impl OptionPosition {
+    /// Parses the raw byte of an [`OptionFormat`].
+    #[inline(always)]
+    pub const fn from_raw(raw: u8) -> OptionPosition {
+        match raw {
+            1 => OptionPosition::First,
+            2 => OptionPosition::Last,
+            _ => OptionPosition::Unknown,
+        }
+    }
+
+    /// The name `ttm formats` and `custom:.../first|last` use.
+    pub const fn name(self) -> &'static str {
+        match self {
+            OptionPosition::Unknown => "unknown",
+            OptionPosition::First => "first",
+            OptionPosition::Last => "last",
+        }
+    }
 }
 
 impl OptionFormat {
@@ -42,8 +81,20 @@ impl OptionFormat {
             kind,
             len: family.option_len(),
             family: family as u8,
-            _pad: 0,
+            position: OptionPosition::Unknown as u8,
         }
+    }
+
+    /// The same layout, written by the LB at `position`.
+    pub const fn at(mut self, position: OptionPosition) -> Self {
+        self.position = position as u8;
+        self
+    }
+
+    /// Where the LB writes this option.
+    #[inline(always)]
+    pub const fn position(&self) -> OptionPosition {
+        OptionPosition::from_raw(self.position)
     }
 
     /// A layout with an explicit length: at least the family's natural
@@ -53,7 +104,7 @@ impl OptionFormat {
             kind,
             len,
             family: family as u8,
-            _pad: 0,
+            position: OptionPosition::Unknown as u8,
         }
     }
 
@@ -69,17 +120,18 @@ impl OptionFormat {
     }
 }
 
-/// The common TOA layout for an IPv4 client: kind 254, length 8.
-pub const TOA_V4: OptionFormat = OptionFormat::new(254, AddrFamily::Ipv4);
-/// The common TOA layout for an IPv6 client: kind 254, length 20.
-pub const TOA_V6: OptionFormat = OptionFormat::new(254, AddrFamily::Ipv6);
+/// The common TOA layout for an IPv4 client: kind 254, length 8, written
+/// first (LVS FULLNAT, DPVS).
+pub const TOA_V4: OptionFormat = OptionFormat::new(254, AddrFamily::Ipv4).at(OptionPosition::First);
+/// The common TOA layout for an IPv6 client: kind 254, length 20, written first.
+pub const TOA_V6: OptionFormat = OptionFormat::new(254, AddrFamily::Ipv6).at(OptionPosition::First);
 
 /// Filler for unused table entries (never matches: `count` excludes it).
 const UNUSED: OptionFormat = OptionFormat {
     kind: 0,
     len: 0,
     family: 0,
-    _pad: 0,
+    position: 0,
 };
 
 /// How many layouts the kernel side checks per option.
@@ -133,6 +185,26 @@ impl FormatTable {
         })
     }
 
+    /// Where the LB writes its option, if every format in force agrees; with
+    /// layouts that disagree, no position can be trusted: `Unknown`.
+    #[inline(always)]
+    pub fn position(&self) -> OptionPosition {
+        let mut common = OptionPosition::Unknown as u8;
+        let mut i = 0;
+        while i < MAX_FORMATS {
+            if (i as u32) < self.count {
+                let p = self.formats[i].position;
+                if i == 0 {
+                    common = p;
+                } else if p != common {
+                    return OptionPosition::Unknown;
+                }
+            }
+            i += 1;
+        }
+        OptionPosition::from_raw(common)
+    }
+
     /// True if some format uses option `kind` (with whatever length).
     #[inline(always)]
     pub fn has_kind(&self, kind: u8) -> bool {
@@ -153,6 +225,26 @@ mod tests {
         assert_eq!(t.find(253, 8), None);
         assert!(t.has_kind(254));
         assert!(!t.has_kind(253));
+    }
+
+    #[test]
+    fn the_table_trusts_a_position_only_when_every_layout_agrees() {
+        use OptionPosition::*;
+        assert_eq!(FormatTable::DEFAULT.position(), First);
+        let v4 = OptionFormat::new(200, AddrFamily::Ipv4);
+        let t = |f: &[OptionFormat]| FormatTable::from_slice(f).unwrap().position();
+        assert_eq!(t(&[v4.at(Last)]), Last);
+        assert_eq!(t(&[v4]), Unknown);
+        assert_eq!(
+            t(&[TOA_V4, TOA_V6, v4.at(Last)]),
+            Unknown,
+            "first and last disagree"
+        );
+        assert_eq!(t(&[TOA_V4, v4]), Unknown);
+        assert_eq!(FormatTable::EMPTY.position(), Unknown);
+        for p in [Unknown, First, Last] {
+            assert_eq!(OptionPosition::from_raw(p as u8), p);
+        }
     }
 
     #[test]
@@ -179,7 +271,7 @@ mod tests {
             kind: 254,
             len: 8,
             family: 0,
-            _pad: 0,
+            position: 0,
         };
         assert!(FormatTable::from_slice(&[zeroed]).is_none());
         // Longer layouts are fine: bytes after the address are ignored.

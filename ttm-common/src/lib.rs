@@ -15,11 +15,11 @@ pub mod parser;
 pub mod record;
 
 pub use addr::Addr16;
-pub use format::{AddrFamily, FormatTable, OptionFormat};
+pub use format::{AddrFamily, FormatTable, OptionFormat, OptionPosition};
 pub use maps::{Config, Counter, TrustKey};
 pub use parser::{
-    decode_client, find_client, find_option, plausible_client, ClientAddr, Located, Malformed,
-    OptionBytes, Scan, Walk, WalkState,
+    arbitrate, decode_client, find_client, find_option, plausible_client, Claim, ClientAddr,
+    Located, Malformed, OptionBytes, Scan, Walk, WalkState,
 };
 pub use record::{ClientFamily, PeerRecord};
 

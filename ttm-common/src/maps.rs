@@ -165,7 +165,8 @@ pub enum Counter {
     GetsockoptShortBuffer = 15,
     /// `accept()`/`getpeername()` answers rewritten to the client.
     PeerRewritten = 16,
-    /// A second configured option in the same segment: the first was used.
+    /// A second configured option in the same segment: the LB's was picked
+    /// by position (see `conflicting_options` when it cannot be).
     RepeatedOption = 17,
     /// The option claimed an address no client can have (unspecified,
     /// loopback, multicast, broadcast): not recorded.
@@ -187,11 +188,15 @@ pub enum Counter {
     /// A 4-tuple index entry could not be stored (`TUPLES` full or no
     /// memory): that connection is found by fd and cookie, not by tuple.
     TupleIndexFailed = 24,
+    /// The handshake segment held configured options naming different
+    /// clients and the LB's position is unknown: no record (the app sees the
+    /// LB), never a client's choice.
+    ConflictingOptions = 25,
 }
 
 impl Counter {
     /// Number of counters; the size of `STATS`.
-    pub const COUNT: u32 = 25;
+    pub const COUNT: u32 = 26;
 
     /// Every counter, in index order.
     pub const ALL: [Counter; Counter::COUNT as usize] = [
@@ -220,6 +225,7 @@ impl Counter {
         Counter::TcExpired,
         Counter::RecordsStored,
         Counter::TupleIndexFailed,
+        Counter::ConflictingOptions,
     ];
 
     /// The counter for a malformed-option reason.
@@ -261,6 +267,7 @@ impl Counter {
             Counter::TcExpired => "tc_expired",
             Counter::RecordsStored => "records_stored",
             Counter::TupleIndexFailed => "tuple_index_failed",
+            Counter::ConflictingOptions => "conflicting_options",
         }
     }
 }

@@ -6,7 +6,7 @@
 
 use crate::addr::{is_v4_mapped, v4_mapped, Addr16};
 use crate::format::MAX_FORMATS;
-use crate::format::{AddrFamily, FormatTable};
+use crate::format::{AddrFamily, FormatTable, OptionPosition};
 
 /// The TCP option area is at most 40 bytes (data offset 15 words minus the
 /// 20-byte fixed header).
@@ -68,15 +68,31 @@ pub enum Malformed {
     UnexpectedLength = 3,
 }
 
-/// Where a configured option sits in the area.
+/// Where the configured options sit in the area.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Located {
-    /// Offset of the option's kind byte in the area.
+    /// Offset of the first configured option's kind byte in the area.
     pub offset: usize,
-    /// Index into the `FormatTable` of the layout that matched.
+    /// Index into the `FormatTable` of the layout that matched it.
     pub format_index: usize,
-    /// More configured options followed the first (they are ignored).
+    /// More configured options followed the first (see [`arbitrate`]).
     pub repeated: bool,
+    /// Offset of the last configured option (the first when it is alone).
+    pub last_offset: usize,
+    /// Index of the layout of the last configured option.
+    pub last_format_index: usize,
+}
+
+impl Located {
+    /// The last configured option, located on its own.
+    #[inline(always)]
+    pub fn last(&self) -> Located {
+        Located {
+            offset: self.last_offset,
+            format_index: self.last_format_index,
+            ..*self
+        }
+    }
 }
 
 /// The outcome of walking one option area.
@@ -98,6 +114,9 @@ pub enum Scan {
     /// An option was decoded but its address cannot be a real client's
     /// (unspecified, loopback, multicast, broadcast); see [`plausible_client`].
     Implausible(ClientAddr),
+    /// Several configured options claim different clients and the LB's
+    /// position is unknown: none can be told to be the LB's.
+    Conflicting,
     /// The area is well formed and holds no configured option.
     NotFound,
     /// The area is malformed; nothing in it is trusted.
@@ -119,6 +138,10 @@ pub struct WalkState {
     pub found: usize,
     /// Format of the first configured option.
     pub format_index: usize,
+    /// One past the offset of the last configured option; 0 while none.
+    pub last: usize,
+    /// Format of the last configured option.
+    pub last_format_index: usize,
     /// A configured kind with an unconfigured length was seen.
     pub odd_length: bool,
     /// A second configured option was seen.
@@ -163,6 +186,8 @@ impl WalkState {
             } else {
                 self.repeated = true;
             }
+            self.last = i + 1;
+            self.last_format_index = format_index;
         } else {
             self.odd_length |= formats.has_kind(kind);
         }
@@ -178,6 +203,8 @@ impl WalkState {
                 offset: self.found - 1,
                 format_index: self.format_index,
                 repeated: self.repeated,
+                last_offset: self.last.saturating_sub(1),
+                last_format_index: self.last_format_index,
             })
         } else if self.odd_length {
             Walk::Malformed(Malformed::UnexpectedLength)
@@ -205,17 +232,72 @@ pub fn find_option<B: OptionBytes + ?Sized>(bytes: &B, formats: &FormatTable) ->
     walk.finish()
 }
 
-/// Walks the option area and decodes the first option matching `formats`.
+/// Walks the option area and decodes the LB's option (see [`arbitrate`]).
 pub fn find_client<B: OptionBytes + ?Sized>(bytes: &B, formats: &FormatTable) -> Scan {
     match find_option(bytes, formats) {
-        Walk::Found(at) => match decode_client(bytes, at, formats) {
-            Some(client) if plausible_client(&client.addr) => Scan::Found(client),
-            Some(client) => Scan::Implausible(client),
+        Walk::Found(at) => match arbitrate(bytes, at, formats) {
+            Claim::Client(client) if plausible_client(&client.addr) => Scan::Found(client),
+            Claim::Client(client) => Scan::Implausible(client),
+            Claim::Conflicting => Scan::Conflicting,
             // find_option checked the bounds; only a table changed under us lands here.
-            None => Scan::Malformed(Malformed::PastEnd),
+            Claim::Broken => Scan::Malformed(Malformed::PastEnd),
         },
         Walk::NotFound => Scan::NotFound,
         Walk::Malformed(m) => Scan::Malformed(m),
+    }
+}
+
+/// Which client the configured options of one segment name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Claim {
+    /// The LB's option names this client.
+    Client(ClientAddr),
+    /// Configured options name different clients, and which one is the LB's
+    /// cannot be told: no client is taken.
+    Conflicting,
+    /// An option could not be decoded (bounds changed under the walk).
+    Broken,
+}
+
+/// Picks the LB's option among the configured options [`find_option`]
+/// located: alone, it is the one; several, the first where the LBs in force
+/// write theirs first (LVS, DPVS), the last where they append (kind-200
+/// DPDK LBs); where the position is unknown, they must all name one client —
+/// compared first against last, since the LB's is one of the two — or none
+/// is taken. A client behind an LB that keeps client options can thus never
+/// choose the address recorded for it.
+#[inline(always)]
+pub fn arbitrate<B: OptionBytes + ?Sized>(
+    bytes: &B,
+    located: Located,
+    formats: &FormatTable,
+) -> Claim {
+    if !located.repeated {
+        return match decode_client(bytes, located, formats) {
+            Some(c) => Claim::Client(c),
+            None => Claim::Broken,
+        };
+    }
+    let chosen = match formats.position() {
+        OptionPosition::First => located,
+        OptionPosition::Last => located.last(),
+        OptionPosition::Unknown => {
+            let (Some(first), Some(last)) = (
+                decode_client(bytes, located, formats),
+                decode_client(bytes, located.last(), formats),
+            ) else {
+                return Claim::Broken;
+            };
+            return if first.addr == last.addr && first.port == last.port {
+                Claim::Client(first)
+            } else {
+                Claim::Conflicting
+            };
+        }
+    };
+    match decode_client(bytes, chosen, formats) {
+        Some(c) => Claim::Client(c),
+        None => Claim::Broken,
     }
 }
 

@@ -16,9 +16,9 @@ use aya_ebpf::{
 };
 use ttm_common::{
     addr::{from_words, v4_mapped, Addr16},
-    decode_client,
+    arbitrate,
     maps::TcKey,
-    plausible_client, Config, Counter, PeerRecord, Walk,
+    plausible_client, Claim, Config, Counter, PeerRecord, Walk,
 };
 
 use crate::{
@@ -207,18 +207,22 @@ fn from_header(ctx: &SockOpsContext, config: &Config, record: &mut PeerRecord) -
             if located.repeated {
                 bump(Counter::RepeatedOption);
             }
-            match decode_client(&options, located, &config.formats) {
-                Some(client) if plausible_client(&client.addr) => {
+            match arbitrate(&options, located, &config.formats) {
+                Claim::Client(client) if plausible_client(&client.addr) => {
                     // SAFETY: helper without preconditions.
                     let now = unsafe { bpf_ktime_get_ns() };
                     record.fill_client(&client, &config.formats, now);
                     FromHeader::Filled
                 }
-                Some(_) => {
+                Claim::Client(_) => {
                     bump(Counter::ImplausibleClient);
                     FromHeader::Refused
                 }
-                None => {
+                Claim::Conflicting => {
+                    bump(Counter::ConflictingOptions);
+                    FromHeader::Refused
+                }
+                Claim::Broken => {
                     bump(Counter::MalformedPastEnd);
                     FromHeader::Refused
                 }

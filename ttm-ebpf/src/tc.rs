@@ -10,7 +10,7 @@ use aya_ebpf::{
     programs::TcContext,
     EbpfContext,
 };
-use ttm_common::{addr::v4_mapped, decode_client, maps::TcKey, plausible_client, Counter, Walk};
+use ttm_common::{addr::v4_mapped, arbitrate, maps::TcKey, plausible_client, Claim, Counter, Walk};
 
 use crate::{
     counters::bump,
@@ -118,7 +118,17 @@ fn decode(data: usize, end: usize) -> Option<()> {
     let Walk::Found(located) = walk_options(&options, config) else {
         return None;
     };
-    let client = decode_client(&options, located, &config.formats)?;
+    if located.repeated {
+        bump(Counter::RepeatedOption);
+    }
+    let client = match arbitrate(&options, located, &config.formats) {
+        Claim::Client(client) => client,
+        Claim::Conflicting => {
+            bump(Counter::ConflictingOptions);
+            return None;
+        }
+        Claim::Broken => return None,
+    };
     if !plausible_client(&client.addr) {
         bump(Counter::ImplausibleClient);
         return None;

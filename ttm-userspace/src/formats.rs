@@ -1,7 +1,7 @@
 //! `--format NAME`: the option layouts real load balancers send, by name, and
 //! `custom:KIND/LEN/v4|v6` for any other.
 
-use ttm_common::format::{AddrFamily, FormatTable, OptionFormat, MAX_FORMATS};
+use ttm_common::format::{AddrFamily, FormatTable, OptionFormat, OptionPosition, MAX_FORMATS};
 
 /// A named set of layouts.
 pub struct Preset {
@@ -19,19 +19,19 @@ pub const PRESETS: [Preset; 3] = [
         name: "toa",
         about: "the common TOA layout (LVS FULLNAT, DPVS, most cloud SLBs); the default",
         formats: &[
-            OptionFormat::new(254, AddrFamily::Ipv4),
-            OptionFormat::new(254, AddrFamily::Ipv6),
+            OptionFormat::new(254, AddrFamily::Ipv4).at(OptionPosition::First),
+            OptionFormat::new(254, AddrFamily::Ipv6).at(OptionPosition::First),
         ],
     },
     Preset {
         name: "kind253",
         about: "IPv6 clients under kind 253",
-        formats: &[OptionFormat::new(253, AddrFamily::Ipv6)],
+        formats: &[OptionFormat::new(253, AddrFamily::Ipv6).at(OptionPosition::First)],
     },
     Preset {
         name: "kind200",
         about: "IPv4 clients under kind 200 (another cloud family)",
-        formats: &[OptionFormat::new(200, AddrFamily::Ipv4)],
+        formats: &[OptionFormat::new(200, AddrFamily::Ipv4).at(OptionPosition::Last)],
     },
 ];
 
@@ -57,8 +57,17 @@ pub fn parse_one(value: &str) -> Result<Vec<OptionFormat>, FormatError> {
     if let Some(spec) = value.strip_prefix("custom:") {
         let bad = |why| FormatError::BadCustom(value.to_string(), why);
         let parts: Vec<&str> = spec.split('/').collect();
-        let [kind, len, family] = parts[..] else {
-            return Err(bad("expected custom:KIND/LEN/v4 or custom:KIND/LEN/v6"));
+        let (kind, len, family, position) = match parts[..] {
+            [kind, len, family] => (kind, len, family, OptionPosition::Unknown),
+            [kind, len, family, "first"] => (kind, len, family, OptionPosition::First),
+            [kind, len, family, "last"] => (kind, len, family, OptionPosition::Last),
+            [_, _, _, _] => return Err(bad("the position must be first or last")),
+            _ => {
+                return Err(bad(
+                    "expected custom:KIND/LEN/v4|v6, optionally /first or /last (where the LB \
+                     writes its option)",
+                ))
+            }
         };
         let kind: u8 = kind.parse().map_err(|_| bad("KIND must be 2..=255"))?;
         if kind < 2 {
@@ -76,7 +85,7 @@ pub fn parse_one(value: &str) -> Result<Vec<OptionFormat>, FormatError> {
                 "LEN must hold kind, length, port and address (at least 8 for v4, 20 for v6) and be at most 40",
             ));
         }
-        return Ok(vec![format]);
+        return Ok(vec![format.at(position)]);
     }
     PRESETS
         .iter()
@@ -103,6 +112,25 @@ pub fn table(values: &[String]) -> Result<FormatTable, FormatError> {
         }
     }
     FormatTable::from_slice(&formats).ok_or(FormatError::TooMany(formats.len()))
+}
+
+/// Which of several configured options in one segment `format`'s LB vouches
+/// for, and why, for `ttm formats`.
+pub fn position_note(format: &OptionFormat) -> &'static str {
+    match format.position() {
+        OptionPosition::First => {
+            "trusted position: first — the LB moves existing options down and writes its own \
+             right after the TCP header, so an option a client added comes after it"
+        }
+        OptionPosition::Last => {
+            "trusted position: last — the LB appends its option after the existing ones, so an \
+             option a client added comes before it"
+        }
+        OptionPosition::Unknown => {
+            "trusted position: unknown — two options naming different clients give no record \
+             (add /first or /last when you know where the LB writes)"
+        }
+    }
 }
 
 /// The byte layout of `format`, e.g. `[254][8][port:2][IPv4:4]`.
@@ -148,6 +176,24 @@ mod tests {
     }
 
     #[test]
+    fn every_preset_knows_where_its_lb_writes_and_custom_takes_it_as_a_parameter() {
+        use OptionPosition::*;
+        let pos = |v: &str| table(&names(&[v])).unwrap().position();
+        assert_eq!(pos("toa"), First);
+        assert_eq!(pos("kind253"), First);
+        assert_eq!(pos("kind200"), Last);
+        assert_eq!(pos("custom:230/8/v4"), Unknown);
+        assert_eq!(pos("custom:230/8/v4/first"), First);
+        assert_eq!(pos("custom:230/20/v6/last"), Last);
+        // LBs that disagree: nothing can be trusted by position.
+        assert_eq!(
+            table(&names(&["toa", "kind200"])).unwrap().position(),
+            Unknown
+        );
+        assert!(position_note(&PRESETS[2].formats[0]).contains("last"));
+    }
+
+    #[test]
     fn bad_values_say_what_is_allowed() {
         let err = |v: &[&str]| table(&names(v)).unwrap_err().to_string();
         assert!(err(&["tao"]).contains("use one of toa, kind253, kind200"));
@@ -156,6 +202,7 @@ mod tests {
         assert!(err(&["custom:1/8/v4"]).contains("padding"));
         assert!(err(&["custom:x/8/v4"]).contains("KIND"));
         assert!(err(&["custom:254/8"]).contains("custom:KIND/LEN/v4"));
+        assert!(err(&["custom:254/8/v4/middle"]).contains("first or last"));
         assert!(err(&["toa", "custom:254/8/v4"]).contains("given twice"));
         assert!(err(&["toa", "kind200", "kind253", "custom:9/8/v4"]).contains("at most 4"));
     }

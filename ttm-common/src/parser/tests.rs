@@ -289,3 +289,89 @@ mod properties {
         }
     }
 }
+
+mod arbitration {
+    use super::*;
+    use crate::format::OptionPosition::{self, *};
+
+    fn kind200(position: OptionPosition) -> FormatTable {
+        FormatTable::from_slice(&[OptionFormat::new(200, AddrFamily::Ipv4).at(position)]).unwrap()
+    }
+
+    fn opt(kind: u8, port: u16, ip: [u8; 4]) -> [u8; 8] {
+        let mut o = toa4(port, ip);
+        o[0] = kind;
+        o
+    }
+
+    const LB_SAYS: [u8; 4] = [10, 0, 1, 2];
+    const CLIENT_CLAIMS: [u8; 4] = [203, 0, 113, 9];
+
+    #[test]
+    fn an_lb_that_writes_first_is_believed_over_an_option_the_client_appended() {
+        let mut area = toa4(1000, LB_SAYS).to_vec();
+        area.extend_from_slice(&toa4(4444, CLIENT_CLAIMS));
+        assert_eq!(v4(find_client(&area[..], &T)), (LB_SAYS, 1000));
+    }
+
+    #[test]
+    fn an_lb_that_appends_is_believed_over_an_option_the_client_put_before() {
+        let mut area = opt(200, 4444, CLIENT_CLAIMS).to_vec();
+        area.extend_from_slice(&[1, 1]);
+        area.extend_from_slice(&opt(200, 1000, LB_SAYS));
+        assert_eq!(v4(find_client(&area[..], &kind200(Last))), (LB_SAYS, 1000));
+        // With the wrong belief, the client would win: the position matters.
+        assert_eq!(
+            v4(find_client(&area[..], &kind200(First))),
+            (CLIENT_CLAIMS, 4444)
+        );
+    }
+
+    #[test]
+    fn with_the_position_unknown_different_claims_give_no_client() {
+        for (a, b) in [(LB_SAYS, CLIENT_CLAIMS), (CLIENT_CLAIMS, LB_SAYS)] {
+            let mut area = opt(200, 1000, a).to_vec();
+            area.extend_from_slice(&opt(200, 1000, b));
+            assert_eq!(find_client(&area[..], &kind200(Unknown)), Scan::Conflicting);
+        }
+        // The same port matters too.
+        let mut area = opt(200, 1000, LB_SAYS).to_vec();
+        area.extend_from_slice(&opt(200, 1001, LB_SAYS));
+        assert_eq!(find_client(&area[..], &kind200(Unknown)), Scan::Conflicting);
+    }
+
+    #[test]
+    fn identical_options_are_one_claim() {
+        let mut area = opt(200, 1000, LB_SAYS).to_vec();
+        area.extend_from_slice(&opt(200, 1000, LB_SAYS));
+        assert_eq!(
+            v4(find_client(&area[..], &kind200(Unknown))),
+            (LB_SAYS, 1000)
+        );
+        // An IPv6-layout option naming the same IPv4 client is the same claim.
+        let table = FormatTable::from_slice(&[
+            OptionFormat::new(254, AddrFamily::Ipv4),
+            OptionFormat::new(254, AddrFamily::Ipv6),
+        ])
+        .unwrap();
+        let mut area = toa4(1000, LB_SAYS).to_vec();
+        area.extend_from_slice(&[254, 20, 0x03, 0xe8]);
+        area.extend_from_slice(&v4_mapped(LB_SAYS));
+        assert_eq!(v4(find_client(&area[..], &table)), (LB_SAYS, 1000));
+    }
+
+    #[test]
+    fn the_last_of_three_is_the_appending_lbs() {
+        let mut area = opt(200, 1, [198, 51, 100, 1]).to_vec();
+        area.extend_from_slice(&opt(200, 2, CLIENT_CLAIMS));
+        area.extend_from_slice(&opt(200, 1000, LB_SAYS));
+        assert_eq!(v4(find_client(&area[..], &kind200(Last))), (LB_SAYS, 1000));
+        match find_option(&area[..], &kind200(Last)) {
+            Walk::Found(at) => {
+                assert_eq!((at.offset, at.last_offset), (0, 16));
+                assert!(at.repeated);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+}

@@ -5,7 +5,7 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use super::*;
-use crate::format::{AddrFamily, OptionFormat};
+use crate::format::{AddrFamily, OptionFormat, OptionPosition};
 
 /// What the reference parser concludes about one area.
 #[derive(Debug, PartialEq, Eq)]
@@ -18,13 +18,33 @@ enum Verdict {
         plausible: bool,
     },
     None,
+    Conflict,
     Bad(Malformed),
+}
+
+/// The client an option at `at` of format `f` names.
+fn claim(area: &[u8], at: usize, format: &OptionFormat) -> (IpAddr, u16) {
+    let port = u16::from_be_bytes([area[at + 2], area[at + 3]]);
+    let ip = if format.family == AddrFamily::Ipv4 as u8 {
+        IpAddr::V4(Ipv4Addr::new(
+            area[at + 4],
+            area[at + 5],
+            area[at + 6],
+            area[at + 7],
+        ))
+    } else {
+        let mut b = [0u8; 16];
+        b.copy_from_slice(&area[at + 4..at + 20]);
+        let v6 = Ipv6Addr::from(b);
+        v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4)
+    };
+    (ip, port)
 }
 
 fn reference(area: &[u8], formats: &[OptionFormat]) -> Verdict {
     let area = &area[..area.len().min(40)];
-    let mut first: Option<(usize, usize)> = None;
-    let mut repeated = false;
+    // Every configured option, in order.
+    let mut found: Vec<(usize, usize)> = Vec::new();
     let mut odd = false;
     let mut i = 0;
     while i < area.len() {
@@ -46,35 +66,38 @@ fn reference(area: &[u8], formats: &[OptionFormat]) -> Verdict {
                     .iter()
                     .position(|f| f.kind == kind && f.len as usize == len)
                 {
-                    Some(f) if first.is_none() => first = Some((i, f)),
-                    Some(_) => repeated = true,
+                    Some(f) => found.push((i, f)),
                     None => odd |= formats.iter().any(|f| f.kind == kind),
                 }
                 i += len;
             }
         }
     }
-    let Some((at, f)) = first else {
+    let (Some(&first), Some(&last)) = (found.first(), found.last()) else {
         return if odd {
             Verdict::Bad(Malformed::UnexpectedLength)
         } else {
             Verdict::None
         };
     };
-    let port = u16::from_be_bytes([area[at + 2], area[at + 3]]);
-    let ip = if formats[f].family == AddrFamily::Ipv4 as u8 {
-        IpAddr::V4(Ipv4Addr::new(
-            area[at + 4],
-            area[at + 5],
-            area[at + 6],
-            area[at + 7],
-        ))
+    let repeated = found.len() > 1;
+    // The LBs' position is trusted only when every configured layout agrees.
+    let positions: Vec<u8> = formats.iter().map(|f| f.position).collect();
+    let agreed = if positions.iter().all(|p| *p == positions[0]) {
+        positions[0]
     } else {
-        let mut b = [0u8; 16];
-        b.copy_from_slice(&area[at + 4..at + 20]);
-        let v6 = Ipv6Addr::from(b);
-        v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4)
+        OptionPosition::Unknown as u8
     };
+    let (at, f) = if !repeated || agreed == OptionPosition::First as u8 {
+        first
+    } else if agreed == OptionPosition::Last as u8 {
+        last
+    } else if claim(area, first.0, &formats[first.1]) == claim(area, last.0, &formats[last.1]) {
+        first
+    } else {
+        return Verdict::Conflict;
+    };
+    let (ip, port) = claim(area, at, &formats[f]);
     let plausible = match ip {
         IpAddr::V4(v4) => {
             !(v4.is_unspecified() || v4.is_loopback() || v4.is_multicast() || v4.is_broadcast())
@@ -109,6 +132,7 @@ fn walker(area: &[u8], table: &FormatTable) -> Verdict {
         Scan::Found(c) => client(c, true),
         Scan::Implausible(c) => client(c, false),
         Scan::NotFound => Verdict::None,
+        Scan::Conflicting => Verdict::Conflict,
         Scan::Malformed(m) => Verdict::Bad(m),
     }
 }
@@ -174,23 +198,41 @@ fn generate(rng: &mut Rng, kinds: &[u8]) -> Vec<u8> {
 
 #[test]
 fn a_million_generated_areas_agree_with_the_reference_parser() {
-    let formats = [
-        OptionFormat::new(254, AddrFamily::Ipv4),
-        OptionFormat::new(254, AddrFamily::Ipv6),
-        OptionFormat::new(200, AddrFamily::Ipv4),
-        OptionFormat::new(253, AddrFamily::Ipv6),
-    ];
-    let table = FormatTable::from_slice(&formats).expect("table");
+    use OptionPosition::*;
     let kinds = [254, 253, 200, 2, 3, 4, 8];
     let mut rng = Rng(0x7474_6d5f_7365_6564);
-    let mut found = 0;
+    let (mut found, mut repeated, mut conflicts) = (0, 0, 0);
+    // Every LB position, and layouts that disagree on it (then unknown).
+    let positions = [
+        [Unknown; 4],
+        [First; 4],
+        [Last; 4],
+        [First, First, Last, First],
+    ];
     for case in 0..1_000_000u32 {
+        let p = positions[case as usize % positions.len()];
+        let formats = [
+            OptionFormat::new(254, AddrFamily::Ipv4).at(p[0]),
+            OptionFormat::new(254, AddrFamily::Ipv6).at(p[1]),
+            OptionFormat::new(200, AddrFamily::Ipv4).at(p[2]),
+            OptionFormat::new(253, AddrFamily::Ipv6).at(p[3]),
+        ];
+        let table = FormatTable::from_slice(&formats).expect("table");
         let area = generate(&mut rng, &kinds);
         let expected = reference(&area, &formats);
         let got = walker(&area, &table);
-        assert_eq!(got, expected, "case {case}: area {area:?}");
+        assert_eq!(got, expected, "case {case}: positions {p:?} area {area:?}");
         found += u32::from(matches!(expected, Verdict::Client { .. }));
+        repeated += u32::from(matches!(expected, Verdict::Client { repeated: true, .. }));
+        conflicts += u32::from(expected == Verdict::Conflict);
     }
-    // The generator must exercise the interesting path, not only rejections.
-    assert!(found > 200_000, "only {found} areas held a client");
+    // The generator must exercise the interesting paths, not only rejections:
+    // several configured options in one segment, and conflicting claims.
+    eprintln!("{found} clients, {repeated} from several options, {conflicts} conflicts");
+    assert!(found > 150_000, "only {found} areas held a client");
+    assert!(
+        repeated > 10_000,
+        "only {repeated} areas held several options"
+    );
+    assert!(conflicts > 5_000, "only {conflicts} conflicting areas");
 }
