@@ -169,30 +169,159 @@ fn pipelined_requests_are_answered_in_order() {
     assert_eq!(reply(&mut reader)["client"], claimed.as_str());
 }
 
+/// Runs `f` while another client keeps asking; returns `f`'s result and the
+/// slowest answer the other client got meanwhile.
+fn while_served<T>(live: &Live, f: impl FnOnce() -> T) -> (T, Duration) {
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut client = live.client();
+    let (cookie, claimed) = (live.conn.cookie, live.conn.claimed);
+    let asking = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut slowest = Duration::ZERO;
+            let mut answered = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) || answered == 0 {
+                let t = Instant::now();
+                let found = client
+                    .lookup_cookie(cookie)
+                    .expect("lookup")
+                    .expect("record");
+                assert_eq!(found.client, claimed);
+                slowest = slowest.max(t.elapsed());
+                answered += 1;
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            slowest
+        })
+    };
+    let out = f();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    (out, asking.join().expect("the other client"))
+}
+
 #[test]
-fn garbage_and_invalid_utf8_are_refused_and_the_connection_goes_on() {
+fn garbage_gets_one_error_line_and_the_connection_is_closed_at_once() {
+    let live = Live::new(&[]);
+    let before = live.service_counter("clients_sent_garbage");
+    // 2 MB of random bytes: thousands of "lines" a daemon that answered each
+    // would block on, writing into a client that never reads.
+    let mut random = vec![0u8; 2 << 20];
+    File::open("/dev/urandom")
+        .expect("urandom")
+        .read_exact(&mut random)
+        .expect("random bytes");
+    let ((answer, freed), slowest) = while_served(&live, || {
+        let raw = live.raw();
+        let mut writer = raw.try_clone().expect("clone");
+        let started = Instant::now();
+        let flood = std::thread::spawn(move || {
+            let _ = writer.write_all(&random);
+        });
+        let mut all = Vec::new();
+        let _ = BufReader::new(raw).read_to_end(&mut all);
+        let freed = started.elapsed();
+        let _ = flood.join();
+        (String::from_utf8_lossy(&all).into_owned(), freed)
+    });
+    let lines: Vec<&str> = answer.lines().collect();
+    assert_eq!(lines.len(), 1, "one error line, then closed: {answer:?}");
+    let r: serde_json::Value = serde_json::from_str(lines[0]).expect("JSON");
+    assert_eq!(r["error"], "bad_request", "{r}");
+    assert!(r["reason"].as_str().unwrap().contains("closing"), "{r}");
+    assert!(freed < Duration::from_secs(1), "closed after {freed:?}");
+    assert!(
+        slowest < Duration::from_millis(500),
+        "others waited {slowest:?}"
+    );
+    assert_eq!(live.service_counter("clients_sent_garbage") - before, 1);
+    // Invalid UTF-8 is garbage too.
+    let mut raw = live.raw();
+    raw.write_all(b"\xff\xfe\x00garbage\n").expect("write");
+    let mut all = String::new();
+    let _ = BufReader::new(raw).read_to_string(&mut all);
+    assert!(all.contains("UTF-8") && all.lines().count() == 1, "{all}");
+    live.assert_served();
+}
+
+#[test]
+fn a_json_object_that_is_not_a_request_is_refused_and_the_connection_goes_on() {
     let live = Live::new(&[]);
     let bad_before = live.service_counter("requests_bad");
-    let utf8_before = live.service_counter("requests_not_utf8");
     let mut raw = live.raw();
-    raw.write_all(b"hello\n\xff\xfe\x00garbage\n{\"op\":\"cookie\"}\n{\"op\":\"cookie\",\"cookie\":1,\"extra\":2}\n")
-        .expect("write garbage");
+    raw.write_all(b"{\"op\":\"cookie\"}\n{\"op\":\"cookie\",\"cookie\":1,\"extra\":2}\n{\"op\":\"teleport\"}\n")
+        .expect("write");
     let mut reader = BufReader::new(raw.try_clone().expect("clone"));
-    let replies: Vec<_> = (0..4).map(|_| reply(&mut reader)).collect();
+    let replies: Vec<_> = (0..3).map(|_| reply(&mut reader)).collect();
     for r in &replies {
         assert_eq!(r["error"], "bad_request", "{r}");
     }
-    assert!(replies[1]["reason"].as_str().unwrap().contains("UTF-8"));
-    assert!(replies[2]["reason"].as_str().unwrap().contains("cookie"));
-    live.assert_served();
+    assert!(replies[0]["reason"].as_str().unwrap().contains("cookie"));
     // The same connection still answers a good request.
     writeln!(raw, "{{\"op\":\"cookie\",\"cookie\":{}}}", live.conn.cookie).expect("write");
     assert_eq!(
         reply(&mut reader)["client"],
         live.conn.claimed.to_string().as_str()
     );
-    assert_eq!(live.service_counter("requests_bad") - bad_before, 4);
-    assert_eq!(live.service_counter("requests_not_utf8") - utf8_before, 1);
+    assert_eq!(live.service_counter("requests_bad") - bad_before, 3);
+}
+
+#[test]
+fn a_client_that_stops_reading_is_dropped_within_about_a_second() {
+    let live = Live::new(&[]);
+    let before = live.service_counter("clients_not_reading");
+    let ((), slowest) = while_served(&live, || {
+        let mut raw = live.raw();
+        raw.set_write_timeout(Some(Duration::from_secs(5)))
+            .expect("write timeout");
+        // Thousands of pipelined stats requests, never reading an answer:
+        // the answers fill the socket and the daemon's write blocks.
+        let request = b"{\"op\":\"stats\"}\n".repeat(4096);
+        let _ = raw.write_all(&request);
+        let started = Instant::now();
+        while live.service_counter("clients_not_reading") == before {
+            assert!(
+                started.elapsed() < Duration::from_secs(5),
+                "the client was not dropped"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "{:?}",
+            started.elapsed()
+        );
+        drop(raw);
+    });
+    assert!(
+        slowest < Duration::from_millis(500),
+        "others waited {slowest:?}"
+    );
+    assert_eq!(live.service_counter("clients_not_reading") - before, 1);
+}
+
+#[test]
+fn a_cli_whose_reader_goes_away_exits_quietly() {
+    let live = Live::new(&[]);
+    let pins = common::PIN_DIR;
+    let socket = live.world.daemon.socket.display().to_string();
+    let ttm = ttm_lab::daemon::ttm_bin().expect("ttm");
+    for args in [
+        format!("stats --pin-dir {pins} --socket {socket}"),
+        "formats".to_string(),
+        format!("lookup --cookie {} --socket {socket}", live.conn.cookie),
+        format!("doctor --pin-dir {pins}"),
+    ] {
+        let out = Command::new("sh")
+            .arg("-c")
+            .arg(format!("{} {args} | true", ttm.display()))
+            .output()
+            .expect("sh");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !err.contains("panicked") && !err.contains("Broken pipe"),
+            "ttm {args}: {err}"
+        );
+    }
 }
 
 #[test]

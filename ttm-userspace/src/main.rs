@@ -121,7 +121,17 @@ enum Command {
 
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
-    match run(Cli::parse()) {
+    let cli = Cli::parse();
+    if !matches!(cli.command, Command::Daemon(_)) {
+        // A command whose reader goes away (`ttm stats | head -3`) ends
+        // quietly, as CLI tools do, rather than panicking on the write. The
+        // daemon keeps SIGPIPE ignored: a lookup client hanging up must
+        // never end it.
+        // SAFETY: restoring the default disposition of one signal, before
+        // any thread is started.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
+    match run(cli) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("ttm: error: {e:#}");

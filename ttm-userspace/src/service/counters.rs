@@ -14,6 +14,12 @@ pub enum ServiceCounter {
     ClientsTimedOut,
     /// Client connections that hung up in the middle of a request line.
     ClientsHungUpMidRequest,
+    /// Client connections dropped because they sent bytes that are not
+    /// UTF-8 JSON lines (answered with one error line first).
+    ClientsSentGarbage,
+    /// Client connections dropped because they stopped reading their
+    /// answers (the socket stayed full past the write bound).
+    ClientsNotReading,
     /// Requests answered with a record, counters or the version.
     RequestsAnswered,
     /// Lookups answered `not_found`.
@@ -36,11 +42,13 @@ pub enum ServiceCounter {
 
 impl ServiceCounter {
     /// Every counter, in order.
-    pub const ALL: [ServiceCounter; 13] = [
+    pub const ALL: [ServiceCounter; 15] = [
         ServiceCounter::ClientsAccepted,
         ServiceCounter::ClientsOverloaded,
         ServiceCounter::ClientsTimedOut,
         ServiceCounter::ClientsHungUpMidRequest,
+        ServiceCounter::ClientsSentGarbage,
+        ServiceCounter::ClientsNotReading,
         ServiceCounter::RequestsAnswered,
         ServiceCounter::RequestsNotFound,
         ServiceCounter::RequestsBad,
@@ -59,6 +67,8 @@ impl ServiceCounter {
             ServiceCounter::ClientsOverloaded => "clients_overloaded",
             ServiceCounter::ClientsTimedOut => "clients_timed_out",
             ServiceCounter::ClientsHungUpMidRequest => "clients_hung_up_mid_request",
+            ServiceCounter::ClientsSentGarbage => "clients_sent_garbage",
+            ServiceCounter::ClientsNotReading => "clients_not_reading",
             ServiceCounter::RequestsAnswered => "requests_answered",
             ServiceCounter::RequestsNotFound => "requests_not_found",
             ServiceCounter::RequestsBad => "requests_bad",

@@ -58,8 +58,11 @@ pub struct Limits {
     pub max_clients: usize,
     /// Longest request line.
     pub max_request: usize,
-    /// A client that sends nothing (or reads nothing) this long is dropped.
+    /// A client that sends nothing this long is dropped.
     pub idle_timeout: Duration,
+    /// A client whose receive buffer stays full this long (it stopped
+    /// reading its answers) is dropped.
+    pub write_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -68,6 +71,7 @@ impl Default for Limits {
             max_clients: 4096,
             max_request: MAX_REQUEST_BYTES,
             idle_timeout: Duration::from_secs(30),
+            write_timeout: Duration::from_secs(1),
         }
     }
 }

@@ -65,6 +65,9 @@ struct Session {
     fds: VecDeque<(u64, OwnedFd)>,
     /// Rejected requests on this connection (logged once, summed at close).
     rejected: u64,
+    /// The client sent bytes that are not UTF-8 JSON lines: answer the one
+    /// error already written and close.
+    garbage: bool,
 }
 
 /// Serves `stream` until the client leaves, misbehaves past recovery, or
@@ -83,8 +86,9 @@ pub(super) fn serve(stream: UnixStream, shared: Arc<Shared>) {
         },
     };
     let limits = shared.limits;
+    let write_timeout = limits.write_timeout.min(limits.idle_timeout);
     if stream.set_read_timeout(Some(limits.idle_timeout)).is_err()
-        || stream.set_write_timeout(Some(limits.idle_timeout)).is_err()
+        || stream.set_write_timeout(Some(write_timeout)).is_err()
     {
         return;
     }
@@ -95,6 +99,7 @@ pub(super) fn serve(stream: UnixStream, shared: Arc<Shared>) {
         consumed: 0,
         fds: VecDeque::new(),
         rejected: 0,
+        garbage: false,
     };
     session.run(&stream);
     if session.rejected > 0 {
@@ -112,6 +117,13 @@ impl Session {
         loop {
             while let Some(end) = self.buf.iter().position(|&b| b == b'\n') {
                 self.answer_line(end, &mut out);
+                if self.garbage {
+                    // One error line, then the connection goes: nothing
+                    // after bytes that are not protocol can be trusted to be.
+                    self.shared.counters.bump(C::ClientsSentGarbage);
+                    let _ = (&*stream).write_all(&out);
+                    return;
+                }
             }
             if self.buf.len() >= limits.max_request {
                 self.shared.counters.bump(C::RequestsTooLong);
@@ -126,7 +138,13 @@ impl Session {
             if !out.is_empty() {
                 // Blocks at most the write timeout: a client that stops
                 // reading is dropped.
-                if (&*stream).write_all(&out).is_err() {
+                if let Err(e) = (&*stream).write_all(&out) {
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) {
+                        self.shared.counters.bump(C::ClientsNotReading);
+                    }
                     return;
                 }
                 out.clear();
@@ -187,17 +205,37 @@ impl Session {
             }
         }
         // Parsed in place; the line leaves the buffer whatever it held.
+        // Bytes that are not UTF-8 JSON end the connection; a JSON object
+        // that is not a request this daemon knows is refused and the
+        // connection goes on (a newer client may ask for more).
+        let mut garbage = false;
         let parsed = match std::str::from_utf8(&self.buf[..end]) {
             Ok(text) if text.trim().is_empty() => None,
-            Ok(text) => Some(
-                serde_json::from_str::<Request>(text.trim())
-                    .map_err(|e| (None, format!("not a valid request: {e}"))),
-            ),
-            Err(_) => Some(Err((
-                Some(C::RequestsNotUtf8),
-                "request is not UTF-8 (send one JSON object per line)".to_string(),
-            ))),
+            Ok(text) => Some(serde_json::from_str::<Request>(text.trim()).map_err(|e| {
+                if e.is_data() {
+                    (None, format!("not a valid request: {e}"))
+                } else {
+                    garbage = true;
+                    (
+                        None,
+                        format!(
+                            "not JSON: {e} — send one JSON object per line; closing the \
+                             connection"
+                        ),
+                    )
+                }
+            })),
+            Err(_) => {
+                garbage = true;
+                Some(Err((
+                    Some(C::RequestsNotUtf8),
+                    "request is not UTF-8 — send one JSON object per line; closing the \
+                     connection"
+                        .to_string(),
+                )))
+            }
         };
+        self.garbage = garbage;
         self.buf.drain(..=end);
         self.consumed += end as u64 + 1;
         let request = match parsed {
