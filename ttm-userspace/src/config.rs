@@ -103,6 +103,10 @@ pub struct DaemonArgs {
     /// never seen by sockops) is swept (default 300).
     #[arg(long, value_name = "SECS")]
     pub tc_max_age: Option<f64>,
+    /// Seconds between runs of the static audit (`ttm verify`) whose result
+    /// the metrics endpoint exports (default 60; 0 turns it off).
+    #[arg(long, value_name = "SECS")]
+    pub audit_interval: Option<f64>,
     /// Take over from the daemon running on this pin directory: it exits
     /// leaving its programs attached, and this one swaps in its programs
     /// atomically (no connection goes unrecorded).
@@ -135,6 +139,7 @@ struct FileConfig {
     interfaces: Option<Vec<String>>,
     tc_attach: Option<TcAttach>,
     tc_max_age: Option<f64>,
+    audit_interval: Option<f64>,
 }
 
 /// The effective settings, printed by `ttm config check` (valid as a file).
@@ -187,6 +192,8 @@ pub struct Settings {
     pub tc_attach: TcAttach,
     /// Age (seconds) after which orphaned TC records are swept.
     pub tc_max_age: f64,
+    /// Seconds between periodic audits; 0 is off.
+    pub audit_interval: f64,
 }
 
 impl Settings {
@@ -264,6 +271,10 @@ impl Settings {
                 .tc_max_age
                 .or(file.tc_max_age)
                 .unwrap_or(DEFAULT_TC_MAX_AGE.as_secs_f64()),
+            audit_interval: args
+                .audit_interval
+                .or(file.audit_interval)
+                .unwrap_or(crate::audit_watch::DEFAULT_AUDIT_INTERVAL.as_secs_f64()),
         }
     }
 
@@ -281,6 +292,14 @@ impl Settings {
                     self.client_timeout
                 )
             })?;
+        let audit_interval = match Duration::try_from_secs_f64(self.audit_interval) {
+            Ok(d) if d.is_zero() => None,
+            Ok(d) => Some(d),
+            Err(_) => bail!(
+                "key `audit_interval`: {} is not allowed — seconds, 0 to turn the audit off",
+                self.audit_interval
+            ),
+        };
         let tc_max_age = Duration::try_from_secs_f64(self.tc_max_age)
             .ok()
             .filter(|d| !d.is_zero())
@@ -332,6 +351,7 @@ impl Settings {
             interfaces: self.interfaces.clone(),
             tc_attach: self.tc_attach,
             tc_max_age,
+            audit_interval,
         };
         config.validate()?;
         Ok(config)

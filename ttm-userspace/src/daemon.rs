@@ -64,6 +64,8 @@ pub struct DaemonConfig {
     pub tc_attach: crate::tc::TcAttach,
     /// Orphaned TC records older than this are swept (`--tc-max-age`).
     pub tc_max_age: std::time::Duration,
+    /// How often the static audit runs for the metrics; `None` is never.
+    pub audit_interval: Option<std::time::Duration>,
 }
 
 impl DaemonConfig {
@@ -118,6 +120,8 @@ pub struct Daemon {
     tc_attachments: Vec<crate::tc::Attachment>,
     /// Orphaned TC records older than this are swept.
     tc_max_age: std::time::Duration,
+    /// The periodic audit, if on.
+    audit: Option<crate::audit_watch::AuditWatch>,
     _lock: InstanceLock,
 }
 
@@ -191,6 +195,8 @@ impl Daemon {
         write_config(&mut ebpf, config)?;
         let plan = choose_plan(&mut ebpf, config)?;
         let (mut adopted, witnesses) = attach_all(&mut ebpf, config, &plan, &cgroup)?;
+        let cgroup_attachments = planned_attachments(config, &plan, &cgroup)?.len();
+        let mut tc_program_ids = std::collections::BTreeSet::new();
         let tc_attachments = if plan.tc {
             let program: &mut aya::programs::SchedClassifier = ebpf
                 .program_mut(TC_PROGRAM)
@@ -199,6 +205,13 @@ impl Daemon {
             program.load().context(
                 "the kernel rejected the TC ingress program (see the verifier log above)",
             )?;
+            if let Ok(id) = program
+                .fd()
+                .map_err(anyhow::Error::from)
+                .and_then(|fd| Ok(crate::links::prog_id(fd.as_fd())?))
+            {
+                tc_program_ids.insert(id);
+            }
             let (attachments, taken_over) =
                 crate::tc::attach_all(program, &config.interfaces, &config.pins, config.tc_attach)?;
             crate::tc::log_attachments(&attachments);
@@ -213,7 +226,16 @@ impl Daemon {
             Vec::new()
         };
 
+        let audit = config.audit_interval.map(|interval| {
+            crate::audit_watch::AuditWatch::start(
+                config.pins.clone(),
+                interval,
+                tc_program_ids,
+                (cgroup_attachments + tc_attachments.len()) as u64,
+            )
+        });
         let mut daemon = Daemon {
+            audit,
             _ebpf: ebpf,
             pins: config.pins.clone(),
             cgroup,
@@ -304,6 +326,7 @@ impl Daemon {
                 self.pins.clone(),
                 self.service_counters.clone(),
                 self.capacity,
+                self.audit.as_ref().map(|a| a.last.clone()),
             )
             .await?,
         );

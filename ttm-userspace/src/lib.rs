@@ -1,6 +1,7 @@
 //! The ttm agent's library: loading and attaching the decoder, reading its
 //! records and counters, serving lookups. The `ttm` binary is a thin CLI over it.
 
+pub mod audit_watch;
 pub mod config;
 pub mod daemon;
 pub mod doctor;

@@ -29,7 +29,57 @@ pub fn ensure() -> Result<()> {
     nightly_rust_src()?;
     bpf_linker()?;
     bpffs()?;
+    promtool();
     Ok(())
+}
+
+/// Where the tests find `promtool` (Prometheus's rule checker).
+pub const PROMTOOL: &str = "target/tools/promtool";
+
+/// Fetches `promtool` from Debian's prometheus package without installing
+/// the package (no service, no users): downloaded and unpacked into
+/// `target/tools`. Optional: without it the alert-rule tests parse the rules
+/// themselves, and say so.
+fn promtool() {
+    if Path::new(PROMTOOL).exists() {
+        return;
+    }
+    println!("bootstrap: fetching promtool from Debian's prometheus package into {PROMTOOL}");
+    let work = Path::new("target/tools/prometheus-deb");
+    let fetched = (|| -> Result<()> {
+        std::fs::create_dir_all(work)?;
+        let ok = Command::new("apt-get")
+            .args(["download", "-qq", "prometheus"])
+            .current_dir(work)
+            .status()?
+            .success();
+        if !ok {
+            bail!("apt-get download prometheus failed");
+        }
+        let deb = std::fs::read_dir(work)?
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| p.extension().is_some_and(|x| x == "deb"))
+            .context("no .deb downloaded")?;
+        let unpacked = work.join("root");
+        if !Command::new("dpkg")
+            .arg("-x")
+            .arg(&deb)
+            .arg(&unpacked)
+            .status()?
+            .success()
+        {
+            bail!("dpkg -x failed");
+        }
+        std::fs::copy(unpacked.join("usr/bin/promtool"), PROMTOOL)?;
+        Ok(())
+    })();
+    let _ = std::fs::remove_dir_all(work);
+    if let Err(e) = fetched {
+        println!(
+            "bootstrap: promtool unavailable ({e:#}); the alert rules will be checked by parsing"
+        );
+    }
 }
 
 fn have(cmd: &str) -> bool {
