@@ -228,6 +228,111 @@ pub fn harmless_sock_create(_ctx: aya_ebpf::programs::SockContext) -> i32 {
     1
 }
 
+// Foreign programs for `ttm verify`'s instruction analysis: writers that
+// rewrite an address (each in its own way) and harmless counters on the same
+// hooks. Test-only, like everything here.
+
+/// Per-CPU counter the harmless programs bump. Owned here.
+#[btf_map]
+static FOREIGN_COUNT: aya_ebpf::btf_maps::PerCpuArray<u64, 1> =
+    aya_ebpf::btf_maps::PerCpuArray::new();
+
+#[inline(always)]
+fn count() {
+    if let Some(slot) = FOREIGN_COUNT.get_ptr_mut(0) {
+        // SAFETY: the per-CPU slot is ours while the program runs.
+        unsafe { *slot += 1 };
+    }
+}
+
+/// Rewrites the address a socket binds to: 127.0.0.1:65535.
+#[aya_ebpf::macros::cgroup_sock_addr(bind4)]
+pub fn rewrite_bind4(ctx: aya_ebpf::programs::SockAddrContext) -> i32 {
+    // SAFETY: writable context fields of a bind4 hook.
+    unsafe {
+        ptr::write_volatile(
+            &raw mut (*ctx.sock_addr).user_ip4,
+            u32::from_ne_bytes([127, 0, 0, 1]),
+        );
+        ptr::write_volatile(
+            &raw mut (*ctx.sock_addr).user_port,
+            u32::from(65535u16.to_be()),
+        );
+    }
+    1
+}
+
+/// Counts binds; changes nothing.
+#[aya_ebpf::macros::cgroup_sock_addr(bind4)]
+pub fn count_bind4(_ctx: aya_ebpf::programs::SockAddrContext) -> i32 {
+    count();
+    1
+}
+
+/// Rewrites where connections go: 127.0.0.1:65535.
+#[aya_ebpf::macros::cgroup_sock_addr(connect4)]
+pub fn rewrite_connect4(ctx: aya_ebpf::programs::SockAddrContext) -> i32 {
+    // SAFETY: writable context fields of a connect4 hook.
+    unsafe {
+        ptr::write_volatile(
+            &raw mut (*ctx.sock_addr).user_ip4,
+            u32::from_ne_bytes([127, 0, 0, 1]),
+        );
+        ptr::write_volatile(
+            &raw mut (*ctx.sock_addr).user_port,
+            u32::from(65535u16.to_be()),
+        );
+    }
+    1
+}
+
+/// Counts connects; changes nothing.
+#[aya_ebpf::macros::cgroup_sock_addr(connect4)]
+pub fn count_connect4(_ctx: aya_ebpf::programs::SockAddrContext) -> i32 {
+    count();
+    1
+}
+
+/// Rewrites the local address getsockname() returns on IPv6 sockets to ::1.
+#[aya_ebpf::macros::cgroup_sock_addr(getsockname6)]
+pub fn rewrite_getsockname6(ctx: aya_ebpf::programs::SockAddrContext) -> i32 {
+    // SAFETY: writable context fields, each word at its own offset.
+    unsafe {
+        ptr::write_volatile(&raw mut (*ctx.sock_addr).user_ip6[0], 0);
+        ptr::write_volatile(&raw mut (*ctx.sock_addr).user_ip6[1], 0);
+        ptr::write_volatile(&raw mut (*ctx.sock_addr).user_ip6[2], 0);
+        ptr::write_volatile(
+            &raw mut (*ctx.sock_addr).user_ip6[3],
+            u32::from_ne_bytes([0, 0, 0, 1]),
+        );
+    }
+    1
+}
+
+/// Counts getsockname() calls on IPv6 sockets; changes nothing.
+#[aya_ebpf::macros::cgroup_sock_addr(getsockname6)]
+pub fn count_getsockname6(_ctx: aya_ebpf::programs::SockAddrContext) -> i32 {
+    count();
+    1
+}
+
+/// Rewrites the IPv4 source address of every packet it sees to 198.51.100.7
+/// (without fixing checksums: it exists to be found, not to work).
+#[aya_ebpf::macros::classifier]
+pub fn rewrite_tc_source(ctx: aya_ebpf::programs::TcContext) -> i32 {
+    let new_source = [198u8, 51, 100, 7];
+    // Ethernet (14) + the IPv4 source address offset (12).
+    let _ = ctx.store(26, &new_source, 0);
+    0
+}
+
+/// Counts packets; changes nothing.
+#[aya_ebpf::macros::classifier]
+pub fn count_tc(_ctx: aya_ebpf::programs::TcContext) -> i32 {
+    count();
+    0
+}
+
 #[cfg(not(test))]
 #[panic_handler]
 fn panic(_info: &core::panic::PanicInfo) -> ! {

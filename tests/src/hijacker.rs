@@ -54,3 +54,74 @@ impl Harmless {
         Ok(Harmless { _ebpf: ebpf })
     }
 }
+
+/// One of the lab object's foreign test programs, attached; detached on drop.
+pub struct Foreign {
+    _ebpf: Ebpf,
+}
+
+impl Foreign {
+    /// Attaches sock_addr program `name` (e.g. `rewrite_bind4`) to `cgroup`.
+    pub fn on_cgroup(name: &str, cgroup: &Path) -> Result<Foreign> {
+        let mut ebpf = Ebpf::load(OBJECT).context("loading the lab object")?;
+        let program: &mut CgroupSockAddr = ebpf
+            .program_mut(name)
+            .with_context(|| format!("{name} missing"))?
+            .try_into()?;
+        program.load().with_context(|| format!("loading {name}"))?;
+        let cg = File::open(cgroup).with_context(|| format!("opening {}", cgroup.display()))?;
+        program
+            .attach(&cg, CgroupAttachMode::Single)
+            .with_context(|| format!("attaching {name}"))?;
+        Ok(Foreign { _ebpf: ebpf })
+    }
+
+    /// Attaches TC classifier `name` to the ingress of `iface` (in this
+    /// process's network namespace).
+    pub fn on_tc(name: &str, iface: &str) -> Result<Foreign> {
+        use aya::programs::{tc, SchedClassifier, TcAttachType};
+        let _ = tc::qdisc_add_clsact(iface);
+        let mut ebpf = Ebpf::load(OBJECT).context("loading the lab object")?;
+        let program: &mut SchedClassifier = ebpf
+            .program_mut(name)
+            .with_context(|| format!("{name} missing"))?
+            .try_into()?;
+        program.load().with_context(|| format!("loading {name}"))?;
+        program
+            .attach(iface, TcAttachType::Ingress)
+            .with_context(|| format!("attaching {name} to {iface}"))?;
+        Ok(Foreign { _ebpf: ebpf })
+    }
+}
+
+/// A veth pair in this process's network namespace with no address (no
+/// traffic), for attaching TC programs in tests; removed on drop.
+pub struct TestVeth(pub String);
+
+impl TestVeth {
+    /// Creates `name` and its peer `name`-p.
+    pub fn create(name: &str) -> Result<TestVeth> {
+        let _ = std::process::Command::new("ip")
+            .args(["link", "del", name])
+            .status();
+        crate::lab::run(std::process::Command::new("ip").args([
+            "link",
+            "add",
+            name,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &format!("{name}-p"),
+        ]))?;
+        Ok(TestVeth(name.to_string()))
+    }
+}
+
+impl Drop for TestVeth {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip")
+            .args(["link", "del", &self.0])
+            .status();
+    }
+}

@@ -145,6 +145,16 @@ impl Lab {
         writer::attach(&self.client_cgroup()).context("attaching the option writer")
     }
 
+    /// Detaches the option writer from the client cgroup: the client's
+    /// connections then carry no option (and no foreign program but the
+    /// tests' own is attached).
+    pub fn detach_writer(&self) -> Result<()> {
+        self.writer
+            .as_ref()
+            .context("the writer is not held by this process")?
+            .detach(&self.client_cgroup())
+    }
+
     /// Changes what the option writer in the client cgroup writes.
     pub fn set_writer(&self, config: WriterConfig) -> Result<()> {
         self.writer

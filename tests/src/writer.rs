@@ -16,6 +16,7 @@ static WRITER_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"
 pub use lab_ebpf::WriterConfig;
 
 const BPF_PROG_ATTACH: libc::c_long = 8;
+const BPF_PROG_DETACH: libc::c_long = 9;
 const BPF_CGROUP_SOCK_OPS: u32 = 3;
 const BPF_F_ALLOW_MULTI: u32 = 2;
 
@@ -42,6 +43,38 @@ impl Writer {
                 .context("WRITER_CONFIG missing")?,
         )?;
         map.set(0, config, 0).context("writing the writer config")?;
+        Ok(())
+    }
+
+    /// Detaches the writer from `cgroup` (for tests that need the client's
+    /// cgroup free of foreign programs).
+    pub fn detach(&self, cgroup: &Path) -> Result<()> {
+        let mut ebpf = self.ebpf.lock().unwrap_or_else(|e| e.into_inner());
+        let program: &mut SockOps = ebpf
+            .program_mut("toa_writer")
+            .context("toa_writer missing")?
+            .try_into()?;
+        let prog_fd = program.fd()?.as_fd().as_raw_fd();
+        let cg = File::open(cgroup).with_context(|| format!("opening {}", cgroup.display()))?;
+        let attr = ProgAttachAttr {
+            target_fd: cg.as_raw_fd() as u32,
+            attach_bpf_fd: prog_fd as u32,
+            attach_type: BPF_CGROUP_SOCK_OPS,
+            attach_flags: 0,
+            replace_bpf_fd: 0,
+        };
+        // SAFETY: bpf(BPF_PROG_DETACH) with a correctly sized attribute.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_PROG_DETACH,
+                &attr as *const ProgAttachAttr,
+                std::mem::size_of::<ProgAttachAttr>(),
+            )
+        };
+        if rc != 0 {
+            bail!("BPF_PROG_DETACH: {}", std::io::Error::last_os_error());
+        }
         Ok(())
     }
 }

@@ -39,11 +39,26 @@ fn at(v: &serde_json::Value, cgroup: &str) -> Vec<serde_json::Value> {
 fn ttm_is_recognised_and_a_foreign_peer_rewriter_is_flagged() {
     let world = World::with_daemon_args(ttm_lab::lab::LB_NET, &["--witness"]);
     let rs = world.lab.rs_cgroup().to_string_lossy().into_owned();
+    // The lab's writer writes TCP header options on the client's
+    // connections, as a forger would: flagged, with the helper named.
     let (code, v) = verify();
-    assert_eq!(
-        code, 0,
-        "only ttm and the lab's writer attached: clean: {v}"
+    assert_eq!(code, 1, "{v}");
+    let client = world.lab.client_cgroup().to_string_lossy().into_owned();
+    let writer = at(&v, &client);
+    assert_eq!(writer.len(), 1, "{writer:?}");
+    assert_eq!(writer[0]["ttm"], false);
+    assert_eq!(writer[0]["power"], "rewrites_peer");
+    assert_eq!(writer[0]["affects"], serde_json::json!(["remote_peers"]));
+    assert!(
+        writer[0]["evidence"][0]["what"]
+            .as_str()
+            .unwrap()
+            .contains("bpf_sock_ops_store_hdr_opt"),
+        "{writer:?}"
     );
+    world.lab.detach_writer().expect("detach the writer");
+    let (code, v) = verify();
+    assert_eq!(code, 0, "only ttm attached: clean: {v}");
     let ours = at(&v, &rs);
     let hooks: Vec<&str> = ours
         .iter()
@@ -71,12 +86,19 @@ fn ttm_is_recognised_and_a_foreign_peer_rewriter_is_flagged() {
         );
     }
     assert!(ours.iter().all(|p| p["ttm"] == true), "{ours:?}");
-    // The lab's option writer: foreign, but it only observes.
-    let client = world.lab.client_cgroup().to_string_lossy().into_owned();
-    let writer = at(&v, &client);
-    assert_eq!(writer.len(), 1, "{writer:?}");
-    assert_eq!(writer[0]["ttm"], false);
-    assert_eq!(writer[0]["power"], "observes");
+    // ttm's own programs are analysed too: the rewrite stores the client.
+    let rewrite = ours
+        .iter()
+        .find(|p| {
+            p["name"] == "ttm_getpeername"
+                && p["attach_point"]
+                    .as_str()
+                    .unwrap()
+                    .ends_with("getpeername4")
+        })
+        .expect("the rewrite");
+    assert_eq!(rewrite["power"], "rewrites_peer", "{rewrite}");
+    assert_eq!(rewrite["affects"], serde_json::json!(["apps_on_this_host"]));
 
     // A harmless foreign program is listed, not flagged.
     let harmless = Harmless::attach(&world.lab.rs_cgroup()).expect("attach the harmless program");
@@ -306,6 +328,7 @@ fn the_witness_catches_a_foreign_rewrite_that_runs_before_ttm() {
 #[test]
 fn without_the_witness_one_program_runs_per_getpeername_and_the_audit_still_flags_a_hijacker() {
     let world = World::new();
+    world.lab.detach_writer().expect("detach the writer");
     let rs = world.lab.rs_cgroup().to_string_lossy().into_owned();
     let (code, v) = verify();
     assert_eq!(code, 0, "{v}");
@@ -333,4 +356,121 @@ fn without_the_witness_one_program_runs_per_getpeername_and_the_audit_still_flag
     let (code, v) = verify();
     assert_eq!(code, 1, "{v}");
     assert!(v["threats"].as_u64().unwrap_or(0) >= 1, "{v}");
+}
+
+/// The attach points, powers and evidence of the foreign programs in a report.
+fn foreign(v: &serde_json::Value) -> Vec<serde_json::Value> {
+    v["programs"]
+        .as_array()
+        .expect("programs")
+        .iter()
+        .filter(|p| p["ttm"] == false)
+        .cloned()
+        .collect()
+}
+
+fn by_name<'a>(programs: &'a [serde_json::Value], name: &str) -> &'a serde_json::Value {
+    // The kernel keeps 15 characters of a program's name.
+    let short: String = name.chars().take(15).collect();
+    programs
+        .iter()
+        .find(|p| p["name"] == short.as_str())
+        .unwrap_or_else(|| panic!("{name} not listed: {programs:?}"))
+}
+
+fn evidence(p: &serde_json::Value) -> Vec<String> {
+    p["evidence"]
+        .as_array()
+        .expect("evidence")
+        .iter()
+        .map(|e| e["what"].as_str().unwrap_or_default().to_string())
+        .collect()
+}
+
+#[test]
+fn what_each_foreign_program_writes_decides_its_verdict_not_its_hook() {
+    use ttm_lab::hijacker::{Foreign, TestVeth};
+    let world = World::new();
+    world.lab.detach_writer().expect("detach the writer");
+    let rs = world.lab.rs_cgroup();
+    let veth = TestVeth::create("ttm-vtest").expect("test veth");
+
+    // Harmless counters on every hook the writers use: observing only.
+    let counters = [
+        Foreign::on_cgroup("count_bind4", &rs).expect("count_bind4"),
+        Foreign::on_cgroup("count_connect4", &rs).expect("count_connect4"),
+        Foreign::on_cgroup("count_getsockname6", &rs).expect("count_getsockname6"),
+        Foreign::on_tc("count_tc", &veth.0).expect("count_tc"),
+    ];
+    let (code, v) = verify();
+    let listed = foreign(&v);
+    assert_eq!(listed.len(), 4, "{listed:?}");
+    for p in &listed {
+        assert_eq!(p["power"], "observes", "{p}");
+        assert!(p["evidence"].as_array().unwrap().is_empty(), "{p}");
+    }
+    assert_eq!(code, 0, "only counters: clean: {v}");
+
+    // Writers on the same hooks: each flagged, with the field or helper named.
+    let writers = [
+        Foreign::on_cgroup("rewrite_bind4", &rs).expect("rewrite_bind4"),
+        Foreign::on_cgroup("rewrite_connect4", &rs).expect("rewrite_connect4"),
+        Foreign::on_cgroup("rewrite_getsockname6", &rs).expect("rewrite_getsockname6"),
+        Foreign::on_tc("rewrite_tc_source", &veth.0).expect("rewrite_tc_source"),
+    ];
+    let (code, v) = verify();
+    assert_eq!(code, 1, "{v}");
+    assert_eq!(v["threats"], 4, "exactly the writers: {v}");
+    let listed = foreign(&v);
+    for (name, fields, affects) in [
+        (
+            "rewrite_bind4",
+            &["stores user_ip4", "stores user_port"][..],
+            "remote_peers",
+        ),
+        (
+            "rewrite_connect4",
+            &["stores user_ip4", "stores user_port"][..],
+            "remote_peers",
+        ),
+        (
+            "rewrite_getsockname6",
+            &["stores user_ip6[0]", "stores user_ip6[3]"][..],
+            "apps_on_this_host",
+        ),
+        ("rewrite_tc_source", &["bpf_skb_store_bytes"][..], "both"),
+    ] {
+        let p = by_name(&listed, name);
+        assert_eq!(p["power"], "rewrites_peer", "{p}");
+        assert_eq!(p["affects"], serde_json::json!([affects]), "{p}");
+        let found = evidence(p);
+        for field in fields {
+            assert!(
+                found.iter().any(|e| e.contains(field)),
+                "{name}: {field} in {found:?}"
+            );
+        }
+        assert!(p["evidence"][0]["insn"].as_u64().is_some(), "{p}");
+    }
+    for name in [
+        "count_bind4",
+        "count_connect4",
+        "count_getsockname6",
+        "count_tc",
+    ] {
+        assert_eq!(by_name(&listed, name)["power"], "observes");
+    }
+    // The text says what each writes and whom it affects.
+    let out = Command::new(ttm_bin().expect("ttm"))
+        .args(["verify", "--pin-dir", PIN_DIR])
+        .output()
+        .expect("ttm verify");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("FOREIGN: rewrites what remote peers see"),
+        "{text}"
+    );
+    assert!(text.contains("stores user_port"), "{text}");
+    drop(writers);
+    drop(counters);
 }

@@ -174,6 +174,8 @@ mod tests {
             loaded_at: None,
             held_by: Vec::new(),
             power,
+            evidence: Vec::new(),
+            affects: Vec::new(),
             ttm,
         }
     }

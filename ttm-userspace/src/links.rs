@@ -150,6 +150,37 @@ pub fn prog_id(prog: BorrowedFd<'_>) -> io::Result<u32> {
     Ok((raw[0] >> 32) as u32)
 }
 
+const BPF_PROG_GET_FD_BY_ID: libc::c_long = 13;
+
+/// The translated instructions of the loaded program with id `id` (the
+/// program as the kernel runs it), as raw 8-byte instructions.
+pub fn translated_instructions(id: u32) -> io::Result<Vec<[u8; 8]>> {
+    let mut attr = [0u64; 8];
+    attr[0] = u64::from(id);
+    let fd = bpf(BPF_PROG_GET_FD_BY_ID, &mut attr).map(owned)?;
+    // struct bpf_prog_info: xlated_prog_len at byte 20, xlated_prog_insns at 32.
+    let info = |raw: &mut [u64; 32]| -> io::Result<()> {
+        let mut attr = [0u64; 8];
+        attr[0] = u32s(fd.as_raw_fd() as u32, std::mem::size_of_val(raw) as u32);
+        attr[1] = raw.as_mut_ptr() as u64;
+        bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr).map(|_| ())
+    };
+    let mut raw = [0u64; 32];
+    info(&mut raw)?;
+    let len = (raw[2] >> 32) as usize;
+    if len == 0 {
+        return Err(io::Error::other(
+            "the kernel hides this program's instructions (no CAP_SYS_ADMIN, or kernel.kptr_restrict)",
+        ));
+    }
+    let mut insns = vec![[0u8; 8]; len / 8];
+    let mut raw = [0u64; 32];
+    raw[2] = (len as u64) << 32;
+    raw[4] = insns.as_mut_ptr() as u64;
+    info(&mut raw)?;
+    Ok(insns)
+}
+
 /// `BPF_TCX_INGRESS`: TC ingress through a bpf_link (Linux 6.6+).
 pub const TCX_INGRESS: u32 = 46;
 
@@ -160,6 +191,22 @@ pub fn create_tcx(prog: BorrowedFd<'_>, ifindex: u32) -> io::Result<OwnedFd> {
     attr[0] = u32s(prog.as_raw_fd() as u32, ifindex);
     attr[1] = u32s(TCX_INGRESS, 0);
     bpf(BPF_LINK_CREATE, &mut attr).map(owned)
+}
+
+/// `BPF_TCX_EGRESS`.
+pub const TCX_EGRESS: u32 = 47;
+
+/// Ids of the programs attached with tcx at `attach_type` on interface
+/// `ifindex` of the calling thread's network namespace.
+pub fn query_tcx(ifindex: u32, attach_type: u32) -> io::Result<Vec<u32>> {
+    let mut ids = [0u32; 64];
+    let mut attr = [0u64; 8];
+    attr[0] = u32s(ifindex, attach_type);
+    attr[2] = ids.as_mut_ptr() as u64;
+    attr[3] = ids.len() as u64;
+    bpf(BPF_PROG_QUERY, &mut attr)?;
+    let count = (attr[3] as u32 as usize).min(ids.len());
+    Ok(ids[..count].to_vec())
 }
 
 /// Whether this kernel has tcx: a feature probe (querying the loopback

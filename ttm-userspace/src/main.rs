@@ -313,13 +313,29 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     report.cgroups,
                     report.netns
                 );
+                let direction = |d: &ttm::verify::insns::Direction| match d {
+                    ttm::verify::insns::Direction::AppsOnThisHost => "what apps on this host see",
+                    ttm::verify::insns::Direction::RemotePeers => "what remote peers see",
+                    ttm::verify::insns::Direction::Both => "packets either way",
+                };
                 for f in &report.programs {
-                    let verdict = if f.ttm {
-                        "ttm"
-                    } else if f.is_threat() {
-                        "FOREIGN: can rewrite peers"
-                    } else {
-                        "foreign, observes only"
+                    let affects = f
+                        .affects
+                        .iter()
+                        .map(direction)
+                        .collect::<Vec<_>>()
+                        .join(", ");
+                    let verdict = match (f.ttm, f.power) {
+                        (true, _) => "ttm".to_string(),
+                        (false, ttm::verify::Power::RewritesPeer) => {
+                            format!("FOREIGN: rewrites {affects}")
+                        }
+                        (false, ttm::verify::Power::CannotTell) => {
+                            "FOREIGN: cannot tell what it does (flagged)".to_string()
+                        }
+                        (false, ttm::verify::Power::Observes) => {
+                            "foreign, observes only".to_string()
+                        }
                     };
                     println!(
                         "  id {:<6} {:<16} {:<60} held by {:<24} {verdict}",
@@ -332,14 +348,31 @@ fn run(cli: Cli) -> Result<ExitCode> {
                             f.held_by.join(", ")
                         },
                     );
+                    for e in &f.evidence {
+                        println!(
+                            "      insn {:<5} {}{}",
+                            e.insn,
+                            e.what,
+                            e.direction
+                                .as_ref()
+                                .map(|d| format!(" — changes {}", direction(d)))
+                                .unwrap_or_default()
+                        );
+                    }
                 }
                 for why in &report.unchecked {
                     println!("  not checked: {why}");
                 }
                 if threats == 0 {
-                    println!("no foreign program can rewrite the peer addresses applications see");
+                    println!(
+                        "no foreign program rewrites the addresses either side of a connection \
+                         sees (each program's instructions were read)"
+                    );
                 } else {
-                    println!("{threats} foreign program(s) can rewrite the peer addresses applications see");
+                    println!(
+                        "{threats} foreign program(s) rewrite addresses, answers, packets or \
+                         options, or cannot be cleared"
+                    );
                 }
             }
             Ok(findings_exit(threats))

@@ -7,6 +7,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use super::insns::{analyse, Direction, Evidence, HelperNames, Hook, Insn, Layout};
 use super::{Finding, Power, Report};
 use crate::links;
 use crate::pins::PinDir;
@@ -24,29 +25,30 @@ pub enum AuditError {
     Programs(String),
 }
 
-/// cgroup hooks worth auditing: (attach type, name, power).
-const CGROUP_HOOKS: [(u32, &str, Power); 21] = [
-    (0, "ingress", Power::Observes),
-    (1, "egress", Power::Observes),
-    (2, "sock_create", Power::Observes),
-    (3, "sock_ops", Power::Observes),
-    (8, "bind4", Power::Observes),
-    (9, "bind6", Power::Observes),
-    (10, "connect4", Power::RewritesPeer),
-    (11, "connect6", Power::RewritesPeer),
-    (12, "post_bind4", Power::Observes),
-    (13, "post_bind6", Power::Observes),
-    (14, "sendmsg4", Power::RewritesPeer),
-    (15, "sendmsg6", Power::RewritesPeer),
-    (19, "recvmsg4", Power::RewritesPeer),
-    (20, "recvmsg6", Power::RewritesPeer),
-    (21, "getsockopt", Power::RewritesPeer),
-    (22, "setsockopt", Power::Observes),
-    (29, "getpeername4", Power::RewritesPeer),
-    (30, "getpeername6", Power::RewritesPeer),
-    (31, "getsockname4", Power::Observes),
-    (32, "getsockname6", Power::Observes),
-    (34, "sock_release", Power::Observes),
+/// cgroup hooks worth auditing: (attach type, name). What a program on one
+/// does is read from its instructions, not assumed from the hook.
+const CGROUP_HOOKS: [(u32, &str); 21] = [
+    (0, "ingress"),
+    (1, "egress"),
+    (2, "sock_create"),
+    (3, "sock_ops"),
+    (8, "bind4"),
+    (9, "bind6"),
+    (10, "connect4"),
+    (11, "connect6"),
+    (12, "post_bind4"),
+    (13, "post_bind6"),
+    (14, "sendmsg4"),
+    (15, "sendmsg6"),
+    (19, "recvmsg4"),
+    (20, "recvmsg6"),
+    (21, "getsockopt"),
+    (22, "setsockopt"),
+    (29, "getpeername4"),
+    (30, "getpeername6"),
+    (31, "getsockname4"),
+    (32, "getsockname6"),
+    (34, "sock_release"),
 ];
 
 fn query(cgroup: &fs::File, attach_type: u32) -> std::io::Result<Vec<u32>> {
@@ -138,8 +140,8 @@ fn namespaces() -> BTreeMap<u64, PathBuf> {
     out
 }
 
-/// (prog id, attach point, power) for TC and XDP programs in the netns at `ns`.
-fn netns_programs(ns: &Path) -> Result<Vec<(u32, String, Power)>, String> {
+/// (prog id, attach point, hook) for TC and XDP programs in the netns at `ns`.
+fn netns_programs(ns: &Path) -> Result<Vec<(u32, String, Hook)>, String> {
     let out = Command::new("nsenter")
         .arg(format!("--net={}", ns.display()))
         .args(["bpftool", "net", "show", "-j"])
@@ -156,11 +158,7 @@ fn netns_programs(ns: &Path) -> Result<Vec<(u32, String, Power)>, String> {
         .map_err(|e| format!("netns {}: bpftool output: {e}", ns.display()))?;
     let mut found = Vec::new();
     for section in v.as_array().into_iter().flatten() {
-        for (kind, power) in [
-            ("xdp", Power::RewritesPeer),
-            ("tc", Power::RewritesPeer),
-            ("tcx", Power::RewritesPeer),
-        ] {
+        for kind in ["xdp", "tc", "tcx"] {
             for entry in section[kind].as_array().into_iter().flatten() {
                 if let Some(id) = entry["id"].as_u64() {
                     let dev = entry["devname"].as_str().unwrap_or("?");
@@ -171,13 +169,96 @@ fn netns_programs(ns: &Path) -> Result<Vec<(u32, String, Power)>, String> {
                     found.push((
                         id as u32,
                         format!("netns {} {dev} {kind} {hook}", ns.display()),
-                        power,
+                        Hook::Packet,
                     ));
                 }
             }
         }
     }
     Ok(found)
+}
+
+/// What program `id` on `hook` does, with the evidence; a program whose
+/// instructions cannot be read is "cannot tell".
+fn read_program(
+    id: u32,
+    hook: Hook,
+    layout: &Layout,
+    helpers: &HelperNames,
+) -> (Power, Vec<Evidence>) {
+    match links::translated_instructions(id) {
+        Ok(raw) => {
+            let insns: Vec<Insn> = raw.into_iter().map(Insn::decode).collect();
+            let a = analyse(&insns, hook, layout, &|imm| helpers.name(imm));
+            let power = if !a.writes.is_empty() {
+                Power::RewritesPeer
+            } else if !a.cannot_tell.is_empty() {
+                Power::CannotTell
+            } else {
+                Power::Observes
+            };
+            (power, a.writes.into_iter().chain(a.cannot_tell).collect())
+        }
+        Err(e) => (
+            Power::CannotTell,
+            vec![Evidence {
+                insn: 0,
+                what: format!("its instructions could not be read: {e}"),
+                direction: None,
+            }],
+        ),
+    }
+}
+
+/// (prog id, attach point, hook) for programs attached with tcx in the
+/// netns at `ns` (which `bpftool net` of older releases does not list):
+/// every interface there, queried from a thread that joined the namespace.
+fn tcx_programs(ns: &Path) -> Result<Vec<(u32, String, Hook)>, String> {
+    let path = ns.to_path_buf();
+    std::thread::spawn(move || -> Result<Vec<(u32, String, Hook)>, String> {
+        use std::os::fd::AsRawFd;
+        let file = fs::File::open(&path).map_err(|e| format!("netns {}: {e}", path.display()))?;
+        // SAFETY: a namespace descriptor; changes only this thread.
+        if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+            return Err(format!(
+                "netns {}: {}",
+                path.display(),
+                std::io::Error::last_os_error()
+            ));
+        }
+        let mut found = Vec::new();
+        // SAFETY: if_nameindex returns a NULL-terminated array we free below.
+        unsafe {
+            let list = libc::if_nameindex();
+            if list.is_null() {
+                return Ok(found);
+            }
+            let mut at = list;
+            while (*at).if_index != 0 && !(*at).if_name.is_null() {
+                let name = std::ffi::CStr::from_ptr((*at).if_name)
+                    .to_string_lossy()
+                    .into_owned();
+                for (attach_type, dir) in [
+                    (links::TCX_INGRESS, "ingress"),
+                    (links::TCX_EGRESS, "egress"),
+                ] {
+                    // EINVAL: no tcx on this kernel.
+                    for id in links::query_tcx((*at).if_index, attach_type).unwrap_or_default() {
+                        found.push((
+                            id,
+                            format!("netns {} {name} tcx {dir}", path.display()),
+                            Hook::Packet,
+                        ));
+                    }
+                }
+                at = at.add(1);
+            }
+            libc::if_freenameindex(list);
+        }
+        Ok(found)
+    })
+    .join()
+    .map_err(|_| format!("netns {}: the tcx query panicked", ns.display()))?
 }
 
 /// Audits the host; `pins` says which programs are ttm's.
@@ -190,7 +271,7 @@ pub fn audit(pins: &PinDir) -> Result<Report, AuditError> {
     }
     let holders = holders();
     let own = ttm_programs(pins);
-    let mut attached: Vec<(u32, String, Power)> = Vec::new();
+    let mut attached: Vec<(u32, String, Hook)> = Vec::new();
     let mut unchecked = Vec::new();
     let all = cgroups(&root);
     for cg in &all {
@@ -198,11 +279,15 @@ pub fn audit(pins: &PinDir) -> Result<Report, AuditError> {
             unchecked.push(format!("cgroup {}: cannot open", cg.display()));
             continue;
         };
-        for (attach_type, hook, power) in CGROUP_HOOKS {
+        for (attach_type, hook) in CGROUP_HOOKS {
             match query(&file, attach_type) {
                 Ok(ids) => {
                     for id in ids {
-                        attached.push((id, format!("cgroup {} {hook}", cg.display()), power));
+                        attached.push((
+                            id,
+                            format!("cgroup {} {hook}", cg.display()),
+                            Hook::from_name(hook),
+                        ));
                     }
                 }
                 // Hooks this kernel does not have.
@@ -214,14 +299,37 @@ pub fn audit(pins: &PinDir) -> Result<Report, AuditError> {
     let namespaces = namespaces();
     for ns in namespaces.values() {
         match netns_programs(ns) {
-            Ok(found) => attached.extend(found),
+            Ok(found) => {
+                for f in found {
+                    // bpftool releases that know tcx list it too: once is enough.
+                    if !attached.iter().any(|a| a.0 == f.0 && a.1 == f.1) {
+                        attached.push(f);
+                    }
+                }
+            }
+            Err(why) => unchecked.push(why),
+        }
+        match tcx_programs(ns) {
+            Ok(found) => {
+                for f in found {
+                    if !attached.iter().any(|a| a.0 == f.0 && a.1.contains(" tcx")) {
+                        attached.push(f);
+                    }
+                }
+            }
             Err(why) => unchecked.push(why),
         }
     }
+    let layout = Layout::of_running_kernel();
+    let helpers = HelperNames::read();
     let programs = attached
         .into_iter()
-        .map(|(id, attach_point, power)| {
+        .map(|(id, attach_point, hook)| {
             let p = info.get(&id);
+            let (power, evidence) = read_program(id, hook, &layout, &helpers);
+            let mut affects: Vec<Direction> = evidence.iter().filter_map(|e| e.direction).collect();
+            affects.sort_by_key(|d| *d as u8);
+            affects.dedup();
             Finding {
                 id,
                 name: p.and_then(|p| p.name_as_str()).unwrap_or("?").to_string(),
@@ -237,6 +345,8 @@ pub fn audit(pins: &PinDir) -> Result<Report, AuditError> {
                     .map(|h| h.iter().cloned().collect())
                     .unwrap_or_default(),
                 power,
+                evidence,
+                affects,
                 ttm: own.contains(&id),
             }
         })

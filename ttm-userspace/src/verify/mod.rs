@@ -8,6 +8,7 @@
 //! kernel's peer and ttm's record.
 
 mod audit;
+pub mod insns;
 mod live;
 mod process;
 
@@ -17,15 +18,21 @@ pub use audit::{audit, AuditError};
 pub use live::{caught, witness_attached, Caught};
 pub use process::{audit_process, ProcessError, SocketView, Verdict};
 
-/// What a hook lets a program do to the peer an application sees.
+/// What a program was found to do to the addresses either side of a
+/// connection relies on, read from its instructions (see [`insns`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Power {
-    /// Can change the address `accept()`/`getpeername()`/`recvmsg()` return,
-    /// where a connection goes, or what a peer getsockopt answers.
+    /// Writes an address a hook hands back or uses (what `accept()`,
+    /// `getpeername()`, `getsockname()`, `recvmsg()` return, where a
+    /// connection goes or what it binds to), a getsockopt answer, packet
+    /// bytes, TCP header options, or redirects packets.
     RewritesPeer,
-    /// Sees connections or packets; cannot change the peer an app reads.
+    /// No such write found: it can only observe.
     Observes,
+    /// Its instructions could not be read, or it jumps where the analysis
+    /// cannot follow (tail calls, kernel functions): flagged conservatively.
+    CannotTell,
 }
 
 /// One attached program.
@@ -45,16 +52,22 @@ pub struct Finding {
     pub loaded_at: Option<u64>,
     /// Processes holding it (pid and command).
     pub held_by: Vec<String>,
-    /// What its hook allows.
+    /// What it was found to do.
     pub power: Power,
+    /// The evidence: each write (instruction, field or helper, whose view
+    /// it changes) and each place the analysis could not follow.
+    pub evidence: Vec<insns::Evidence>,
+    /// Whose view of addresses its writes change, in short.
+    pub affects: Vec<insns::Direction>,
     /// Attached by this host's ttm.
     pub ttm: bool,
 }
 
 impl Finding {
-    /// A foreign program that can rewrite what apps see as their peer.
+    /// A foreign program that writes addresses, answers, packets or options
+    /// someone relies on — or that the analysis cannot clear.
     pub fn is_threat(&self) -> bool {
-        !self.ttm && self.power == Power::RewritesPeer
+        !self.ttm && self.power != Power::Observes
     }
 }
 
