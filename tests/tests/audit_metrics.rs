@@ -85,8 +85,14 @@ fn the_daemon_exports_the_audit_and_counts_a_foreign_peer_rewriter() {
             "1",
         ],
     );
-    let text = scrape_until("the first audit", |t| {
-        sample(t, "ttm_audit_last_run_timestamp_seconds").is_some()
+    // The lab's option writer writes header options: flagged, then gone.
+    let text = scrape_until("the writer counted", |t| {
+        sample(t, "ttm_audit_foreign_peer_rewriters{hook=\"sock_ops\"}") == Some(1.0)
+    });
+    assert_eq!(sample(&text, "ttm_audit_foreign_peer_rewriters_all"), Some(1.0));
+    world.lab.detach_writer().expect("detach the writer");
+    let text = scrape_until("a clean audit", |t| {
+        sample(t, "ttm_audit_foreign_peer_rewriters_all") == Some(0.0)
     });
     // sockops, getsockopt, getpeername4, getpeername6 on the real server's cgroup.
     assert_eq!(sample(&text, "ttm_audit_own_programs"), Some(4.0), "{text}");
