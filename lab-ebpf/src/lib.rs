@@ -7,8 +7,13 @@ pub const MAX_OPTION: usize = 20;
 
 /// The writer is off.
 pub const MODE_OFF: u8 = 0;
-/// `[kind][8][own port][own IPv4]`, as a load balancer inserts the client.
+/// `[kind][8][own port][own IPv4]`, as a load balancer inserts the client;
+/// on an IPv6 connection `[kind][20][own port][own IPv6]` (6to6).
 pub const MODE_OWN_ADDRESS: u8 = 1;
+/// `[kind][8][own port][the IPv4 address in first[4..8]]` on any
+/// connection: on an IPv6 one, what an LB doing NAT46 sends for an IPv4
+/// client (4to6).
+pub const MODE_V4_CLIENT: u8 = 4;
 /// `first` verbatim (its byte 1 is its length: 4, 8, 12, 16 or 20).
 pub const MODE_RAW: u8 = 2;
 /// Two options in one segment, as a client that adds its own option and an
@@ -70,6 +75,18 @@ impl WriterConfig {
 
     /// The common TOA layout carrying the connecting socket's own address.
     pub const TOA_V4: WriterConfig = WriterConfig::own_address(254);
+
+    /// `[kind][8][own port][client]` on the handshake ACK and later
+    /// segments: an IPv4 client carried over whatever the connection is.
+    pub const fn v4_client(kind: u8, client: [u8; 4]) -> WriterConfig {
+        let mut c = WriterConfig::own_address(kind);
+        c.mode = MODE_V4_CLIENT;
+        c.first[4] = client[0];
+        c.first[5] = client[1];
+        c.first[6] = client[2];
+        c.first[7] = client[3];
+        c
+    }
 
     /// `[kind][8][own port][own IPv4]` on the handshake ACK.
     pub const fn own_address(kind: u8) -> WriterConfig {
@@ -139,7 +156,7 @@ impl WriterConfig {
     /// Length of the handshake option (or options).
     pub fn first_len(&self) -> u8 {
         match self.mode {
-            MODE_OWN_ADDRESS => 8,
+            MODE_OWN_ADDRESS | MODE_V4_CLIENT => 8,
             MODE_RAW => self.first[1],
             MODE_PAIR => self.first[1] + self.own_len,
             _ => 0,

@@ -19,7 +19,7 @@ use aya_ebpf::{
     macros::{btf_map, sock_ops},
     programs::SockOpsContext,
 };
-use lab_ebpf::{WriterConfig, MAX_OPTION, MODE_OFF, MODE_OWN_ADDRESS, MODE_PAIR};
+use lab_ebpf::{WriterConfig, MAX_OPTION, MODE_OFF, MODE_OWN_ADDRESS, MODE_PAIR, MODE_V4_CLIENT};
 
 /// Slot 0: what to write. Written by the lab; read here.
 #[btf_map]
@@ -30,6 +30,7 @@ static WRITER_CONFIG: Array<WriterConfig, 1> = Array::new();
 static HANDSHAKE_WRITTEN: SkStorage<u8> = SkStorage::new();
 
 const TCP_FLAG_SYN: u32 = 0x02;
+const AF_INET6: u32 = 10;
 
 #[sock_ops]
 pub fn toa_writer(ctx: SockOpsContext) -> u32 {
@@ -46,8 +47,8 @@ pub fn toa_writer(ctx: SockOpsContext) -> u32 {
         }
         BPF_SOCK_OPS_HDR_OPT_LEN_CB => {
             let len = match (syn, cfg.on_syn != 0, written(&ctx)) {
-                (true, true, _) | (false, false, false) => cfg.first_len(),
-                (false, false, true) if cfg.repeat != 0 => cfg.first_len(),
+                (true, true, _) | (false, false, false) => first_len(&ctx, cfg),
+                (false, false, true) if cfg.repeat != 0 => first_len(&ctx, cfg),
                 (false, false, true) => cfg.later_len,
                 _ => 0,
             };
@@ -140,7 +141,38 @@ fn write_first(ctx: &SockOpsContext, cfg: &WriterConfig) {
         write_pair(ctx, cfg);
         return;
     }
-    if cfg.mode == MODE_OWN_ADDRESS {
+    if cfg.mode == MODE_OWN_ADDRESS && on_ipv6(ctx) {
+        // 6to6: the connection's own IPv6 address.
+        let port = (ctx.local_port() as u16).to_be_bytes();
+        let mut opt = [0u8; MAX_OPTION];
+        opt[0] = cfg.first[0];
+        opt[1] = 20;
+        opt[2] = port[0];
+        opt[3] = port[1];
+        // SAFETY: context fields, each word at its own offset.
+        let words = unsafe {
+            [
+                ptr::read_volatile(&(*ctx.ops).local_ip6[0]),
+                ptr::read_volatile(&(*ctx.ops).local_ip6[1]),
+                ptr::read_volatile(&(*ctx.ops).local_ip6[2]),
+                ptr::read_volatile(&(*ctx.ops).local_ip6[3]),
+            ]
+        };
+        opt[4..8].copy_from_slice(&words[0].to_ne_bytes());
+        opt[8..12].copy_from_slice(&words[1].to_ne_bytes());
+        opt[12..16].copy_from_slice(&words[2].to_ne_bytes());
+        opt[16..20].copy_from_slice(&words[3].to_ne_bytes());
+        write(ctx, &opt, 20);
+    } else if cfg.mode == MODE_V4_CLIENT {
+        let port = (ctx.local_port() as u16).to_be_bytes();
+        let mut opt = [0u8; MAX_OPTION];
+        opt[0] = cfg.first[0];
+        opt[1] = 8;
+        opt[2] = port[0];
+        opt[3] = port[1];
+        opt[4..8].copy_from_slice(&cfg.first[4..8]);
+        write(ctx, &opt, 8);
+    } else if cfg.mode == MODE_OWN_ADDRESS {
         let port = (ctx.local_port() as u16).to_be_bytes();
         let ip = ctx.local_ip4().to_ne_bytes();
         let mut opt = [0u8; MAX_OPTION];
@@ -155,6 +187,29 @@ fn write_first(ctx: &SockOpsContext, cfg: &WriterConfig) {
         write(ctx, &opt, 8);
     } else {
         write(ctx, &cfg.first, cfg.first_len());
+    }
+}
+
+/// An IPv6 connection (not v4-mapped): the own address needs 16 bytes.
+#[inline(always)]
+fn on_ipv6(ctx: &SockOpsContext) -> bool {
+    // SAFETY: context fields.
+    let (family, w2) = unsafe {
+        (
+            (*ctx.ops).family,
+            ptr::read_volatile(&(*ctx.ops).local_ip6[2]),
+        )
+    };
+    family == AF_INET6 && w2 != u32::from_ne_bytes([0, 0, 0xff, 0xff])
+}
+
+/// Length of the handshake option on this connection.
+#[inline(always)]
+fn first_len(ctx: &SockOpsContext, cfg: &WriterConfig) -> u8 {
+    if cfg.mode == MODE_OWN_ADDRESS && on_ipv6(ctx) {
+        20
+    } else {
+        cfg.first_len()
     }
 }
 

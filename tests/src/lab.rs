@@ -28,6 +28,16 @@ pub const LB_IP: &str = "10.0.2.1";
 pub const RS_IP: &str = "10.0.2.2";
 /// The network the real server must trust.
 pub const LB_NET: &str = "10.0.2.0/24";
+/// The client's IPv6 address (ULA).
+pub const CLIENT_IP6: &str = "fd00:1::2";
+/// The IPv6 virtual IP.
+pub const VIP6: &str = "fd00:1::1";
+/// The LB's IPv6 address on the real-server side: the RS's IPv6 peer.
+pub const LB_IP6: &str = "fd00:2::1";
+/// The real server's IPv6 address.
+pub const RS_IP6: &str = "fd00:2::2";
+/// The IPv6 network the real server must trust.
+pub const LB_NET6: &str = "fd00:2::/64";
 /// Directory under the cgroup2 mount holding the lab's cgroups.
 pub const CGROUP_DIR: &str = "ttm-lab";
 /// The 20-byte option the writer puts in the handshake ACK for the LB to
@@ -139,6 +149,7 @@ impl Lab {
              }}\n"
         );
         nft_in_lb(&rules)?;
+        self.build_ipv6()?;
         for cg in [self.client_cgroup(), self.rs_cgroup(), self.plain_cgroup()] {
             fs::create_dir_all(&cg).with_context(|| format!("creating cgroup {}", cg.display()))?;
         }
@@ -153,6 +164,54 @@ impl Lab {
             .as_ref()
             .context("the writer is not held by this process")?
             .detach(&self.client_cgroup())
+    }
+
+    /// The IPv6 path beside the IPv4 one: ULA addresses on the same veths
+    /// (without duplicate address detection, so they work at once) and the
+    /// same full-NAT on the LB, `ip6`: the IPv6 VIP to the real server, the
+    /// source to the LB's IPv6 address.
+    fn build_ipv6(&self) -> Result<()> {
+        for (ns, addr, dev) in [
+            (CLIENT_NS, CLIENT_IP6, "ttm-c0"),
+            (LB_NS, VIP6, "ttm-l0"),
+            (LB_NS, LB_IP6, "ttm-l1"),
+            (RS_NS, RS_IP6, "ttm-r0"),
+        ] {
+            in_ns(
+                ns,
+                &[
+                    "ip",
+                    "-6",
+                    "addr",
+                    "add",
+                    &format!("{addr}/64"),
+                    "dev",
+                    dev,
+                    "nodad",
+                ],
+            )?;
+        }
+        in_ns(
+            CLIENT_NS,
+            &["ip", "-6", "route", "add", "default", "via", VIP6],
+        )?;
+        in_ns(
+            RS_NS,
+            &["ip", "-6", "route", "add", "default", "via", LB_IP6],
+        )?;
+        in_ns(LB_NS, &["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"])?;
+        nft_in_lb(&format!(
+            "table ip6 ttm_lab6 {{
+               chain pre {{
+                 type nat hook prerouting priority dstnat; policy accept;
+                 ip6 daddr {VIP6} tcp dport != 22 dnat to {RS_IP6}
+               }}
+               chain post {{
+                 type nat hook postrouting priority srcnat; policy accept;
+                 ct status dnat ip6 daddr {RS_IP6} snat to {LB_IP6}
+               }}
+             }}\n"
+        ))
     }
 
     /// Changes what the option writer in the client cgroup writes.

@@ -89,7 +89,10 @@ fn the_daemon_exports_the_audit_and_counts_a_foreign_peer_rewriter() {
     let text = scrape_until("the writer counted", |t| {
         sample(t, "ttm_audit_foreign_peer_rewriters{hook=\"sock_ops\"}") == Some(1.0)
     });
-    assert_eq!(sample(&text, "ttm_audit_foreign_peer_rewriters_all"), Some(1.0));
+    assert_eq!(
+        sample(&text, "ttm_audit_foreign_peer_rewriters_all"),
+        Some(1.0)
+    );
     world.lab.detach_writer().expect("detach the writer");
     let text = scrape_until("a clean audit", |t| {
         sample(t, "ttm_audit_foreign_peer_rewriters_all") == Some(0.0)
