@@ -1,7 +1,8 @@
 //! The TC ingress program against the host parser: generated frames (valid,
-//! malformed, truncated, VLAN-tagged, with IPv4 options, non-TCP) run
-//! through the kernel with BPF_PROG_TEST_RUN, and the program's decisions
-//! compared with `ttm_common::find_client` on the same bytes.
+//! malformed, truncated, VLAN-tagged, with IPv4 options, non-TCP; IPv6 with
+//! and without extension headers, fragments) run through the kernel with
+//! BPF_PROG_TEST_RUN, and the program's decisions compared with
+//! `ttm_common::find_client` on the same bytes.
 
 use std::os::fd::{AsFd, AsRawFd};
 
@@ -157,6 +158,110 @@ fn frame(rng: &mut Rng, n: u16) -> Frame {
     }
 }
 
+/// The real server's IPv6 address in the generated frames.
+const LOCAL6: [u8; 16] = [0xfd, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2];
+
+/// An IPv6 source address for connection `n`.
+fn src6(n: u16) -> [u8; 16] {
+    let mut a = [0xfd, 0, 0, 9, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+    a[14..].copy_from_slice(&n.to_be_bytes());
+    a
+}
+
+/// An extension header of `kind` holding `words` 8-byte units, `next` after it.
+fn extension(kind: u8, next: u8, words: u8) -> Vec<u8> {
+    let mut h = vec![next, words - 1];
+    h.resize(usize::from(words) * 8, if kind == 44 { 0 } else { 1 });
+    h
+}
+
+/// An Ethernet/IPv6 frame: `extensions` (kind, 8-byte units) before TCP
+/// from `src:sport` to LOCAL6:8080 with `flags` and option `area`.
+fn tcp_frame6(
+    src: [u8; 16],
+    sport: u16,
+    flags: u8,
+    area: &[u8],
+    extensions: &[(u8, u8)],
+    vlan: bool,
+) -> Vec<u8> {
+    let mut f = vec![0x02, 0, 0, 0, 0, 1, 0x02, 0, 0, 0, 0, 2];
+    if vlan {
+        f.extend_from_slice(&[0x81, 0x00, 0x00, 0x07]);
+    }
+    f.extend_from_slice(&[0x86, 0xdd]);
+    let mut chain = Vec::new();
+    for (k, (kind, words)) in extensions.iter().enumerate() {
+        let next = extensions.get(k + 1).map_or(6, |n| n.0);
+        chain.extend(extension(*kind, next, *words));
+    }
+    let first = extensions.first().map_or(6, |e| e.0);
+    let tcp_len = 20 + area.len();
+    let payload = chain.len() + tcp_len;
+    f.extend_from_slice(&[
+        0x60,
+        0,
+        0,
+        0,
+        (payload >> 8) as u8,
+        payload as u8,
+        first,
+        64,
+    ]);
+    f.extend_from_slice(&src);
+    f.extend_from_slice(&LOCAL6);
+    f.extend(chain);
+    f.extend_from_slice(&sport.to_be_bytes());
+    f.extend_from_slice(&8080u16.to_be_bytes());
+    f.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 1]);
+    f.push(((tcp_len / 4) as u8) << 4);
+    f.push(flags);
+    f.extend_from_slice(&[0xff, 0xff, 0, 0, 0, 0]);
+    f.extend_from_slice(area);
+    f
+}
+
+/// A generated IPv6 frame: 0 to 5 extension headers (hop-by-hop, routing,
+/// destination options; sometimes a fragment), VLAN, SYN or cut short.
+fn frame6(rng: &mut Rng, n: u16) -> Frame {
+    let area = option_area(rng);
+    let vlan = rng.below(4) == 0;
+    let syn = rng.below(10) == 0;
+    let mut extensions = Vec::new();
+    for _ in 0..rng.below(6) {
+        let kind = [0u8, 43, 60, 60, 43, 44][rng.below(6) as usize];
+        extensions.push((kind, 1 + rng.below(3) as u8));
+    }
+    let src = src6(n);
+    let sport = 30_000 + n;
+    let mut bytes = tcp_frame6(
+        src,
+        sport,
+        if syn { 0x12 } else { 0x10 },
+        &area,
+        &extensions,
+        vlan,
+    );
+    let cut = rng.below(8) == 0;
+    if cut {
+        let keep = rng.below(bytes.len() as u64) as usize;
+        bytes.truncate(keep.max(60));
+    }
+    // TCP is reached through at most 4 extension headers, none a fragment.
+    let followable = extensions.len() <= 4 && extensions.iter().all(|e| e.0 != 44);
+    let decodable = followable && !syn && !cut;
+    Frame {
+        bytes,
+        key: TcKey {
+            local_addr: LOCAL6,
+            peer_addr: src,
+            local_port: 8080,
+            peer_port: sport,
+        },
+        area: decodable.then_some(area),
+    }
+}
+
 /// A plain Ethernet/IPv4/TCP frame from `src:sport` to LOCAL:8080.
 fn tcp_frame(src: [u8; 4], sport: u16, flags: u8, area: &[u8]) -> Vec<u8> {
     let mut f = vec![0x02, 0, 0, 0, 0, 1, 0x02, 0, 0, 0, 0, 2, 0x08, 0x00];
@@ -231,11 +336,17 @@ fn the_tc_program_decides_like_the_host_parser() {
     let _serial = ttm_lab::process::serial();
     let (ebpf, prog) = loaded();
     let mut rng = Rng(0x7463_5f64_6966_6621);
-    let frames: Vec<Frame> = (0..4000u16).map(|n| frame(&mut rng, n)).collect();
+    let mut frames: Vec<Frame> = (0..4000u16).map(|n| frame(&mut rng, n)).collect();
+    frames.extend((0..3000u16).map(|n| frame6(&mut rng, n)));
     for f in &frames {
         // Each connection's handshake starts with a SYN from the LB.
-        let src: [u8; 4] = f.key.peer_addr[12..].try_into().unwrap();
-        test_run(prog.as_fd(), &tcp_frame(src, f.key.peer_port, SYN, &[]));
+        let syn = if f.key.local_addr == LOCAL6 {
+            tcp_frame6(f.key.peer_addr, f.key.peer_port, SYN, &[], &[], false)
+        } else {
+            let src: [u8; 4] = f.key.peer_addr[12..].try_into().unwrap();
+            tcp_frame(src, f.key.peer_port, SYN, &[])
+        };
+        test_run(prog.as_fd(), &syn);
         assert_eq!(
             test_run(prog.as_fd(), &f.bytes),
             TC_ACT_UNSPEC,
@@ -267,6 +378,28 @@ fn the_tc_program_decides_like_the_host_parser() {
     assert!(
         decoded > 500 && refused > 500,
         "decoded {decoded}, refused {refused}"
+    );
+    let v6_decoded = frames
+        .iter()
+        .filter(|f| f.key.local_addr == LOCAL6)
+        .filter(|f| records.get(&f.key, 0).is_ok())
+        .count();
+    assert!(v6_decoded > 300, "only {v6_decoded} IPv6 frames decoded");
+    // Fragments and too many extensions were counted, not decoded.
+    let stats: aya::maps::PerCpuArray<&MapData, u64> =
+        aya::maps::PerCpuArray::try_from(ebpf.map(maps::STATS).expect("STATS")).expect("stats");
+    let unparsed: u64 = stats
+        .get(&(ttm_common::Counter::TcIpv6Unparsed as u32), 0)
+        .expect("counter")
+        .iter()
+        .sum();
+    let expected = frames
+        .iter()
+        .filter(|f| f.key.local_addr == LOCAL6 && f.bytes.len() > 58)
+        .count();
+    assert!(
+        unparsed > 100 && (unparsed as usize) < expected,
+        "unparsed {unparsed}"
     );
 }
 

@@ -192,11 +192,15 @@ pub enum Counter {
     /// clients and the LB's position is unknown: no record (the app sees the
     /// LB), never a client's choice.
     ConflictingOptions = 25,
+    /// IPv6 packets from trusted peers the TC path could not follow to TCP:
+    /// a fragment, an authentication header, or more than 4 extension
+    /// headers. Left alone (sockops mode reads the reassembled segment).
+    TcIpv6Unparsed = 26,
 }
 
 impl Counter {
     /// Number of counters; the size of `STATS`.
-    pub const COUNT: u32 = 26;
+    pub const COUNT: u32 = 27;
 
     /// Every counter, in index order.
     pub const ALL: [Counter; Counter::COUNT as usize] = [
@@ -226,6 +230,7 @@ impl Counter {
         Counter::RecordsStored,
         Counter::TupleIndexFailed,
         Counter::ConflictingOptions,
+        Counter::TcIpv6Unparsed,
     ];
 
     /// The counter for a malformed-option reason.
@@ -268,6 +273,7 @@ impl Counter {
             Counter::RecordsStored => "records_stored",
             Counter::TupleIndexFailed => "tuple_index_failed",
             Counter::ConflictingOptions => "conflicting_options",
+            Counter::TcIpv6Unparsed => "tc_ipv6_unparsed",
         }
     }
 }

@@ -81,6 +81,23 @@ pub static MISMATCHES: LruHashMap<u64, Mismatch, { MISMATCHES_CAPACITY as usize 
 pub static TC_RECORDS: LruHashMap<TcKey, PeerRecord, { DEFAULT_TC_CAPACITY as usize }> =
     LruHashMap::new();
 
+/// Where the TC path found TCP in a frame, and its addresses.
+#[repr(C)]
+pub struct TcParsed {
+    /// The packet's source (the peer), v4-mapped for IPv4.
+    pub peer: ttm_common::Addr16,
+    /// The packet's destination (this host).
+    pub local: ttm_common::Addr16,
+    /// Offset of the TCP header from the frame's start; `u32::MAX`: an IPv6
+    /// packet that could not be followed to TCP.
+    pub l4: u32,
+}
+
+/// Per-CPU scratch of the TC path between parsing the network header and
+/// reading TCP (see `tc.rs`). Owned by the TC path.
+#[btf_map]
+pub static TC_PARSED: PerCpuArray<TcParsed, 1> = PerCpuArray::new();
+
 /// 4-tuple → SYN time: handshakes whose completing segment the TC path has
 /// not seen yet. Owned by the TC ingress path.
 #[btf_map]

@@ -10,11 +10,13 @@ use aya_ebpf::{
     programs::TcContext,
     EbpfContext,
 };
-use ttm_common::{addr::v4_mapped, arbitrate, maps::TcKey, plausible_client, Claim, Counter, Walk};
+use ttm_common::{
+    addr::v4_mapped, arbitrate, maps::TcKey, plausible_client, Addr16, Claim, Counter, Walk,
+};
 
 use crate::{
     counters::bump,
-    maps::{CONFIG, SCRATCH, TC_PENDING, TC_RECORDS},
+    maps::{TcParsed, CONFIG, SCRATCH, TC_PARSED, TC_PENDING, TC_RECORDS},
     packet::TcpOptions,
     sockops::is_trusted,
     walk::walk_options,
@@ -22,6 +24,12 @@ use crate::{
 
 const ETH_HLEN: usize = 14;
 const ETH_P_IP: u16 = 0x0800;
+const ETH_P_IPV6: u16 = 0x86dd;
+const IPV6_HOP_BY_HOP: u8 = 0;
+const IPV6_ROUTING: u8 = 43;
+const IPV6_FRAGMENT: u8 = 44;
+const IPV6_AUTH: u8 = 51;
+const IPV6_DEST_OPTS: u8 = 60;
 const ETH_P_8021Q: u16 = 0x8100;
 const IPPROTO_TCP: u8 = 6;
 const TCP_FLAG_SYN: u8 = 0x02;
@@ -54,6 +62,72 @@ fn header<const N: usize>(at: usize, end: usize) -> Option<[u8; N]> {
     Some(unsafe { core::ptr::read_unaligned(at as *const [u8; N]) })
 }
 
+/// Where TCP starts (`None`: a packet that may carry TCP but cannot be
+/// followed there), the source and the destination.
+type L3 = (Option<usize>, Addr16, Addr16);
+
+/// An IPv4 header at `at` carrying TCP, addresses v4-mapped. Options are
+/// skipped by the header length.
+#[inline(always)]
+fn ipv4(at: usize, end: usize) -> Option<L3> {
+    let ip: [u8; 20] = header(at, end)?;
+    if ip[0] >> 4 != 4 || ip[9] != IPPROTO_TCP {
+        return None;
+    }
+    // 5..=15 words.
+    let ihl = usize::from(ip[0] & 0x0f) * 4;
+    if ihl < 20 {
+        return None;
+    }
+    Some((
+        Some(at + ihl),
+        v4_mapped([ip[12], ip[13], ip[14], ip[15]]),
+        v4_mapped([ip[16], ip[17], ip[18], ip[19]]),
+    ))
+}
+
+/// Extension headers skipped before giving up on reaching TCP.
+const MAX_IPV6_EXTENSIONS: usize = 4;
+
+/// An IPv6 header at `at` carrying TCP. Hop-by-hop, routing and
+/// destination-options headers (what an LB path can carry) are skipped, at
+/// most [`MAX_IPV6_EXTENSIONS`]; a fragment, an authentication header or
+/// more extensions cannot be followed to TCP (counted by the caller once
+/// the peer is trusted: `tc_ipv6_unparsed`). Other packets are not TCP.
+#[inline(always)]
+fn ipv6(at: usize, end: usize) -> Option<L3> {
+    let ip: [u8; 40] = header(at, end)?;
+    if ip[0] >> 4 != 6 {
+        return None;
+    }
+    let mut src = [0u8; 16];
+    src.copy_from_slice(&ip[8..24]);
+    let mut dst = [0u8; 16];
+    dst.copy_from_slice(&ip[24..40]);
+    let mut next = ip[6];
+    let mut l4 = at + 40;
+    for _ in 0..MAX_IPV6_EXTENSIONS {
+        match next {
+            IPPROTO_TCP => return Some((Some(l4), src, dst)),
+            IPV6_HOP_BY_HOP | IPV6_ROUTING | IPV6_DEST_OPTS => {
+                let ext: [u8; 2] = header(l4, end)?;
+                next = ext[0];
+                // Length in 8-byte units, not counting the first 8.
+                l4 += (usize::from(ext[1]) + 1) * 8;
+            }
+            IPV6_FRAGMENT | IPV6_AUTH => return Some((None, src, dst)),
+            _ => return None,
+        }
+    }
+    match next {
+        IPPROTO_TCP => Some((Some(l4), src, dst)),
+        IPV6_HOP_BY_HOP | IPV6_ROUTING | IPV6_DEST_OPTS | IPV6_FRAGMENT | IPV6_AUTH => {
+            Some((None, src, dst))
+        }
+        _ => None,
+    }
+}
+
 #[inline(always)]
 fn decode(data: usize, end: usize) -> Option<()> {
     // Ethernet, with at most one VLAN tag.
@@ -67,33 +141,46 @@ fn decode(data: usize, end: usize) -> Option<()> {
         ETH_P_8021Q => (ETH_HLEN + 4, u16::from_be_bytes([eth[16], eth[17]])),
         p => (ETH_HLEN, p),
     };
-    if proto != ETH_P_IP {
+    let parsed = TC_PARSED.get_ptr_mut(0)?;
+    // SAFETY: the per-CPU slot is ours until the program returns.
+    let parsed = unsafe { &mut *parsed };
+    let (l4, peer, local) = match proto {
+        ETH_P_IP => ipv4(data + l3, end)?,
+        ETH_P_IPV6 => ipv6(data + l3, end)?,
+        _ => return None,
+    };
+    // Through map memory: every way of reaching TCP (IPv4 with or without
+    // options, IPv6 with 0 to 4 extension headers) continues as one
+    // verifier state, or the option walk after it is verified once per way.
+    let unparsed = u32::MAX;
+    // SAFETY (both): the slot is ours; volatile so the reload is real.
+    unsafe {
+        core::ptr::write_volatile(
+            &raw mut parsed.l4,
+            l4.map_or(unparsed, |l4| (l4 - data) as u32),
+        )
+    };
+    parsed.peer = peer;
+    parsed.local = local;
+    let l4 = unsafe { core::ptr::read_volatile(&raw const parsed.l4) };
+    let config = CONFIG.get(0)?;
+    if config.trust_any == 0 && !is_trusted(&parsed.peer) {
         return None;
     }
-    let ip: [u8; 20] = header(data + l3, end)?;
-    if ip[0] >> 4 != 4 || ip[9] != IPPROTO_TCP {
+    if l4 == unparsed {
+        bump(Counter::TcIpv6Unparsed);
         return None;
     }
-    // IPv4 options are skipped by the header length (5..=15 words).
-    let ihl = usize::from(ip[0] & 0x0f) * 4;
-    if ihl < 20 {
-        return None;
-    }
-    let src = [ip[12], ip[13], ip[14], ip[15]];
-    let dst = [ip[16], ip[17], ip[18], ip[19]];
-    let l4 = data + l3 + ihl;
+    // Masked far below the 64 KiB packet-offset limit the verifier tracks
+    // ranges under (headers end within 18 + 40 + 4 × 2048 bytes).
+    let l4 = data + (l4 as usize & 0x3fff);
     let tcp: [u8; 20] = header(l4, end)?;
     let peer_port = u16::from_be_bytes([tcp[0], tcp[1]]);
     let local_port = u16::from_be_bytes([tcp[2], tcp[3]]);
     let flags = tcp[13];
-    let config = CONFIG.get(0)?;
-    let peer = v4_mapped(src);
-    if config.trust_any == 0 && !is_trusted(&peer) {
-        return None;
-    }
     let key = TcKey {
-        local_addr: v4_mapped(dst),
-        peer_addr: peer,
+        local_addr: parsed.local,
+        peer_addr: parsed.peer,
         local_port,
         peer_port,
     };
@@ -115,8 +202,13 @@ fn decode(data: usize, end: usize) -> Option<()> {
     // Removing the mark is the test: one segment per handshake wins.
     TC_PENDING.remove(&key).ok()?;
     let options = TcpOptions::of_header(l4, end)?;
-    let Walk::Found(located) = walk_options(&options, config) else {
-        return None;
+    let located = match walk_options(&options, config) {
+        Walk::Found(located) => located,
+        Walk::Malformed(reason) => {
+            bump(Counter::malformed(reason));
+            return None;
+        }
+        Walk::NotFound => return None,
     };
     if located.repeated {
         bump(Counter::RepeatedOption);

@@ -273,13 +273,15 @@ fn cargo(args: &[&str]) -> Result<()> {
 /// that does not test the sockops decoder itself (hostile_options counts
 /// its per-reason counters; the TC program's own decisions on malformed
 /// input are the differential test's).
-const TC_MODE_SUITE: [&str; 10] = [
+const TC_MODE_SUITE: [&str; 12] = [
     "decode_4to4",
     "formats_6to4",
     "compat_shim",
     "compat_cgroups",
     "scale",
     "arbitration",
+    "ipv6_path",
+    "hostile_options",
     "lookup_service",
     "faults",
     "restart_survival",
