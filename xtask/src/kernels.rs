@@ -57,7 +57,7 @@ pub struct Run {
 
 /// What each kernel must pass: one test file per capability the README's
 /// table reports, in sockops mode, and the TC path's own tests.
-const MATRIX_TESTS: [(&str, &str); 7] = [
+const MATRIX_TESTS: [(&str, &str); 9] = [
     ("sockops", "decode_4to4"),
     ("sockops", "formats_6to4"),
     ("sockops", "compat_shim"),
@@ -65,10 +65,12 @@ const MATRIX_TESTS: [(&str, &str); 7] = [
     ("sockops", "tc_differential"),
     ("sockops", "tc_mode"),
     ("tc", "decode_4to4"),
+    ("sockops", "ipv6_path"),
+    ("tc", "ipv6_path"),
 ];
 
 /// The capabilities of the README's table and the runs that show each.
-const CAPABILITIES: [(&str, &[&str]); 6] = [
+const CAPABILITIES: [(&str, &[&str]); 7] = [
     ("4to4 decode", &["sockops/decode_4to4"]),
     ("6to4 and other formats", &["sockops/formats_6to4"]),
     (
@@ -83,6 +85,10 @@ const CAPABILITIES: [(&str, &[&str]); 6] = [
             "sockops/tc_mode",
             "tc/decode_4to4",
         ],
+    ),
+    (
+        "IPv6 between LB and real server (6to6, 4to6)",
+        &["sockops/ipv6_path", "tc/ipv6_path"],
     ),
     ("kernel", &[]),
 ];
