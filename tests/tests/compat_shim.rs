@@ -4,16 +4,11 @@
 
 mod common;
 
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-
 use std::process::Command;
-use std::time::{Duration, Instant};
 
-use common::{app, lab_bin, python_server, report, start_app, World};
+use common::{app, http_get, python_server, report, start_app, Nginx, World};
 use ttm_common::Counter;
 use ttm_lab::lab;
-use ttm_lab::process::{place, spawn_in, Guarded};
 
 const ENOPROTOOPT: i64 = 92;
 /// The errno of a short buffer on this kernel: EINVAL where cgroup
@@ -110,92 +105,14 @@ fn a_c_server_reads_struct_ttm_peer() {
     let _ = std::fs::remove_file(binary);
 }
 
-/// Stock nginx with `listen 8080;` and a dual-stack `listen [::]:8081`.
-struct Nginx {
-    _process: Guarded,
-    dir: PathBuf,
-}
-
-impl Nginx {
-    fn start(world: &World) -> Nginx {
-        let dir = std::env::temp_dir().join(format!("ttm-nginx-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("nginx dir");
-        let d = dir.display();
-        let conf = format!(
-            "daemon off;\nmaster_process off;\nworker_processes 1;\npid {d}/nginx.pid;\n\
-             error_log {d}/error.log;\nevents {{ worker_connections 64; }}\nhttp {{\n\
-             client_body_temp_path {d}/body;\nproxy_temp_path {d}/proxy;\n\
-             fastcgi_temp_path {d}/fastcgi;\nuwsgi_temp_path {d}/uwsgi;\nscgi_temp_path {d}/scgi;\n\
-             log_format peer '$remote_addr $remote_port $server_port';\n\
-             access_log {d}/access.log peer;\n\
-             server {{\nlisten 8080;\nlisten [::]:8081 ipv6only=off;\n\
-             location / {{ return 200 \"ok\\n\"; }}\n}}\n}}\n"
-        );
-        std::fs::write(dir.join("nginx.conf"), conf).expect("nginx.conf");
-        let mut cmd = Command::new("nginx");
-        cmd.arg("-c").arg(dir.join("nginx.conf"));
-        place(&mut cmd, &world.lab.rs_cgroup(), lab::RS_NS);
-        let process = Guarded::spawn(cmd).expect("spawn nginx");
-        // nginx prints nothing when it is up: wait for its pid file.
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !dir.join("nginx.pid").exists() {
-            assert!(Instant::now() < deadline, "nginx did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Nginx {
-            _process: process,
-            dir,
-        }
-    }
-
-    /// Access-log lines "remote_addr remote_port server_port", waiting for `n`.
-    fn access_log(&self, n: usize) -> Vec<String> {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let log = std::fs::read_to_string(self.dir.join("access.log")).unwrap_or_default();
-            let lines: Vec<String> = log.lines().map(str::to_string).collect();
-            if lines.len() >= n {
-                return lines;
-            }
-            assert!(Instant::now() < deadline, "access log: {lines:?}");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Nginx {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-/// One HTTP request through the LB from `cgroup`; the client's own address.
-fn http_get(cgroup: &Path, port: u16) -> SocketAddr {
-    let to = format!("{}:{port}", lab::VIP);
-    let mut client = spawn_in(
-        lab_bin(),
-        cgroup,
-        lab::CLIENT_NS,
-        &["http", "--to", &to, "--count", "1"],
-    )
-    .expect("spawn http client");
-    let line = client.line(Duration::from_secs(20)).expect("http report");
-    let v: serde_json::Value = serde_json::from_str(&line).expect("JSON");
-    assert_eq!(v["status"], "HTTP/1.1 200 OK", "{line}");
-    assert!(client
-        .wait(Duration::from_secs(10))
-        .expect("exit")
-        .success());
-    v["local"].as_str().expect("local").parse().expect("addr")
-}
-
 #[test]
 fn nginx_logs_the_client_as_remote_addr() {
     let world = World::new();
     let nginx = Nginx::start(&world);
-    let v4 = http_get(&world.lab.client_cgroup(), 8080);
-    let dual = http_get(&world.lab.client_cgroup(), 8081);
-    let plain = http_get(&world.lab.plain_cgroup(), 8080);
+    let vip = |port: u16| format!("{}:{port}", lab::VIP);
+    let v4 = http_get(&world.lab.client_cgroup(), &vip(8080));
+    let dual = http_get(&world.lab.client_cgroup(), &vip(8081));
+    let plain = http_get(&world.lab.plain_cgroup(), &vip(8080));
     let log = nginx.access_log(3);
     assert_eq!(log[0], format!("{} {} 8080", v4.ip(), v4.port()));
     assert_eq!(log[1], format!("::ffff:{} {} 8081", dual.ip(), dual.port()));

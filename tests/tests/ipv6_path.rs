@@ -8,7 +8,7 @@ mod common;
 
 use std::net::SocketAddr;
 
-use common::{python_server, report, Accepted, World};
+use common::{app, http_get, python_server, report, start_app, Accepted, Nginx, World};
 use ttm_common::Counter;
 use ttm_lab::lab;
 use ttm_lab::writer::WriterConfig;
@@ -265,4 +265,45 @@ fn malformed_options_on_ipv6_segments_are_counted_like_on_ipv4() {
     let r = report(&server);
     assert_eq!(r["sockopt"]["errno"], ENOPROTOOPT, "{r}");
     assert_eq!(world.stats().get(Counter::MalformedUnexpectedLength), 1);
+}
+
+#[test]
+fn a_c_server_and_nginx_on_an_ipv6_real_server_see_the_client() {
+    let world = World::with_daemon_args(TRUST_BOTH, &[]);
+    let binary = std::env::temp_dir().join(format!("ttm-peer-server6-{}", std::process::id()));
+    let status = std::process::Command::new("gcc")
+        .args(["-Wall", "-Werror", "-O2", "-o"])
+        .arg(&binary)
+        .arg(app("peer_server.c"))
+        .status()
+        .expect("run gcc");
+    assert!(status.success(), "compiling the C server");
+    let server = start_app(&world, binary.to_str().expect("path"), &["8080", "1", "6"]);
+    let clients = world.connect_to(&world.lab.client_cgroup(), &vip6(), 1, 0);
+    let r = report(&server);
+    let c = clients[0];
+    assert_eq!(r["rc"], 0, "{r}");
+    assert_eq!(r["af"], 10, "{r}");
+    assert_eq!(r["accept"], c.to_string().as_str(), "{r}");
+    assert_eq!(
+        r["client"],
+        format!("{}:{}", c.ip(), c.port()).as_str(),
+        "{r}"
+    );
+    drop(server);
+    let _ = std::fs::remove_file(binary);
+
+    // nginx `listen [::]:8082;`: 6to6 logs the IPv6 client, 4to6 the
+    // IPv4 client v4-mapped.
+    let nginx = Nginx::start(&world);
+    let target = format!("[{}]:8082", lab::VIP6);
+    let six = http_get(&world.lab.client_cgroup(), &target);
+    world
+        .lab
+        .set_writer(WriterConfig::v4_client(254, NAT46_CLIENT))
+        .expect("writer");
+    let four = http_get(&world.lab.client_cgroup(), &target);
+    let log = nginx.access_log(2);
+    assert_eq!(log[0], format!("{} {} 8082", six.ip(), six.port()));
+    assert_eq!(log[1], format!("::ffff:10.0.1.2 {} 8082", four.port()));
 }

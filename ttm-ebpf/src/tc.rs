@@ -16,7 +16,7 @@ use ttm_common::{
 
 use crate::{
     counters::bump,
-    maps::{TcParsed, CONFIG, SCRATCH, TC_PARSED, TC_PENDING, TC_RECORDS},
+    maps::{CONFIG, SCRATCH, TC_PARSED, TC_PENDING, TC_RECORDS},
     packet::TcpOptions,
     sockops::is_trusted,
     walk::walk_options,

@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::MutexGuard;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -384,4 +384,85 @@ pub fn ttm_programs_loaded() -> usize {
                 .is_some_and(|n| names.iter().any(|full| &full[..full.len().min(15)] == n))
         })
         .count()
+}
+
+/// Stock nginx with `listen 8080;`, a dual-stack `listen [::]:8081` and an
+/// IPv6-only `listen [::]:8082`.
+pub struct Nginx {
+    _process: Guarded,
+    dir: PathBuf,
+}
+
+impl Nginx {
+    /// Starts nginx in the real server's cgroup and namespace.
+    pub fn start(world: &World) -> Nginx {
+        let dir = std::env::temp_dir().join(format!("ttm-nginx-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("nginx dir");
+        let d = dir.display();
+        let conf = format!(
+            "daemon off;\nmaster_process off;\nworker_processes 1;\npid {d}/nginx.pid;\n\
+             error_log {d}/error.log;\nevents {{ worker_connections 64; }}\nhttp {{\n\
+             client_body_temp_path {d}/body;\nproxy_temp_path {d}/proxy;\n\
+             fastcgi_temp_path {d}/fastcgi;\nuwsgi_temp_path {d}/uwsgi;\nscgi_temp_path {d}/scgi;\n\
+             log_format peer '$remote_addr $remote_port $server_port';\n\
+             access_log {d}/access.log peer;\n\
+             server {{\nlisten 8080;\nlisten [::]:8081 ipv6only=off;\nlisten [::]:8082;\n\
+             location / {{ return 200 \"ok\\n\"; }}\n}}\n}}\n"
+        );
+        std::fs::write(dir.join("nginx.conf"), conf).expect("nginx.conf");
+        let mut cmd = Command::new("nginx");
+        cmd.arg("-c").arg(dir.join("nginx.conf"));
+        place(&mut cmd, &world.lab.rs_cgroup(), lab::RS_NS);
+        let process = Guarded::spawn(cmd).expect("spawn nginx");
+        // nginx prints nothing when it is up: wait for its pid file.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !dir.join("nginx.pid").exists() {
+            assert!(Instant::now() < deadline, "nginx did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Nginx {
+            _process: process,
+            dir,
+        }
+    }
+
+    /// Access-log lines "remote_addr remote_port server_port", waiting for `n`.
+    pub fn access_log(&self, n: usize) -> Vec<String> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let log = std::fs::read_to_string(self.dir.join("access.log")).unwrap_or_default();
+            let lines: Vec<String> = log.lines().map(str::to_string).collect();
+            if lines.len() >= n {
+                return lines;
+            }
+            assert!(Instant::now() < deadline, "access log: {lines:?}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// One HTTP request to `to` from `cgroup` in the client's namespace; the
+/// client's own address.
+pub fn http_get(cgroup: &Path, to: &str) -> SocketAddr {
+    let mut client = spawn_in(
+        lab_bin(),
+        cgroup,
+        lab::CLIENT_NS,
+        &["http", "--to", to, "--count", "1"],
+    )
+    .expect("spawn http client");
+    let line = client.line(Duration::from_secs(20)).expect("http report");
+    let v: serde_json::Value = serde_json::from_str(&line).expect("JSON");
+    assert_eq!(v["status"], "HTTP/1.1 200 OK", "{line}");
+    assert!(client
+        .wait(Duration::from_secs(10))
+        .expect("exit")
+        .success());
+    v["local"].as_str().expect("local").parse().expect("addr")
 }
