@@ -285,12 +285,14 @@ fn demo(connections: usize) -> Result<()> {
     );
     let pin_dir = std::path::PathBuf::from("/sys/fs/bpf/ttm-demo");
     println!(
-        "== starting: ttm daemon --trust {} --cgroup {} --pin-dir {}",
+        "== starting: ttm daemon --trust {},{} --cgroup {} --pin-dir {}",
         lab::LB_NET,
+        lab::LB_NET6,
         lab.rs_cgroup().display(),
         pin_dir.display()
     );
-    let daemon = TtmDaemon::start(lab::LB_NET, &lab.rs_cgroup(), &pin_dir, &[])?;
+    let trust = format!("{},{}", lab::LB_NET, lab::LB_NET6);
+    let daemon = TtmDaemon::start(&trust, &lab.rs_cgroup(), &pin_dir, &[])?;
     // The 4to4 connections, one without the option, one 6to4.
     let total = connections + 2;
     let mut server = helper(
@@ -386,19 +388,98 @@ fn demo(connections: usize) -> Result<()> {
         };
         println!("{seen:<24} {kernel_peer:<24} {client:<24} {truth:<24} {verdict}");
     }
+    server.close_stdin();
+    let _ = server.wait(Duration::from_secs(10));
+    let recovered_v6_server = demo_ipv6_real_server(&lab, &daemon)?;
     println!();
     let (_, stats) = daemon.cli(&["stats"])?;
     println!("== ttm stats\n{stats}");
-    server.close_stdin();
-    let _ = server.wait(Duration::from_secs(10));
     drop(daemon);
     drop(lab);
     println!("== lab torn down");
-    if recovered != connections || recovered6 != 1 {
-        bail!("recovered {recovered} of {connections} IPv4 and {recovered6} of 1 IPv6 client addresses");
+    if recovered != connections || recovered6 != 1 || recovered_v6_server != 2 {
+        bail!(
+            "recovered {recovered} of {connections} IPv4, {recovered6} of 1 6to4 and \
+             {recovered_v6_server} of 2 clients on the IPv6 real server"
+        );
     }
     println!(
-        "ttm recovered {recovered}/{connections} real client addresses behind the full-NAT LB, and the 6to4 client"
+        "ttm recovered {recovered}/{connections} real client addresses behind the full-NAT LB, \
+         the 6to4 client, and on the IPv6 real server a 6to6 and a 4to6 client"
     );
     Ok(())
+}
+
+/// The IPv6 part of the demo: the LB reaches the real server over IPv6; one
+/// IPv6 client (6to6) and one IPv4 client carried by a NAT46 LB (4to6), seen
+/// by a dual-stack server on `[::]:8081`. Returns how many were recovered.
+fn demo_ipv6_real_server(lab: &Lab, daemon: &TtmDaemon) -> Result<usize> {
+    println!();
+    println!(
+        "== IPv6 between LB and real server: client {} → VIP {} → LB {} → real server {}",
+        lab::CLIENT_IP6,
+        lab::VIP6,
+        lab::LB_IP6,
+        lab::RS_IP6
+    );
+    let mut server = helper(
+        &lab.rs_cgroup(),
+        lab::RS_NS,
+        &["serve", "--listen", "[::]:8081", "--count", "2"],
+    )?;
+    server.wait_for(Duration::from_secs(10), |l| l.starts_with("listening"))?;
+    let target = format!("[{}]:8081", lab::VIP6);
+    let cases = [
+        (ttm_lab::writer::WriterConfig::TOA_V4, "6to6"),
+        (
+            ttm_lab::writer::WriterConfig::v4_client(254, [10, 0, 1, 2]),
+            "4to6",
+        ),
+    ];
+    for (writer, _) in &cases {
+        lab.set_writer(*writer)?;
+        let mut client = helper(
+            &lab.client_cgroup(),
+            lab::CLIENT_NS,
+            &["connect", "--to", &target, "--count", "1"],
+        )?;
+        if !client.wait(Duration::from_secs(30))?.success() {
+            bail!("IPv6 lab client failed");
+        }
+    }
+    lab.set_writer(ttm_lab::writer::WriterConfig::TOA_V4)?;
+    println!(
+        "{:<30} {:<24} {:<30} {:<30} verdict",
+        "app's getpeername()", "kernel peer (LB)", "ttm record", "client's true address"
+    );
+    let mut recovered = 0;
+    for (_, family) in cases {
+        let line = server.line(Duration::from_secs(10))?;
+        let v: serde_json::Value = serde_json::from_str(&line)?;
+        let seen = v["peer"].as_str().unwrap_or_default().to_string();
+        let local = v["local"].as_str().unwrap_or_default().to_string();
+        let own: std::net::SocketAddr = v["claimed"].as_str().unwrap_or_default().parse()?;
+        let truth = if family == "4to6" {
+            format!("10.0.1.2:{}", own.port())
+        } else {
+            own.to_string()
+        };
+        let (code, out) = daemon.cli(&["lookup", "--local", &local, "--peer", &seen, "--json"])?;
+        let r: serde_json::Value = serde_json::from_str(&out).unwrap_or_default();
+        let client = r["client"].as_str().unwrap_or("(no record)").to_string();
+        let kernel_peer = r["kernel_peer"].as_str().unwrap_or_default().to_string();
+        let ok = code == 0 && client == truth && r["family"] == family;
+        recovered += usize::from(ok);
+        println!(
+            "{seen:<30} {kernel_peer:<24} {client:<30} {truth:<30} {}",
+            if ok {
+                format!("recovered ({family})")
+            } else {
+                "MISMATCH".to_string()
+            }
+        );
+    }
+    server.close_stdin();
+    let _ = server.wait(Duration::from_secs(10));
+    Ok(recovered)
 }
