@@ -9,7 +9,7 @@ use anyhow::{bail, Context as _, Result};
 /// The bpf-linker version known to build and work here (newer ones need a newer LLVM).
 const BPF_LINKER_VERSION: &str = "0.10.4";
 /// Commands the lab and the tests need, with the Debian package providing each.
-const APT_COMMANDS: [(&str, &str); 8] = [
+const APT_COMMANDS: [(&str, &str); 9] = [
     ("nft", "nftables"),
     ("ip", "iproute2"),
     ("sysctl", "procps"),
@@ -21,6 +21,8 @@ const APT_COMMANDS: [(&str, &str); 8] = [
     ("nginx", "nginx"),
     // The benchmarks read kernel struct sizes from BTF.
     ("bpftool", "bpftool"),
+    // The Go module (go/ttm) and the Go servers of the lab tests.
+    ("go", "golang-go"),
 ];
 
 /// Runs every step.

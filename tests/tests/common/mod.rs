@@ -459,7 +459,10 @@ pub fn http_get(cgroup: &Path, to: &str) -> SocketAddr {
     .expect("spawn http client");
     let line = client.line(Duration::from_secs(20)).expect("http report");
     let v: serde_json::Value = serde_json::from_str(&line).expect("JSON");
-    assert_eq!(v["status"], "HTTP/1.1 200 OK", "{line}");
+    assert!(
+        v["status"].as_str().is_some_and(|s| s.ends_with(" 200 OK")),
+        "{line}"
+    );
     assert!(client
         .wait(Duration::from_secs(10))
         .expect("exit")

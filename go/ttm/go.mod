@@ -1,0 +1,3 @@
+module ttm
+
+go 1.19
