@@ -32,7 +32,33 @@ pub fn ensure() -> Result<()> {
     bpf_linker()?;
     bpffs()?;
     promtool();
+    python_venv()?;
     Ok(())
+}
+
+/// The virtualenv of the Python package's lab tests: an ASGI stack
+/// (FastAPI, uvicorn) and a WebSocket client, from PyPI.
+pub const PYTHON_VENV: &str = "target/pyenv";
+
+fn python_venv() -> Result<()> {
+    let venv = Path::new(PYTHON_VENV);
+    if venv.join("bin/uvicorn").exists() {
+        return Ok(());
+    }
+    run(
+        &format!("creating {PYTHON_VENV} (FastAPI, uvicorn, websockets from PyPI)"),
+        Command::new("python3").args(["-m", "venv", PYTHON_VENV]),
+    )?;
+    run(
+        "installing fastapi uvicorn websockets",
+        Command::new(venv.join("bin/pip")).args([
+            "install",
+            "-q",
+            "fastapi",
+            "uvicorn",
+            "websockets",
+        ]),
+    )
 }
 
 /// Where the tests find `promtool` (Prometheus's rule checker).
