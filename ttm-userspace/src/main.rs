@@ -65,6 +65,18 @@ enum Command {
     },
     /// List the option layouts `--format` accepts, with their bytes.
     Formats,
+    /// Write the man pages (ttm.1 and one per subcommand) into DIR.
+    #[command(hide = true)]
+    Manpages {
+        /// Directory to write into.
+        dir: PathBuf,
+    },
+    /// Print the shell completion script for SHELL (bash, zsh, fish, ...).
+    #[command(hide = true)]
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
     /// Probe what this host offers ttm (kernel, BTF, bpffs, cgroup v2, and
     /// each of ttm's programs through the verifier). Exit 1 if anything is missing.
     Doctor {
@@ -403,6 +415,18 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Ok(findings_exit(
                 probes.iter().filter(|p| p.is_missing()).count(),
             ))
+        }
+        Command::Manpages { dir } => {
+            use clap::CommandFactory;
+            std::fs::create_dir_all(&dir)?;
+            clap_mangen::generate_to(Cli::command(), &dir)
+                .with_context(|| format!("writing man pages into {}", dir.display()))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(shell, &mut Cli::command(), "ttm", &mut std::io::stdout());
+            Ok(ExitCode::SUCCESS)
         }
         Command::Formats => {
             for preset in &ttm::formats::PRESETS {

@@ -30,6 +30,7 @@ pub fn ensure() -> Result<()> {
     apt_packages()?;
     nightly_rust_src()?;
     bpf_linker()?;
+    cargo_deb()?;
     bpffs()?;
     promtool();
     python_venv()?;
@@ -205,6 +206,30 @@ fn bpf_linker() -> Result<()> {
             &format!("bpf-linker@{BPF_LINKER_VERSION}"),
             "--locked",
             "--force",
+        ]),
+    )
+}
+
+/// cargo-deb builds the Debian package in `cargo xtask dist`.
+const CARGO_DEB_VERSION: &str = "3.8.0";
+
+fn cargo_deb() -> Result<()> {
+    let have = Command::new("cargo")
+        .args(["deb", "--version"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if have {
+        return Ok(());
+    }
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    run(
+        &format!(
+            "installing cargo-deb {CARGO_DEB_VERSION} (builds the .deb of `cargo xtask dist`)"
+        ),
+        Command::new(cargo).args([
+            "install",
+            &format!("cargo-deb@{CARGO_DEB_VERSION}"),
+            "--locked",
         ]),
     )
 }

@@ -194,6 +194,55 @@ fn dist() -> Result<()> {
         out.display(),
         size as f64 / (1024.0 * 1024.0)
     );
+    debian_package(&root, &out)
+}
+
+/// Stages what the Debian package holds besides the binary — man pages
+/// and completions generated from the CLI's definitions, the unit with the
+/// packaged path, the example settings — and builds the .deb with cargo-deb.
+fn debian_package(root: &std::path::Path, ttm: &std::path::Path) -> Result<()> {
+    let stage = root.join("target/dist/deb");
+    let _ = std::fs::remove_dir_all(&stage);
+    std::fs::create_dir_all(&stage)?;
+    let status = Command::new(ttm)
+        .arg("manpages")
+        .arg(stage.join("man"))
+        .status()?;
+    if !status.success() {
+        bail!("ttm manpages failed");
+    }
+    for (shell, file) in [("bash", "ttm.bash"), ("zsh", "_ttm"), ("fish", "ttm.fish")] {
+        let out = Command::new(ttm).args(["completions", shell]).output()?;
+        if !out.status.success() {
+            bail!("ttm completions {shell} failed");
+        }
+        std::fs::write(stage.join(file), out.stdout)?;
+    }
+    let unit = std::fs::read_to_string(root.join("packaging/systemd/ttm.service"))?
+        .replace("/usr/local/bin/ttm", "/usr/bin/ttm");
+    std::fs::write(stage.join("ttm.service"), unit)?;
+    std::fs::copy(
+        root.join("packaging/debian/ttm.toml"),
+        stage.join("ttm.toml"),
+    )?;
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let out_dir = root.join("target/dist");
+    let status = Command::new(cargo)
+        .args([
+            "deb",
+            "-p",
+            "ttm-userspace",
+            "--no-build",
+            "--no-strip",
+            "-o",
+        ])
+        .arg(&out_dir)
+        .status()
+        .context("running cargo-deb (cargo xtask bootstrap installs it)")?;
+    if !status.success() {
+        bail!("cargo deb failed");
+    }
+    println!("Debian package written to {}", out_dir.display());
     Ok(())
 }
 
