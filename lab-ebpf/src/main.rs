@@ -262,17 +262,7 @@ fn write(ctx: &SockOpsContext, opt: &[u8; MAX_OPTION], len: u8) {
 /// cgroup return 127.0.0.1:65535, as a foreign program rewriting peers would.
 #[aya_ebpf::macros::cgroup_sock_addr(getpeername4)]
 pub fn hijack_getpeername4(ctx: aya_ebpf::programs::SockAddrContext) -> i32 {
-    // SAFETY: writable context field of a getpeername hook.
-    unsafe {
-        ptr::write_volatile(
-            &raw mut (*ctx.sock_addr).user_ip4,
-            u32::from_ne_bytes([127, 0, 0, 1]),
-        );
-        ptr::write_volatile(
-            &raw mut (*ctx.sock_addr).user_port,
-            u32::from(65535u16.to_be()),
-        );
-    };
+    set_user_addr4(&ctx);
     1
 }
 
@@ -300,10 +290,10 @@ fn count() {
     }
 }
 
-/// Rewrites the address a socket binds to: 127.0.0.1:65535.
-#[aya_ebpf::macros::cgroup_sock_addr(bind4)]
-pub fn rewrite_bind4(ctx: aya_ebpf::programs::SockAddrContext) -> i32 {
-    // SAFETY: writable context fields of a bind4 hook.
+/// Sets the user address of a sock_addr hook to 127.0.0.1:65535.
+#[inline(always)]
+fn set_user_addr4(ctx: &aya_ebpf::programs::SockAddrContext) {
+    // SAFETY: writable context fields of the IPv4 sock_addr hooks.
     unsafe {
         ptr::write_volatile(
             &raw mut (*ctx.sock_addr).user_ip4,
@@ -314,6 +304,12 @@ pub fn rewrite_bind4(ctx: aya_ebpf::programs::SockAddrContext) -> i32 {
             u32::from(65535u16.to_be()),
         );
     }
+}
+
+/// Rewrites the address a socket binds to: 127.0.0.1:65535.
+#[aya_ebpf::macros::cgroup_sock_addr(bind4)]
+pub fn rewrite_bind4(ctx: aya_ebpf::programs::SockAddrContext) -> i32 {
+    set_user_addr4(&ctx);
     1
 }
 
@@ -327,17 +323,7 @@ pub fn count_bind4(_ctx: aya_ebpf::programs::SockAddrContext) -> i32 {
 /// Rewrites where connections go: 127.0.0.1:65535.
 #[aya_ebpf::macros::cgroup_sock_addr(connect4)]
 pub fn rewrite_connect4(ctx: aya_ebpf::programs::SockAddrContext) -> i32 {
-    // SAFETY: writable context fields of a connect4 hook.
-    unsafe {
-        ptr::write_volatile(
-            &raw mut (*ctx.sock_addr).user_ip4,
-            u32::from_ne_bytes([127, 0, 0, 1]),
-        );
-        ptr::write_volatile(
-            &raw mut (*ctx.sock_addr).user_port,
-            u32::from(65535u16.to_be()),
-        );
-    }
+    set_user_addr4(&ctx);
     1
 }
 

@@ -15,10 +15,9 @@ mod common;
 
 use std::net::SocketAddr;
 
-use common::{lab_bin, python_server, report, World};
+use common::{python_server, report, World};
 use ttm_common::Counter;
 use ttm_lab::lab;
-use ttm_lab::process::spawn_in;
 use ttm_lab::writer::WriterConfig;
 
 const ENOPROTOOPT: i64 = 92;
@@ -130,27 +129,7 @@ fn run(case: &Case) {
     );
 
     // Every lookup, while the connection lives.
-    let socket = world.daemon.socket.to_string_lossy().into_owned();
-    let looking = spawn_in(
-        lab_bin(),
-        &world.lab.rs_cgroup(),
-        lab::RS_NS,
-        &[
-            "serve",
-            "--listen",
-            "0.0.0.0:8080",
-            "--count",
-            "1",
-            "--lookup",
-            &socket,
-        ],
-    )
-    .expect("lab server");
-    looking
-        .wait_for(std::time::Duration::from_secs(10), |l| {
-            l.starts_with("listening")
-        })
-        .expect("listening");
+    let looking = world.serve_looking_up(1);
     world.connect(&world.lab.client_cgroup(), 1, 0);
     let a = &world.accepted(&looking, 1)[0];
     let truth = if case.by_writer() {

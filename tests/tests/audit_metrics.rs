@@ -5,8 +5,6 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::io::{Read as _, Write as _};
-use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -26,13 +24,7 @@ fn rules() -> PathBuf {
 }
 
 fn scrape() -> String {
-    let mut s = TcpStream::connect(("127.0.0.1", PORT)).expect("connect to metrics");
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n")
-        .expect("request");
-    let mut response = String::new();
-    s.read_to_string(&mut response).expect("response");
-    response
+    common::scrape(PORT)
 }
 
 /// The value of the sample `name` (with its labels, if any) in `text`.

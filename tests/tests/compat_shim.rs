@@ -4,9 +4,7 @@
 
 mod common;
 
-use std::process::Command;
-
-use common::{app, http_get, python_server, report, start_app, Nginx, World};
+use common::{http_get, python_server, report, start_app, Nginx, World};
 use ttm_common::Counter;
 use ttm_lab::lab;
 
@@ -81,14 +79,7 @@ fn a_dual_stack_listener_sees_the_client_v4_mapped() {
 #[test]
 fn a_c_server_reads_struct_ttm_peer() {
     let world = World::new();
-    let binary = std::env::temp_dir().join(format!("ttm-peer-server-{}", std::process::id()));
-    let status = Command::new("gcc")
-        .args(["-Wall", "-Werror", "-O2", "-o"])
-        .arg(&binary)
-        .arg(app("peer_server.c"))
-        .status()
-        .expect("run gcc");
-    assert!(status.success(), "compiling the C server");
+    let binary = common::c_server();
     let server = start_app(&world, binary.to_str().expect("path"), &["8080", "2"]);
     let clients = world.connect(&world.lab.client_cgroup(), 1, 0);
     let r = report(&server);

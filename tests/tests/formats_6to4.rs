@@ -64,9 +64,7 @@ fn six_to_four_is_seen_by_getsockopt_lookup_and_a_dual_stack_accept() {
     let server = world.serve_looking_up(1);
     world.connect(&world.lab.client_cgroup(), 1, 0);
     let a = world.accepted(&server, 1).pop().expect("accepted");
-    for how in ["by_fd", "by_cookie", "by_tuple"] {
-        assert_eq!(a.lookup[how], expected.as_str(), "{how}: {a:?}");
-    }
+    a.assert_found_as(&expected);
     let (code, out) = world
         .daemon
         .cli(&["lookup", "--cookie", &a.cookie.to_string(), "--json"])

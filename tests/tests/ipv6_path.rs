@@ -8,7 +8,7 @@ mod common;
 
 use std::net::SocketAddr;
 
-use common::{app, http_get, python_server, report, start_app, Accepted, Nginx, World};
+use common::{http_get, python_server, report, start_app, Accepted, Nginx, World};
 use ttm_common::Counter;
 use ttm_lab::lab;
 use ttm_lab::writer::WriterConfig;
@@ -91,13 +91,7 @@ fn a_hundred_6to6_connections_each_recover_their_own_ipv6_client() {
         assert!(a.claimed.is_ipv6(), "{a:?}");
         assert_eq!(a.lookup["provenance"]["verdict"], "ttm-client", "{a:?}");
         assert_eq!(a.peer, a.claimed, "accept() returns the IPv6 client: {a:?}");
-        for how in ["by_fd", "by_cookie", "by_tuple"] {
-            assert_eq!(
-                a.lookup[how],
-                a.claimed.to_string().as_str(),
-                "{how}: {a:?}"
-            );
-        }
+        a.assert_found_as(&a.claimed.to_string());
     }
     let stats = world.stats();
     assert_eq!(stats.get(Counter::Decoded), 100);
@@ -132,9 +126,7 @@ fn a_hundred_4to6_connections_each_recover_their_ipv4_client() {
             .unwrap();
         assert_eq!(a.peer, expected, "{a:?}");
         let canonical = format!("10.0.1.2:{}", a.claimed.port());
-        for how in ["by_fd", "by_cookie", "by_tuple"] {
-            assert_eq!(a.lookup[how], canonical.as_str(), "{how}: {a:?}");
-        }
+        a.assert_found_as(&canonical);
     }
     let r = world
         .records()
@@ -270,14 +262,7 @@ fn malformed_options_on_ipv6_segments_are_counted_like_on_ipv4() {
 #[test]
 fn a_c_server_and_nginx_on_an_ipv6_real_server_see_the_client() {
     let world = World::with_daemon_args(TRUST_BOTH, &[]);
-    let binary = std::env::temp_dir().join(format!("ttm-peer-server6-{}", std::process::id()));
-    let status = std::process::Command::new("gcc")
-        .args(["-Wall", "-Werror", "-O2", "-o"])
-        .arg(&binary)
-        .arg(app("peer_server.c"))
-        .status()
-        .expect("run gcc");
-    assert!(status.success(), "compiling the C server");
+    let binary = common::c_server();
     let server = start_app(&world, binary.to_str().expect("path"), &["8080", "1", "6"]);
     let clients = world.connect_to(&world.lab.client_cgroup(), &vip6(), 1, 0);
     let r = report(&server);

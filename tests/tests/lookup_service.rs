@@ -121,9 +121,7 @@ fn an_app_finds_each_connection_by_fd_cookie_and_tuple() {
     let accepted = world.accepted(&server, 20);
     for a in &accepted {
         let truth = a.claimed.to_string();
-        for how in ["by_fd", "by_cookie", "by_tuple"] {
-            assert_eq!(a.lookup[how], truth.as_str(), "{how} for {a:?}");
-        }
+        a.assert_found_as(&truth);
     }
     // The async client answers the same.
     let runtime = tokio::runtime::Builder::new_current_thread()

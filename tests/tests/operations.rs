@@ -3,11 +3,7 @@
 
 mod common;
 
-use std::io::{Read as _, Write as _};
-use std::net::TcpStream;
-use std::time::Duration;
-
-use common::{ttm, World};
+use common::{scrape, ttm, World};
 use ttm_lab::lab;
 
 fn temp_file(name: &str, text: &str) -> std::path::PathBuf {
@@ -84,16 +80,6 @@ fn the_daemon_reads_its_settings_file() {
     );
     assert_eq!(a.peer.ip().to_string(), lab::LB_IP, "rewrite off");
     let _ = std::fs::remove_file(file);
-}
-
-fn scrape(port: u16) -> String {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect to metrics");
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n")
-        .expect("request");
-    let mut response = String::new();
-    s.read_to_string(&mut response).expect("response");
-    response
 }
 
 #[test]

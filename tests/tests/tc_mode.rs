@@ -88,13 +88,7 @@ fn tc_mode_records_every_connection_and_hands_it_to_the_socket() {
         assert_eq!(a.peer, a.claimed, "accept() returns the client");
         let r = records.by_cookie(a.cookie).expect("records");
         assert_eq!(r.map(|r| r.client), Some(a.claimed), "{a:?}");
-        for how in ["by_fd", "by_cookie", "by_tuple"] {
-            assert_eq!(
-                a.lookup[how],
-                a.claimed.to_string().as_str(),
-                "{how}: {a:?}"
-            );
-        }
+        a.assert_found_as(&a.claimed.to_string());
     }
     let stats = world.stats();
     assert_eq!(stats.get(Counter::TcDecoded), 20);

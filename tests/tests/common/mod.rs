@@ -23,6 +23,29 @@ pub fn lab_bin() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_ttm-lab"))
 }
 
+impl Accepted {
+    /// Asserts that every lookup the server made (by fd, cookie and tuple)
+    /// named `client`.
+    pub fn assert_found_as(&self, client: &str) {
+        for how in ["by_fd", "by_cookie", "by_tuple"] {
+            assert_eq!(self.lookup[how], client, "{how}: {self:?}");
+        }
+    }
+}
+
+/// The C server of `tests/apps`, compiled for this test process.
+pub fn c_server() -> PathBuf {
+    let binary = std::env::temp_dir().join(format!("ttm-peer-server-{}", std::process::id()));
+    let status = Command::new("gcc")
+        .args(["-Wall", "-Werror", "-O2", "-o"])
+        .arg(&binary)
+        .arg(app("peer_server.c"))
+        .status()
+        .expect("run gcc");
+    assert!(status.success(), "compiling the C server");
+    binary
+}
+
 /// One accepted connection as the real server saw it.
 #[derive(Debug)]
 pub struct Accepted {
@@ -468,4 +491,16 @@ pub fn http_get(cgroup: &Path, to: &str) -> SocketAddr {
         .expect("exit")
         .success());
     v["local"].as_str().expect("local").parse().expect("addr")
+}
+
+/// One scrape of the metrics endpoint on 127.0.0.1:`port`: the whole HTTP response.
+pub fn scrape(port: u16) -> String {
+    use std::io::{Read as _, Write as _};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect to metrics");
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .expect("request");
+    let mut response = String::new();
+    s.read_to_string(&mut response).expect("response");
+    response
 }
