@@ -226,9 +226,11 @@ fn garbage_gets_one_error_line_and_the_connection_is_closed_at_once() {
     let r: serde_json::Value = serde_json::from_str(lines[0]).expect("JSON");
     assert_eq!(r["error"], "bad_request", "{r}");
     assert!(r["reason"].as_str().unwrap().contains("closing"), "{r}");
-    assert!(freed < Duration::from_secs(1), "closed after {freed:?}");
+    // Bounds far below the 30 s idle timeout that used to free such a slot,
+    // with room for kernels emulated under QEMU (the kernel matrix).
+    assert!(freed < Duration::from_secs(5), "closed after {freed:?}");
     assert!(
-        slowest < Duration::from_millis(500),
+        slowest < Duration::from_secs(2),
         "others waited {slowest:?}"
     );
     assert_eq!(live.service_counter("clients_sent_garbage") - before, 1);
@@ -264,7 +266,7 @@ fn a_json_object_that_is_not_a_request_is_refused_and_the_connection_goes_on() {
 }
 
 #[test]
-fn a_client_that_stops_reading_is_dropped_within_about_a_second() {
+fn a_client_that_stops_reading_is_dropped_long_before_the_idle_timeout() {
     let live = Live::new(&[]);
     let before = live.service_counter("clients_not_reading");
     let ((), slowest) = while_served(&live, || {
@@ -278,20 +280,21 @@ fn a_client_that_stops_reading_is_dropped_within_about_a_second() {
         let started = Instant::now();
         while live.service_counter("clients_not_reading") == before {
             assert!(
-                started.elapsed() < Duration::from_secs(5),
+                started.elapsed() < Duration::from_secs(20),
                 "the client was not dropped"
             );
             std::thread::sleep(Duration::from_millis(50));
         }
+        // The write bound is 1 s; the idle timeout it replaces, 30 s.
         assert!(
-            started.elapsed() < Duration::from_secs(3),
+            started.elapsed() < Duration::from_secs(10),
             "{:?}",
             started.elapsed()
         );
         drop(raw);
     });
     assert!(
-        slowest < Duration::from_millis(500),
+        slowest < Duration::from_secs(2),
         "others waited {slowest:?}"
     );
     assert_eq!(live.service_counter("clients_not_reading") - before, 1);
