@@ -94,7 +94,7 @@ impl AuditWatch {
                 let mut logged: BTreeSet<(u32, String)> = BTreeSet::new();
                 while !stopping.load(Ordering::Relaxed) {
                     let started = Instant::now();
-                    let summary = match crate::verify::audit(&pins) {
+                    let summary = match crate::verify::audit_attachments(&pins) {
                         Ok(report) => {
                             log_new_threats(&report, &own_extra, &mut logged);
                             summarise(&report, &own_extra, own_expected)
@@ -143,17 +143,15 @@ fn log_new_threats(
     for f in report.threats().filter(|f| !own_extra.contains(&f.id)) {
         if logged.insert((f.id, f.attach_point.clone())) {
             warn!(
-                "audit: foreign program {} (id {}, tag {}) at {} can rewrite the peer addresses \
-                 applications see{} — run `ttm verify` to inspect it",
+                "audit: foreign program {} (id {}, tag {}) at {}: {} — run `ttm verify` to \
+                 inspect it",
                 f.name,
                 f.id,
                 f.tag,
                 f.attach_point,
-                if f.held_by.is_empty() {
-                    String::new()
-                } else {
-                    format!(", held by {}", f.held_by.join(", "))
-                }
+                f.evidence
+                    .first()
+                    .map_or("cannot tell what it does", |e| e.what.as_str())
             );
         }
     }

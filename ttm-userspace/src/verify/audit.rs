@@ -72,7 +72,9 @@ fn cgroups(root: &Path) -> Vec<PathBuf> {
     out
 }
 
-/// prog id → holders ("pid (comm)"), from every process's fdinfo.
+/// prog id → holders ("pid (comm)"), from the fdinfo of every process's
+/// BPF program descriptors (other descriptors — a busy server's million
+/// sockets — cost one readlink each, not a read).
 fn holders() -> BTreeMap<u32, BTreeSet<String>> {
     let mut map: BTreeMap<u32, BTreeSet<String>> = BTreeMap::new();
     let Ok(procs) = fs::read_dir("/proc") else {
@@ -87,6 +89,13 @@ fn holders() -> BTreeMap<u32, BTreeSet<String>> {
             continue;
         };
         for fd in fds.flatten() {
+            let link = Path::new("/proc")
+                .join(pid.to_string())
+                .join("fd")
+                .join(fd.file_name());
+            if !fs::read_link(&link).is_ok_and(|t| t.as_os_str() == "anon_inode:bpf-prog") {
+                continue;
+            }
             let Ok(info) = fs::read_to_string(fd.path()) else {
                 continue;
             };
@@ -263,13 +272,27 @@ fn tcx_programs(ns: &Path) -> Result<Vec<(u32, String, Hook)>, String> {
 
 /// Audits the host; `pins` says which programs are ttm's.
 pub fn audit(pins: &PinDir) -> Result<Report, AuditError> {
+    audit_with(pins, true)
+}
+
+/// The audit without looking for the processes that hold each program (a
+/// walk of every process's descriptors): what the daemon runs periodically.
+pub fn audit_attachments(pins: &PinDir) -> Result<Report, AuditError> {
+    audit_with(pins, false)
+}
+
+fn audit_with(pins: &PinDir, with_holders: bool) -> Result<Report, AuditError> {
     let root = crate::host::cgroup2_mount()?;
     let mut info = BTreeMap::new();
     for p in aya::programs::loaded_programs() {
         let p = p.map_err(|e| AuditError::Programs(e.to_string()))?;
         info.insert(p.id(), p);
     }
-    let holders = holders();
+    let holders = if with_holders {
+        holders()
+    } else {
+        BTreeMap::new()
+    };
     let own = ttm_programs(pins);
     let mut attached: Vec<(u32, String, Hook)> = Vec::new();
     let mut unchecked = Vec::new();
@@ -320,7 +343,9 @@ pub fn audit(pins: &PinDir) -> Result<Report, AuditError> {
             Err(why) => unchecked.push(why),
         }
     }
-    let layout = Layout::of_running_kernel();
+    // The kernel's layout does not change while it runs: read its BTF once.
+    static LAYOUT: std::sync::OnceLock<Layout> = std::sync::OnceLock::new();
+    let layout = *LAYOUT.get_or_init(Layout::of_running_kernel);
     let helpers = HelperNames::read();
     let programs = attached
         .into_iter()

@@ -14,7 +14,7 @@ mod process;
 
 use serde::Serialize;
 
-pub use audit::{audit, AuditError};
+pub use audit::{audit, audit_attachments, AuditError};
 pub use live::{caught, witness_attached, Caught};
 pub use process::{audit_process, ProcessError, SocketView, Verdict};
 
