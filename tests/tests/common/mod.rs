@@ -381,7 +381,12 @@ pub fn sockops_program() -> &'static str {
 
 /// The programs a lab daemon keeps attached in this run's mode.
 pub fn attached_programs() -> Vec<&'static str> {
-    let mut names = ttm::pins::LINKED_PROGRAMS.to_vec();
+    // The default daemon attaches no witness (`--witness` does).
+    let mut names: Vec<&'static str> = ttm::pins::LINKED_PROGRAMS
+        .iter()
+        .copied()
+        .filter(|n| !n.starts_with("ttm_witness"))
+        .collect();
     names[0] = sockops_program();
     if ttm_lab::daemon::lab_mode() != "sockops" {
         names.push(ttm::tc::TC_PROGRAM);
@@ -393,7 +398,11 @@ pub fn attached_programs() -> Vec<&'static str> {
 /// cgroup links and, with TC on tcx, one link for the lab's interface.
 pub fn daemon_pins() -> usize {
     let tc = usize::from(ttm_lab::daemon::lab_mode() != "sockops" && ttm::links::tcx_supported());
-    ttm::pins::PINNED_MAPS.len() + ttm::pins::LINKED_PROGRAMS.len() + tc
+    let cgroup_links = ttm::pins::LINKED_PROGRAMS
+        .iter()
+        .filter(|n| !n.starts_with("ttm_witness"))
+        .count();
+    ttm::pins::PINNED_MAPS.len() + cgroup_links + tc
 }
 
 /// How many programs named like one of [`attached_programs`] are loaded
