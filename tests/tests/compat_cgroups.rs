@@ -132,6 +132,12 @@ fn only_the_compat_cgroups_see_the_client_and_every_connection_is_still_decoded(
         .expect("programs")
         .iter()
         .filter(|p| p["ttm"] == true)
+        .filter(|p| {
+            p["attach_point"]
+                .as_str()
+                .unwrap_or_default()
+                .starts_with("cgroup ")
+        })
         .count();
     assert_eq!(ours, 1 + 2 * 3, "sockops + (shim, rewrite v4, v6) × 2: {v}");
 
