@@ -131,13 +131,7 @@ fn frame(rng: &mut Rng, n: u16) -> Frame {
     if ip_options {
         f.extend_from_slice(&[1, 1, 1, 0]);
     }
-    f.extend_from_slice(&sport.to_be_bytes());
-    f.extend_from_slice(&8080u16.to_be_bytes());
-    f.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 1]);
-    f.push(((tcp_len / 4) as u8) << 4);
-    f.push(if syn { 0x12 } else { 0x10 });
-    f.extend_from_slice(&[0xff, 0xff, 0, 0, 0, 0]);
-    f.extend_from_slice(&area);
+    push_tcp(&mut f, sport, if syn { 0x12 } else { 0x10 }, &area);
     // Sometimes cut the frame short, anywhere.
     let cut = rng.below(8) == 0;
     if cut {
@@ -211,13 +205,7 @@ fn tcp_frame6(
     f.extend_from_slice(&src);
     f.extend_from_slice(&LOCAL6);
     f.extend(chain);
-    f.extend_from_slice(&sport.to_be_bytes());
-    f.extend_from_slice(&8080u16.to_be_bytes());
-    f.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 1]);
-    f.push(((tcp_len / 4) as u8) << 4);
-    f.push(flags);
-    f.extend_from_slice(&[0xff, 0xff, 0, 0, 0, 0]);
-    f.extend_from_slice(area);
+    push_tcp(&mut f, sport, flags, area);
     f
 }
 
@@ -262,6 +250,18 @@ fn frame6(rng: &mut Rng, n: u16) -> Frame {
     }
 }
 
+/// Appends a TCP header from `sport` to port 8080 with `flags`, followed by
+/// the option `area` (its length a multiple of 4).
+fn push_tcp(f: &mut Vec<u8>, sport: u16, flags: u8, area: &[u8]) {
+    f.extend_from_slice(&sport.to_be_bytes());
+    f.extend_from_slice(&8080u16.to_be_bytes());
+    f.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 1]);
+    f.push((((20 + area.len()) / 4) as u8) << 4);
+    f.push(flags);
+    f.extend_from_slice(&[0xff, 0xff, 0, 0, 0, 0]);
+    f.extend_from_slice(area);
+}
+
 /// A plain Ethernet/IPv4/TCP frame from `src:sport` to LOCAL:8080.
 fn tcp_frame(src: [u8; 4], sport: u16, flags: u8, area: &[u8]) -> Vec<u8> {
     let mut f = vec![0x02, 0, 0, 0, 0, 1, 0x02, 0, 0, 0, 0, 2, 0x08, 0x00];
@@ -283,13 +283,7 @@ fn tcp_frame(src: [u8; 4], sport: u16, flags: u8, area: &[u8]) -> Vec<u8> {
     ]);
     f.extend_from_slice(&src);
     f.extend_from_slice(&LOCAL);
-    f.extend_from_slice(&sport.to_be_bytes());
-    f.extend_from_slice(&8080u16.to_be_bytes());
-    f.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 1]);
-    f.push(((tcp_len / 4) as u8) << 4);
-    f.push(flags);
-    f.extend_from_slice(&[0xff, 0xff, 0, 0, 0, 0]);
-    f.extend_from_slice(area);
+    push_tcp(&mut f, sport, flags, area);
     f
 }
 
