@@ -266,6 +266,13 @@ pub fn hijack_getpeername4(ctx: aya_ebpf::programs::SockAddrContext) -> i32 {
     1
 }
 
+/// Bench-only: a getpeername program that returns at once. What any eBPF
+/// rewrite costs per call before it does anything (`cargo xtask bench`).
+#[aya_ebpf::macros::cgroup_sock_addr(getpeername4)]
+pub fn empty_getpeername4(_ctx: aya_ebpf::programs::SockAddrContext) -> i32 {
+    1
+}
+
 /// Test-only harmless program for `ttm verify`: a sock_create hook that
 /// allows every socket (it could count them); it cannot touch peers.
 #[aya_ebpf::macros::cgroup_sock(sock_create)]

@@ -85,6 +85,11 @@ impl Guarded {
         Ok(Guarded { child, lines })
     }
 
+    /// The child's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// The next stdout line, waiting at most `timeout`.
     pub fn line(&self, timeout: Duration) -> Result<String> {
         self.lines

@@ -58,6 +58,8 @@ struct Session {
     peer: Peer,
     /// Received bytes not yet answered.
     buf: Vec<u8>,
+    /// Where each `recvmsg` lands (kept, so no read zeroes a fresh buffer).
+    chunk: Box<[u8; READ_CHUNK]>,
     /// Stream offset of `buf[0]`.
     consumed: u64,
     /// Descriptors received, each with the stream offset of the first byte
@@ -96,6 +98,7 @@ pub(super) fn serve(stream: UnixStream, shared: Arc<Shared>) {
         shared,
         peer,
         buf: Vec::with_capacity(256),
+        chunk: Box::new([0; READ_CHUNK]),
         consumed: 0,
         fds: VecDeque::new(),
         rejected: 0,
@@ -172,10 +175,9 @@ impl Session {
     /// Reads one chunk (waiting at most the idle timeout), queueing any
     /// descriptors that came with it.
     fn read(&mut self, stream: &UnixStream) -> io::Result<usize> {
-        let mut chunk = [0u8; READ_CHUNK];
         let mut received = Vec::new();
         let n = loop {
-            match recv_chunk(stream, &mut chunk, &mut received) {
+            match recv_chunk(stream, &mut self.chunk[..], &mut received) {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 other => break other?,
             }
@@ -191,7 +193,7 @@ impl Session {
                 self.fds.push_back((at, fd));
             }
         }
-        self.buf.extend_from_slice(&chunk[..n]);
+        self.buf.extend_from_slice(&self.chunk[..n]);
         Ok(n)
     }
 
