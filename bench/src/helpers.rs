@@ -413,28 +413,12 @@ pub fn hash_entry_bytes(key_size: u32, value_size: u32, n: u64) -> Result<f64> {
         map_flags: BPF_F_NO_PREALLOC,
         rest: [0; 108],
     };
+    anyhow::ensure!(key_size >= 8, "keys are filled from a u64 counter");
     // SAFETY: a bpf_attr prefix for BPF_MAP_CREATE, zero past the fields set.
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_MAP_CREATE,
-            &raw const create,
-            std::mem::size_of::<Create>(),
-        )
-    };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error()).context("creating a hash map");
-    }
+    let fd = unsafe { sys_bpf(BPF_MAP_CREATE, &create) }.context("creating a hash map")?;
     // SAFETY: the kernel just returned this descriptor to us.
     let map = unsafe { OwnedFd::from_raw_fd(fd as i32) };
-    let memlock = || -> Result<u64> {
-        std::fs::read_to_string(format!("/proc/self/fdinfo/{}", map.as_raw_fd()))?
-            .lines()
-            .find_map(|l| l.strip_prefix("memlock:"))
-            .and_then(|v| v.trim().parse().ok())
-            .context("memlock missing from fdinfo")
-    };
-    let empty = memlock()?;
+    let empty = fd_memlock(map.as_raw_fd())?;
     let mut key = vec![0u8; key_size as usize];
     let value = vec![0u8; value_size as usize];
     for i in 0..n {
@@ -447,17 +431,39 @@ pub fn hash_entry_bytes(key_size: u32, value_size: u32, n: u64) -> Result<f64> {
             flags: 0,
         };
         // SAFETY: key and value point at buffers of the map's sizes.
-        let r = unsafe {
-            libc::syscall(
-                libc::SYS_bpf,
-                BPF_MAP_UPDATE_ELEM,
-                &raw const update,
-                std::mem::size_of::<Update>(),
-            )
-        };
-        if r != 0 {
-            return Err(std::io::Error::last_os_error()).context("filling the hash map");
-        }
+        unsafe { sys_bpf(BPF_MAP_UPDATE_ELEM, &update) }.context("filling the hash map")?;
     }
-    Ok(memlock()?.saturating_sub(empty) as f64 / n as f64)
+    Ok(fd_memlock(map.as_raw_fd())?.saturating_sub(empty) as f64 / n as f64)
+}
+
+/// The `bpf(2)` system call with `attr` as its attribute block.
+///
+/// # Safety
+/// `attr` must be a valid `bpf_attr` prefix for `cmd`, and any pointers in it
+/// must point at buffers the command may read or write.
+unsafe fn sys_bpf<T>(cmd: libc::c_long, attr: &T) -> std::io::Result<libc::c_long> {
+    // SAFETY: the caller's contract.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            cmd,
+            std::ptr::from_ref(attr),
+            std::mem::size_of::<T>(),
+        )
+    };
+    if r < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(r)
+    }
+}
+
+/// `memlock` of map descriptor `fd` in this process, from fdinfo: the
+/// kernel's estimate of the map's memory.
+pub fn fd_memlock(fd: std::os::fd::RawFd) -> Result<u64> {
+    std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}"))?
+        .lines()
+        .find_map(|l| l.strip_prefix("memlock:"))
+        .and_then(|v| v.trim().parse().ok())
+        .context("memlock missing from fdinfo")
 }

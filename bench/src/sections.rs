@@ -584,12 +584,7 @@ fn rss_kib(pid: u32) -> u64 {
 /// `memlock` of a map fd, from fdinfo: the kernel's estimate of its memory.
 fn map_memlock(map: &MapData) -> Result<u64> {
     use std::os::fd::{AsFd, AsRawFd};
-    let fd = map.fd().as_fd().as_raw_fd();
-    let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}"))?;
-    info.lines()
-        .find_map(|l| l.strip_prefix("memlock:"))
-        .and_then(|v| v.trim().parse().ok())
-        .context("memlock missing from fdinfo")
+    crate::helpers::fd_memlock(map.fd().as_fd().as_raw_fd())
 }
 
 /// Size of a kernel struct from vmlinux BTF, via bpftool.
