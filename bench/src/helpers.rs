@@ -310,7 +310,15 @@ pub fn floor_server(socket: &Path) -> Result<()> {
 pub fn set_process_cpus(pid: u32, cpus: &[usize]) -> Result<()> {
     for task in std::fs::read_dir(format!("/proc/{pid}/task"))? {
         let tid: i32 = task?.file_name().to_string_lossy().parse()?;
-        set_thread_cpus(tid, cpus)?;
+        if let Err(e) = set_thread_cpus(tid, cpus) {
+            // A thread that ended since the listing (a client's) needs nothing.
+            let gone = e
+                .downcast_ref::<std::io::Error>()
+                .is_some_and(|e| e.raw_os_error() == Some(libc::ESRCH));
+            if !gone {
+                return Err(e);
+            }
+        }
     }
     Ok(())
 }
