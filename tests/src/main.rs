@@ -137,6 +137,10 @@ fn run(cli: Cli) -> Result<()> {
 /// What the daemon said about `stream`, asked three ways.
 fn ask_daemon(socket: &Path, stream: &TcpStream, peer: SocketAddr) -> Result<serde_json::Value> {
     let mut client = ttm_client::Client::connect(socket)?;
+    // The lab also runs inside QEMU without acceleration (`--kernel`), about
+    // 50× slower than a host, where a hundred connections' lookups can queue
+    // past the client's 2 s default; the answers, not their speed, are tested here.
+    client.set_timeout(Duration::from_secs(20))?;
     let cookie = ttm_client::socket_cookie(stream)?;
     let local = stream.local_addr()?;
     let client_of = |c: Option<ttm_client::Connection>| {
