@@ -413,6 +413,7 @@ pub fn hash_entry_bytes(key_size: u32, value_size: u32, n: u64) -> Result<f64> {
         value: u64,
         flags: u64,
     }
+    anyhow::ensure!(key_size >= 8, "keys are filled from a u64 counter");
     let create = Create {
         map_type: BPF_MAP_TYPE_HASH,
         key_size,
@@ -421,7 +422,6 @@ pub fn hash_entry_bytes(key_size: u32, value_size: u32, n: u64) -> Result<f64> {
         map_flags: BPF_F_NO_PREALLOC,
         rest: [0; 108],
     };
-    anyhow::ensure!(key_size >= 8, "keys are filled from a u64 counter");
     // SAFETY: a bpf_attr prefix for BPF_MAP_CREATE, zero past the fields set.
     let fd = unsafe { sys_bpf(BPF_MAP_CREATE, &create) }.context("creating a hash map")?;
     // SAFETY: the kernel just returned this descriptor to us.

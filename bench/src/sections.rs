@@ -392,14 +392,12 @@ fn per_call(lab: &Lab, sizes: &Sizes) -> Result<Section> {
     let mut figures = Vec::new();
     let gp0 = med(Plain, "getpeername");
     let gp1 = med(Default, "getpeername");
+    let gp1_ratio = ratio(Default, "getpeername", Plain, "getpeername");
     figures.push(Figure::judged(
         "getpeername(): default daemon (the rewrite) vs no decoder",
-        format!(
-            "{gp1:.0} ns vs {gp0:.0} ns, ratio {:.3}",
-            ratio(Default, "getpeername", Plain, "getpeername")
-        ),
+        format!("{gp1:.0} ns vs {gp0:.0} ns, ratio {gp1_ratio:.3}"),
         "≤ 1.15×",
-        ratio(Default, "getpeername", Plain, "getpeername") <= 1.15,
+        gp1_ratio <= 1.15,
         "one program per call: a socket-storage lookup, and for a socket with a record the \
          address written back and one per-CPU counter",
     ));
@@ -433,24 +431,23 @@ fn per_call(lab: &Lab, sizes: &Sizes) -> Result<Section> {
         "no ttm program on its hooks: the kernel's own answer (the LB)",
     ));
     let (cookie, toa) = (med(Default, "so_cookie"), med(Default, "sockopt_1345"));
+    let toa_ratio = ratio(Default, "sockopt_1345", Default, "so_cookie");
     figures.push(Figure::judged(
         "getsockopt(SOL_IP, 1345) vs native getsockopt(SO_COOKIE)",
-        format!(
-            "{toa:.0} ns vs {cookie:.0} ns, ratio {:.3}",
-            ratio(Default, "sockopt_1345", Default, "so_cookie")
-        ),
+        format!("{toa:.0} ns vs {cookie:.0} ns, ratio {toa_ratio:.3}"),
         "≤ 1.5×",
-        ratio(Default, "sockopt_1345", Default, "so_cookie") <= 1.5,
+        toa_ratio <= 1.5,
         "both with the default daemon; 1345 goes through the kernel's ENOPROTOOPT path, then \
          the shim",
     ));
     let rb0 = med(Plain, "so_rcvbuf");
     let rbo = med(OutsideCompat, "so_rcvbuf");
+    let rbo_ratio = ratio(OutsideCompat, "so_rcvbuf", Plain, "so_rcvbuf");
     figures.push(Figure::judged(
         "unrelated getsockopt(SO_RCVBUF), app outside --compat-cgroup, daemon running, vs no decoder",
-        format!("{rbo:.0} ns vs {rb0:.0} ns, ratio {:.3}", ratio(OutsideCompat, "so_rcvbuf", Plain, "so_rcvbuf")),
+        format!("{rbo:.0} ns vs {rb0:.0} ns, ratio {rbo_ratio:.3}"),
         "≤ 1.05×",
-        ratio(OutsideCompat, "so_rcvbuf", Plain, "so_rcvbuf") <= 1.05,
+        rbo_ratio <= 1.05,
         "no ttm program runs for these calls; what remains is the kernel's: once any cgroup \
          getsockopt program exists on the host, every getsockopt of every process reads its \
          optlen from user memory and checks its cgroup's programs before the option is served",

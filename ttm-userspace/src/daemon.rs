@@ -15,7 +15,7 @@ use ttm_common::{format::FormatTable, maps, Config, TrustKey};
 
 use crate::host;
 use crate::mode::{Mode, Plan};
-use crate::pins::{PinDir, LINKED_PROGRAMS, PINNED_MAPS};
+use crate::pins::{self, PinDir, LINKED_PROGRAMS, PINNED_MAPS};
 use crate::service::{Limits, LookupService, PinnedDirectory};
 use crate::tc::TC_PROGRAM;
 use crate::trust::TrustedLbs;
@@ -593,7 +593,7 @@ fn planned_attachments(
         for (program, attach_type) in COMPAT_PROGRAMS {
             let wanted = match program {
                 p if p == GETSOCKOPT_PROGRAM => config.getsockopt,
-                p if p.starts_with("ttm_witness") => config.witness,
+                p if pins::is_witness(p) => config.witness,
                 _ => config.rewrite,
             };
             if wanted {
@@ -637,7 +637,7 @@ fn attach_all(
         let cgroup_id = links::cgroup_id(&a.cgroup)?;
         let existing = links::open_pinned(&a.pin).ok();
         let prog_fd = load_program(ebpf, a.program)?;
-        if a.program.starts_with("ttm_witness") {
+        if pins::is_witness(a.program) {
             witnesses.push(Witness {
                 name: a.program,
                 attach_type: a.attach_type,
@@ -704,7 +704,7 @@ fn load_program(ebpf: &mut Ebpf, name: &str) -> Result<std::os::fd::OwnedFd> {
         n if n == SOCKOPS_PROGRAM => "the kernel rejected the sockops program (see the verifier log above); on kernels before 5.10 use --mode tc",
         n if n == SOCKOPS_JOIN_PROGRAM => "the kernel rejected the sockops join program (see the verifier log above)",
         n if n == GETSOCKOPT_PROGRAM => "the kernel rejected the getsockopt shim (needs Linux 5.3+)",
-        n if n.starts_with("ttm_witness") => "the kernel rejected a witness program (getpeername hooks need Linux 5.8+)",
+        n if pins::is_witness(n) => "the kernel rejected a witness program (getpeername hooks need Linux 5.8+)",
         _ => "the kernel rejected a getpeername program (needs Linux 5.8+) — run with --no-rewrite to do without",
     };
     let fd = match program {

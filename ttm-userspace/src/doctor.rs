@@ -194,7 +194,7 @@ pub fn attachments(pins: &crate::pins::PinDir) -> Vec<Probe> {
                     "every getsockopt() under it pays the kernel's copy in and out (≈ ×2 for \
                      unrelated options); narrow with --compat-cgroup or --no-getsockopt"
                 }
-                p if p.starts_with("ttm_witness") => "a second program on every getpeername()",
+                p if crate::pins::is_witness(p) => "a second program on every getpeername()",
                 _ => "one socket-storage lookup per getpeername()/accept()",
             };
             Some(probe(

@@ -34,6 +34,12 @@ pub const LINKED_PROGRAMS: [&str; 6] = [
     "ttm_witness6",
 ];
 
+/// Whether `program`, one of [`LINKED_PROGRAMS`], is a witness: attached
+/// only with `--witness`.
+pub fn is_witness(program: &str) -> bool {
+    program.starts_with("ttm_witness")
+}
+
 /// A pin directory and the paths inside it.
 #[derive(Clone, Debug)]
 pub struct PinDir(PathBuf);

@@ -385,7 +385,7 @@ pub fn attached_programs() -> Vec<&'static str> {
     let mut names: Vec<&'static str> = ttm::pins::LINKED_PROGRAMS
         .iter()
         .copied()
-        .filter(|n| !n.starts_with("ttm_witness"))
+        .filter(|n| !ttm::pins::is_witness(n))
         .collect();
     names[0] = sockops_program();
     if ttm_lab::daemon::lab_mode() != "sockops" {
@@ -400,7 +400,7 @@ pub fn daemon_pins() -> usize {
     let tc = usize::from(ttm_lab::daemon::lab_mode() != "sockops" && ttm::links::tcx_supported());
     let cgroup_links = ttm::pins::LINKED_PROGRAMS
         .iter()
-        .filter(|n| !n.starts_with("ttm_witness"))
+        .filter(|n| !ttm::pins::is_witness(n))
         .count();
     ttm::pins::PINNED_MAPS.len() + cgroup_links + tc
 }
