@@ -137,6 +137,14 @@ mod tests {
     use super::*;
 
     #[test]
+    fn mapped_and_plain_spellings_match() {
+        let a: SocketAddr = "[::ffff:10.0.2.2]:8080".parse().unwrap();
+        assert_eq!(canonical(a), "10.0.2.2:8080".parse().unwrap());
+        let b: SocketAddr = "[2001:db8::1]:80".parse().unwrap();
+        assert_eq!(canonical(b), b);
+    }
+
+    #[test]
     fn proc_net_addresses_parse_in_both_families() {
         let v4 = format!("{:08X}:1F90", u32::from_ne_bytes([10, 0, 2, 1]));
         assert_eq!(

@@ -6,6 +6,7 @@ use std::time::Duration;
 use std::os::fd::{AsRawFd, BorrowedFd};
 
 use aya::maps::{HashMap, Map, MapData, MapError, SkStorage};
+use ttm_client::provenance::canonical;
 use ttm_client::Connection;
 use ttm_common::{maps, maps::TcKey, ClientFamily, PeerRecord};
 
@@ -34,17 +35,6 @@ pub fn to_ip(addr: &[u8; 16]) -> IpAddr {
     match v6.to_ipv4_mapped() {
         Some(v4) => IpAddr::V4(v4),
         None => IpAddr::V6(v6),
-    }
-}
-
-/// Normalises `::ffff:a.b.c.d` to `a.b.c.d` so either spelling matches.
-pub fn canonical(addr: SocketAddr) -> SocketAddr {
-    match addr.ip() {
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => SocketAddr::new(IpAddr::V4(v4), addr.port()),
-            None => addr,
-        },
-        IpAddr::V4(_) => addr,
     }
 }
 
@@ -236,13 +226,5 @@ mod tests {
         let json = serde_json::to_value(&info).unwrap();
         assert_eq!(json["client"], "10.0.1.2:40000");
         assert_eq!(json["age"], 2.5);
-    }
-
-    #[test]
-    fn mapped_and_plain_spellings_match() {
-        let a: SocketAddr = "[::ffff:10.0.2.2]:8080".parse().unwrap();
-        assert_eq!(canonical(a), "10.0.2.2:8080".parse().unwrap());
-        let b: SocketAddr = "[2001:db8::1]:80".parse().unwrap();
-        assert_eq!(canonical(b), b);
     }
 }

@@ -23,7 +23,7 @@ use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::sync::{Arc, Mutex, OnceLock};
 
-use crate::records::canonical;
+use ttm_client::provenance::canonical;
 
 /// `NETLINK_SOCK_DIAG` message type for an inet socket request.
 const SOCK_DIAG_BY_FAMILY: u16 = 20;
