@@ -1,5 +1,6 @@
 //! Brings a fresh machine up to what building and testing ttm need.
-//! Idempotent: each check is cheap, and a line is printed only for a step taken.
+//! Idempotent: each check is cheap, and a line is printed only for a step
+//! taken; what the installers print goes to the log of [`crate::step`].
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -77,29 +78,18 @@ fn promtool() {
     let work = Path::new("target/tools/prometheus-deb");
     let fetched = (|| -> Result<()> {
         std::fs::create_dir_all(work)?;
-        let ok = Command::new("apt-get")
-            .args(["download", "-qq", "prometheus"])
-            .current_dir(work)
-            .status()?
-            .success();
-        if !ok {
-            bail!("apt-get download prometheus failed");
-        }
+        crate::step::quiet(
+            Command::new("apt-get")
+                .args(["download", "-qq", "prometheus"])
+                .current_dir(work),
+        )?;
         let deb = std::fs::read_dir(work)?
             .flatten()
             .map(|e| e.path())
             .find(|p| p.extension().is_some_and(|x| x == "deb"))
             .context("no .deb downloaded")?;
         let unpacked = work.join("root");
-        if !Command::new("dpkg")
-            .arg("-x")
-            .arg(&deb)
-            .arg(&unpacked)
-            .status()?
-            .success()
-        {
-            bail!("dpkg -x failed");
-        }
+        crate::step::quiet(Command::new("dpkg").arg("-x").arg(&deb).arg(&unpacked))?;
         std::fs::copy(unpacked.join("usr/bin/promtool"), PROMTOOL)?;
         Ok(())
     })();
@@ -121,14 +111,7 @@ fn have(cmd: &str) -> bool {
 }
 
 fn run(what: &str, cmd: &mut Command) -> Result<()> {
-    println!("bootstrap: {what}");
-    let status = cmd
-        .status()
-        .with_context(|| format!("{what}: running {cmd:?}"))?;
-    if !status.success() {
-        bail!("{what} failed ({status}): {cmd:?}");
-    }
-    Ok(())
+    crate::step::run(&format!("bootstrap: {what}"), cmd).with_context(|| what.to_string())
 }
 
 fn apt_packages() -> Result<()> {

@@ -319,38 +319,28 @@ fn read_results(out: &Path, runs: &[Run]) -> Result<Vec<Outcome>> {
 fn ensure_qemu() -> Result<PathBuf> {
     if !Path::new("/usr/bin/qemu-system-x86_64").exists() || !Path::new("/usr/bin/busybox").exists()
     {
-        println!("xtask: installing qemu-system-x86 kmod busybox-static (for the kernel matrix)");
-        let status = Command::new("apt-get")
-            .args([
-                "install",
-                "-y",
-                "-q",
-                "qemu-system-x86",
-                "kmod",
-                "busybox-static",
-            ])
-            .env("DEBIAN_FRONTEND", "noninteractive")
-            .status()?;
-        if !status.success() {
-            bail!("apt-get install qemu-system-x86 kmod busybox-static failed");
-        }
+        crate::step::run(
+            "xtask: installing qemu-system-x86 kmod busybox-static (for the kernel matrix)",
+            Command::new("apt-get")
+                .args([
+                    "install",
+                    "-y",
+                    "-q",
+                    "qemu-system-x86",
+                    "kmod",
+                    "busybox-static",
+                ])
+                .env("DEBIAN_FRONTEND", "noninteractive"),
+        )?;
     }
     let venv = kernels_dir()?.join("venv");
     let vng = venv.join("bin").join("vng");
     if !vng.exists() {
         println!("xtask: installing {VIRTME_NG} into {}", venv.display());
-        run(Command::new("python3").arg("-m").arg("venv").arg(&venv))?;
-        run(Command::new(venv.join("bin").join("pip")).args(["install", "-q", VIRTME_NG]))?;
+        crate::step::quiet(Command::new("python3").arg("-m").arg("venv").arg(&venv))?;
+        crate::step::quiet(Command::new(venv.join("bin").join("pip")).args(["install", "-q", VIRTME_NG]))?;
     }
     Ok(venv.join("bin"))
-}
-
-fn run(cmd: &mut Command) -> Result<()> {
-    let status = cmd.status().with_context(|| format!("running {cmd:?}"))?;
-    if !status.success() {
-        bail!("{cmd:?} failed ({status})");
-    }
-    Ok(())
 }
 
 /// The kernel image of `spec`, downloaded once into target/kernels with an
@@ -392,7 +382,7 @@ fn fetch(spec: &Kernel) -> Result<PathBuf> {
         c
     };
     println!("xtask: fetching Debian's {} kernel list", spec.name);
-    run(with_options("apt-get").args(["-q", "update"]))?;
+    crate::step::quiet(with_options("apt-get").args(["-q", "update"]))?;
     let search = with_options("apt-cache")
         .args(["search", "--names-only", "^linux-image-.*-amd64-unsigned$"])
         .output()?;
@@ -405,7 +395,7 @@ fn fetch(spec: &Kernel) -> Result<PathBuf> {
         })?;
     println!("xtask: downloading {package}");
     fs::create_dir_all(&dir)?;
-    run(with_options("apt-get")
+    crate::step::quiet(with_options("apt-get")
         .args(["-q", "download", &package])
         .current_dir(&dir))?;
     let deb = fs::read_dir(&dir)?
@@ -413,7 +403,7 @@ fn fetch(spec: &Kernel) -> Result<PathBuf> {
         .map(|e| e.path())
         .find(|p| p.extension().is_some_and(|e| e == "deb"))
         .context("the downloaded .deb is missing")?;
-    run(Command::new("dpkg").arg("-x").arg(&deb).arg(&extracted))?;
+    crate::step::quiet(Command::new("dpkg").arg("-x").arg(&deb).arg(&extracted))?;
     let _ = fs::remove_file(&deb);
     vmlinuz_in(&extracted).context("no vmlinuz in the kernel package")
 }

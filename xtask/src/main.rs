@@ -4,6 +4,7 @@
 
 mod bootstrap;
 mod kernels;
+mod step;
 
 use std::process::{Command, ExitCode};
 
