@@ -338,7 +338,9 @@ fn ensure_qemu() -> Result<PathBuf> {
     if !vng.exists() {
         println!("xtask: installing {VIRTME_NG} into {}", venv.display());
         crate::step::quiet(Command::new("python3").arg("-m").arg("venv").arg(&venv))?;
-        crate::step::quiet(Command::new(venv.join("bin").join("pip")).args(["install", "-q", VIRTME_NG]))?;
+        crate::step::quiet(
+            Command::new(venv.join("bin").join("pip")).args(["install", "-q", VIRTME_NG]),
+        )?;
     }
     Ok(venv.join("bin"))
 }
@@ -395,9 +397,11 @@ fn fetch(spec: &Kernel) -> Result<PathBuf> {
         })?;
     println!("xtask: downloading {package}");
     fs::create_dir_all(&dir)?;
-    crate::step::quiet(with_options("apt-get")
-        .args(["-q", "download", &package])
-        .current_dir(&dir))?;
+    crate::step::quiet(
+        with_options("apt-get")
+            .args(["-q", "download", &package])
+            .current_dir(&dir),
+    )?;
     let deb = fs::read_dir(&dir)?
         .filter_map(|e| e.ok())
         .map(|e| e.path())
