@@ -1,0 +1,330 @@
+//! `ttm daemon`: load the decoder, configure it, attach it to a cgroup, pin
+//! its maps for the CLI, and undo all of it on shutdown. This file owns what
+//! the daemon is told and its start; loading and attaching, adoption and
+//! hand-over, and the run loop live in the modules below.
+
+mod attach;
+mod lifecycle;
+mod run;
+
+pub use attach::compat_cgroups;
+pub use lifecycle::{detach, remove_pins, HANDED_OVER_EXIT};
+
+use attach::{attach_all, choose_plan, compat_summary, planned_attachments, write_config, Witness};
+use lifecycle::{hand_over, InstanceLock};
+
+use std::fs;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{bail, Context as _, Result};
+use aya::{Ebpf, EbpfLoader};
+use log::{info, warn};
+use std::os::fd::AsFd;
+use ttm_common::{format::FormatTable, maps};
+
+use crate::host;
+use crate::mode::Plan;
+use crate::pins::{PinDir, LINKED_PROGRAMS, PINNED_MAPS};
+use crate::service::{Limits, LookupService, PinnedDirectory};
+use crate::tc::TC_PROGRAM;
+use crate::trust::TrustedLbs;
+use crate::EBPF_OBJECT;
+
+/// Everything `ttm daemon` is told.
+#[derive(Clone, Debug)]
+pub struct DaemonConfig {
+    /// LB networks whose options are trusted.
+    pub trust: TrustedLbs,
+    /// Decode options from any peer (unsafe; for labs only).
+    pub trust_any: bool,
+    /// cgroup v2 directory to attach to; `None` is the root of the cgroup2 mount.
+    pub cgroup: Option<PathBuf>,
+    /// cgroups whose apps get the getsockopt shim and the rewrite; empty is `cgroup`.
+    pub compat_cgroups: Vec<PathBuf>,
+    /// Attach the getsockopt shim.
+    pub getsockopt: bool,
+    /// Attach the live witness behind the rewrite.
+    pub witness: bool,
+    /// Where to pin the maps.
+    pub pins: PinDir,
+    /// Capacity of the cookie map.
+    pub max_records: u32,
+    /// Option layouts accepted.
+    pub formats: FormatTable,
+    /// Where the lookup service listens.
+    pub socket: PathBuf,
+    /// Group that may use the lookup socket (mode 0660).
+    pub socket_group: Option<u32>,
+    /// Bounds of the lookup service.
+    pub limits: Limits,
+    /// `getsockopt(SOL_IP, name)` returning `struct ttm_peer`.
+    pub getsockopt_name: u32,
+    /// `getsockopt(SOL_IP, name)` returning the NAT64 layout, if wanted.
+    pub nat64_getsockopt_name: Option<u32>,
+    /// Rewrite `accept()`/`getpeername()` to the client.
+    pub rewrite: bool,
+    /// Take over from a running daemon without a gap (`--upgrade`).
+    pub upgrade: bool,
+    /// Where the option is read (`--mode`).
+    pub mode: crate::mode::Mode,
+    /// Interfaces of the TC classifier (`--interface`).
+    pub interfaces: Vec<String>,
+    /// How the TC classifier attaches (`--tc-attach`).
+    pub tc_attach: crate::tc::TcAttach,
+    /// Orphaned TC records older than this are swept (`--tc-max-age`).
+    pub tc_max_age: std::time::Duration,
+    /// How often the static audit runs for the metrics; `None` is never.
+    pub audit_interval: Option<std::time::Duration>,
+}
+
+impl DaemonConfig {
+    /// Refuses a configuration that would trust nobody or everybody by accident.
+    pub fn validate(&self) -> Result<()> {
+        if self.trust.is_empty() && !self.trust_any {
+            bail!(
+                "no trusted load-balancer network given: pass --trust CIDR (the LB addresses the \
+                 real server sees as peers, e.g. --trust 10.0.2.0/24). Without it any client could \
+                 choose its own address; --trust-any disables the check and is unsafe"
+            );
+        }
+        if self.max_records == 0 {
+            bail!("--max-records must be at least 1");
+        }
+        if self.limits.max_clients == 0 {
+            bail!("--max-clients must be at least 1");
+        }
+        if self.nat64_getsockopt_name == Some(self.getsockopt_name)
+            || self.nat64_getsockopt_name == Some(0)
+        {
+            bail!(
+                "--nat64-getsockopt must be a non-zero option name other than --getsockopt-name ({})",
+                self.getsockopt_name
+            );
+        }
+        Ok(())
+    }
+}
+
+/// A running decoder. Dropping it detaches the program and removes the pins.
+pub struct Daemon {
+    /// Owns the loaded programs and maps (the links are pinned, not owned).
+    _ebpf: Ebpf,
+    pins: PinDir,
+    cgroup: PathBuf,
+    logger: Option<KernelLogger>,
+    service: Option<LookupService>,
+    /// Set on hand-over: leave links and pins for the next daemon.
+    keep_attached: bool,
+    /// The lookup service's counters, for the metrics endpoint.
+    service_counters: Option<Arc<crate::service::ServiceCounters>>,
+    /// Capacity of the cookie map.
+    capacity: u32,
+    /// The metrics endpoint, if serving.
+    metrics: Option<tokio::task::JoinHandle<()>>,
+    /// The witness programs, kept last in their chains.
+    witnesses: Vec<Witness>,
+    /// What is attached, by mode.
+    plan: Plan,
+    /// The TC classifier on each interface.
+    tc_attachments: Vec<crate::tc::Attachment>,
+    /// Orphaned TC records older than this are swept.
+    tc_max_age: std::time::Duration,
+    /// The periodic audit, if on.
+    audit: Option<crate::audit_watch::AuditWatch>,
+    _lock: InstanceLock,
+}
+
+type KernelLogger = aya_log::EbpfLogger<&'static dyn log::Log>;
+
+impl Daemon {
+    /// Checks the host, loads and configures the programs, attaches and pins.
+    pub fn start(config: &DaemonConfig) -> Result<Daemon> {
+        config.validate()?;
+        host::check_privileges()?;
+        host::check_bpffs(config.pins.path())?;
+        let cgroup = match &config.cgroup {
+            Some(path) => path.clone(),
+            None => host::cgroup2_mount()?,
+        };
+        host::check_cgroup2(&cgroup)?;
+        for compat in &config.compat_cgroups {
+            host::check_cgroup2(compat).context("--compat-cgroup")?;
+        }
+        for iface in &config.interfaces {
+            crate::tc::ifindex(iface)?;
+        }
+        host::raise_open_files_limit();
+        let lock = if config.upgrade {
+            hand_over(config.pins.path())?
+        } else {
+            InstanceLock::acquire(config.pins.path())?
+        };
+        // Pins left by a crashed daemon keep the kernel side working: a
+        // failed start must not remove them. Fresh ones it made, it removes.
+        let adopting = LINKED_PROGRAMS
+            .iter()
+            .any(|name| config.pins.link(name).exists());
+        Daemon::start_locked(config, cgroup, lock).inspect_err(|_| {
+            if !adopting {
+                remove_pins(&config.pins);
+            }
+        })
+    }
+
+    fn start_locked(config: &DaemonConfig, cgroup: PathBuf, lock: InstanceLock) -> Result<Daemon> {
+        fs::create_dir_all(config.pins.path())
+            .with_context(|| format!("creating pin directory {}", config.pins.path().display()))?;
+
+        // Maps are pinned by name: a daemon after a crash or an upgrade
+        // reuses them, with the records and counters they hold.
+        let mut loader = EbpfLoader::new();
+        loader.map_max_entries(maps::RECORDS, config.max_records);
+        loader.map_max_entries(maps::TUPLES, maps::tuples_capacity(config.max_records));
+        // The TC maps are preallocated LRUs holding only handshakes in flight
+        // and sockets sockops does not see: bounded, whatever --max-records is.
+        let tc_capacity = config.max_records.min(maps::DEFAULT_TC_CAPACITY);
+        loader.map_max_entries(maps::TC_RECORDS, tc_capacity);
+        loader.map_max_entries(maps::TC_PENDING, tc_capacity);
+        for name in PINNED_MAPS {
+            loader.map_pin_path(name, config.pins.map(name));
+        }
+        let mut ebpf = loader.load(EBPF_OBJECT).context(
+            "loading the ttm eBPF object — the kernel needs BTF, BPF_MAP_TYPE_SK_STORAGE and \
+                 sockops (Linux 5.10+); before Linux 5.11 maps count against RLIMIT_MEMLOCK: \
+                 raise it (systemd: LimitMEMLOCK=infinity) or grant CAP_SYS_RESOURCE",
+        )?;
+        let logger = match aya_log::EbpfLogger::init(&mut ebpf) {
+            Ok(logger) => Some(logger),
+            Err(e) => {
+                // The programs log only rare events; running without them is fine.
+                warn!("kernel-side logs unavailable: {e}");
+                None
+            }
+        };
+        write_config(&mut ebpf, config)?;
+        let plan = choose_plan(&mut ebpf, config)?;
+        let (mut adopted, witnesses) = attach_all(&mut ebpf, config, &plan, &cgroup)?;
+        let cgroup_attachments = planned_attachments(config, &plan, &cgroup)?.len();
+        let mut tc_program_ids = std::collections::BTreeSet::new();
+        let tc_attachments = if plan.tc {
+            let program: &mut aya::programs::SchedClassifier = ebpf
+                .program_mut(TC_PROGRAM)
+                .context("the TC program is missing from the object")?
+                .try_into()?;
+            program.load().context(
+                "the kernel rejected the TC ingress program (see the verifier log above)",
+            )?;
+            if let Ok(id) = program
+                .fd()
+                .map_err(anyhow::Error::from)
+                .and_then(|fd| Ok(crate::links::prog_id(fd.as_fd())?))
+            {
+                tc_program_ids.insert(id);
+            }
+            let (attachments, taken_over) =
+                crate::tc::attach_all(program, &config.interfaces, &config.pins, config.tc_attach)?;
+            crate::tc::log_attachments(&attachments);
+            adopted += taken_over;
+            attachments
+        } else {
+            // A previous daemon's TC links are no longer wanted.
+            for pin in crate::tc::pinned_tcx_links(&config.pins) {
+                fs::remove_file(&pin).with_context(|| format!("unpinning {}", pin.display()))?;
+                info!("{} detached (no TC in this mode)", pin.display());
+            }
+            Vec::new()
+        };
+
+        let audit = config.audit_interval.map(|interval| {
+            crate::audit_watch::AuditWatch::start(
+                config.pins.clone(),
+                interval,
+                tc_program_ids,
+                (cgroup_attachments + tc_attachments.len()) as u64,
+            )
+        });
+        let mut daemon = Daemon {
+            audit,
+            _ebpf: ebpf,
+            pins: config.pins.clone(),
+            cgroup,
+            logger,
+            service: None,
+            keep_attached: false,
+            service_counters: None,
+            capacity: config.max_records,
+            metrics: None,
+            witnesses,
+            plan,
+            tc_attachments,
+            tc_max_age: config.tc_max_age,
+            _lock: lock,
+        };
+        if adopted > 0 {
+            info!(
+                "took over {adopted} pinned attachment(s) with an atomic program swap: no connection went unrecorded"
+            );
+        }
+        let directory = PinnedDirectory::open(&daemon.pins, daemon.plan.tc)
+            .context("opening the pinned maps")?;
+        let service = LookupService::bind(
+            &config.socket,
+            config.socket_group,
+            config.limits,
+            Arc::new(directory),
+        )
+        .context("starting the lookup service")?;
+        daemon.service_counters = Some(service.counters());
+        daemon.service = Some(service);
+        info!(
+            "ttm in {} mode: {} on cgroup {}{} — trusting {} — getsockopt(SOL_IP, {}){} — accept()/getpeername() {} — maps pinned in {}",
+            daemon.plan.mode,
+            if daemon.plan.sockops_reads_headers {
+                "sockops reads the option"
+            } else {
+                "sockops takes TC's records"
+            },
+            daemon.cgroup.display(),
+            if daemon.tc_attachments.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    ", TC ingress on {}",
+                    daemon
+                        .tc_attachments
+                        .iter()
+                        .map(|a| format!("{} ({})", a.iface(), a.kind()))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            },
+            if config.trust_any {
+                "ANY peer (--trust-any: clients can forge their address)".to_string()
+            } else {
+                config
+                    .trust
+                    .networks()
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            },
+            config.getsockopt_name,
+            config
+                .nat64_getsockopt_name
+                .map(|n| format!(" and NAT64 getsockopt(SOL_IP, {n})"))
+                .unwrap_or_default(),
+            if config.rewrite {
+                "return the client"
+            } else {
+                "untouched (--no-rewrite)"
+            },
+            daemon.pins.path().display()
+        );
+        for line in compat_summary(config, &daemon.cgroup) {
+            info!("{line}");
+        }
+        Ok(daemon)
+    }
+}
