@@ -85,7 +85,7 @@ mod tests {
     }
 
     #[test]
-    fn a_step_that_succeeds_prints_nothing_of_its_own() {
+    fn a_step_that_succeeds_leaves_its_output_in_the_log() {
         quiet(Command::new("sh").args(["-c", "echo quiet-step-output"])).unwrap();
         let log = fs::read_to_string(log_path()).unwrap();
         assert!(log.contains("quiet-step-output"));
