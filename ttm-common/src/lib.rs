@@ -12,6 +12,7 @@ pub mod compat;
 pub mod format;
 pub mod maps;
 pub mod parser;
+pub mod proxy;
 pub mod record;
 
 pub use addr::Addr16;

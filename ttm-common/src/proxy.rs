@@ -1,0 +1,787 @@
+//! The PROXY protocol header parser (v1 text, v2 binary), shared by the
+//! kernel's stream-verdict program and the host.
+//!
+//! Input is the first bytes of a stream, held in a [`HeaderBuf`]; the answer
+//! is a [`Parsed`]: wait for more bytes, not a header (the stream passes as it
+//! is), a header of known length (removed; maybe a client), or a header whose
+//! end cannot be known (the stream passes as it is). Every loop is bounded by
+//! a constant, and every byte read goes through [`HeaderBuf::at`], which masks
+//! its index, so the same code passes the kernel verifier.
+
+use crate::addr::{v4_mapped, Addr16};
+use crate::format::AddrFamily;
+
+/// The 12 bytes every v2 header starts with.
+pub const V2_SIGNATURE: [u8; 12] = *b"\r\n\r\n\0\r\nQUIT\n";
+/// A v1 header starts with these 6 bytes.
+pub const V1_PREFIX: [u8; 6] = *b"PROXY ";
+/// The longest v1 line the protocol allows, CRLF included.
+pub const V1_MAX_LEN: usize = 107;
+/// v2's fixed part: signature, version/command, family, length.
+pub const V2_FIXED_LEN: usize = 16;
+/// The longest header ttm holds and removes: v1 always fits; a v2 header
+/// (TLVs included) over this is refused as [`Refusal::Oversized`].
+pub const MAX_HEADER_LEN: usize = 256;
+/// Size of [`HeaderBuf`]: twice [`MAX_HEADER_LEN`], so that appending up to
+/// `MAX_HEADER_LEN` bytes at an offset under `MAX_HEADER_LEN` stays inside
+/// it by construction (what the kernel verifier can check).
+pub const HEADER_BUF_LEN: usize = 2 * MAX_HEADER_LEN;
+/// At most this many TLVs are walked in a v2 header; more is refused.
+pub const MAX_TLVS: usize = 24;
+
+/// PROXY protocol version of a header.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProxyVersion {
+    /// The text line (`PROXY TCP4 ...\r\n`).
+    V1 = 1,
+    /// The binary header.
+    V2 = 2,
+}
+
+/// The client a header names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ProxyClient {
+    /// Client address; IPv4 v4-mapped.
+    pub addr: Addr16,
+    /// Client port, host byte order.
+    pub port: u16,
+    /// The family of the header's addresses.
+    pub family: AddrFamily,
+}
+
+/// Why a header from a trusted peer was refused. Each has its own counter.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// v1: no CRLF within 107 bytes.
+    V1TooLong = 0,
+    /// v1: a field is missing, empty, too long, or not what its place needs.
+    V1BadField = 1,
+    /// v2: the version nibble is not 2, or the command is neither LOCAL nor PROXY.
+    V2BadVersion = 2,
+    /// v2: an address family or transport the protocol does not define.
+    V2UnknownFamily = 3,
+    /// v2: the length is too short for the addresses of its family.
+    V2ShortAddresses = 4,
+    /// v2: a TLV runs past the header's end, or there are more than [`MAX_TLVS`].
+    V2BadTlv = 5,
+    /// v2: the header is longer than [`MAX_HEADER_LEN`].
+    Oversized = 6,
+    /// The address is not one a client can have (unspecified, loopback, multicast).
+    ImplausibleClient = 7,
+}
+
+/// What the first bytes of a stream are.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Parsed {
+    /// Every byte so far fits a header that is not complete yet.
+    NeedMore,
+    /// Not a PROXY header: the stream is the client's own.
+    NotProxy,
+    /// A complete, well-formed header of `len` bytes. `client` is `None` for
+    /// a v2 LOCAL command (health checks), v1 UNKNOWN and v2 UNSPEC/UNIX.
+    Header {
+        /// Header length in bytes, CRLF or TLVs included.
+        len: u16,
+        /// The header's version.
+        version: ProxyVersion,
+        /// Who the header names.
+        client: Option<ProxyClient>,
+        /// Offset of the v2 TLVs in the header (equal to `len` when none).
+        tlv_offset: u16,
+    },
+    /// A header whose length is known (`len` bytes) but whose content is
+    /// refused: removed, nothing recorded.
+    Refused {
+        /// Header length in bytes.
+        len: u16,
+        /// Why.
+        why: Refusal,
+    },
+    /// A header that starts right but whose end cannot be known: passed on
+    /// unchanged, nothing recorded.
+    Unframed(Refusal),
+}
+
+/// The first bytes of a stream: `len` valid bytes in `bytes`.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct HeaderBuf {
+    /// The bytes; only the first `len` are meaningful.
+    pub bytes: [u8; HEADER_BUF_LEN],
+    /// How many bytes are held.
+    pub len: u32,
+}
+
+impl HeaderBuf {
+    /// An empty buffer.
+    pub const EMPTY: HeaderBuf = HeaderBuf {
+        bytes: [0; HEADER_BUF_LEN],
+        len: 0,
+    };
+
+    /// A buffer holding the first bytes of `data` (as many as fit a header).
+    pub fn from_slice(data: &[u8]) -> HeaderBuf {
+        let mut b = HeaderBuf::EMPTY;
+        let n = data.len().min(MAX_HEADER_LEN);
+        b.bytes[..n].copy_from_slice(&data[..n]);
+        b.len = n as u32;
+        b
+    }
+
+    /// Byte `i` (masked into the buffer: callers check `i < len` first).
+    #[inline(always)]
+    pub fn at(&self, i: usize) -> u8 {
+        self.bytes[i & (HEADER_BUF_LEN - 1)]
+    }
+
+    /// Big-endian u16 at `i`.
+    #[inline(always)]
+    fn be16(&self, i: usize) -> u16 {
+        u16::from_be_bytes([self.at(i), self.at(i + 1)])
+    }
+
+    /// The 16 bytes at `i`.
+    #[inline(always)]
+    fn addr16(&self, i: usize) -> Addr16 {
+        let mut a = [0u8; 16];
+        let mut k = 0;
+        while k < 16 {
+            a[k] = self.at(i + k);
+            k += 1;
+        }
+        a
+    }
+}
+
+/// Whether the held bytes start like `pattern` (as far as both go): `None`
+/// while they are a strict prefix of it, else whether all of it matched.
+#[inline(always)]
+fn starts_with<const N: usize>(buf: &HeaderBuf, pattern: &[u8; N]) -> Option<bool> {
+    let n = buf.len as usize;
+    let mut i = 0;
+    while i < N {
+        if i >= n {
+            return None;
+        }
+        if buf.at(i) != pattern[i] {
+            return Some(false);
+        }
+        i += 1;
+    }
+    Some(true)
+}
+
+/// What the first bytes of a stream are (see [`Parsed`]).
+#[inline(always)]
+pub fn parse(buf: &HeaderBuf) -> Parsed {
+    if buf.len == 0 {
+        return Parsed::NeedMore;
+    }
+    match buf.at(0) {
+        b'\r' => match starts_with(buf, &V2_SIGNATURE) {
+            None => Parsed::NeedMore,
+            Some(false) => Parsed::NotProxy,
+            Some(true) => parse_v2(buf),
+        },
+        b'P' => match starts_with(buf, &V1_PREFIX) {
+            None => Parsed::NeedMore,
+            Some(false) => Parsed::NotProxy,
+            Some(true) => parse_v1(buf),
+        },
+        _ => Parsed::NotProxy,
+    }
+}
+
+/// A v2 header: fixed offsets, then the TLV walk.
+#[inline(always)]
+fn parse_v2(buf: &HeaderBuf) -> Parsed {
+    let n = buf.len as usize;
+    if n < V2_FIXED_LEN {
+        return Parsed::NeedMore;
+    }
+    let total = V2_FIXED_LEN + buf.be16(14) as usize;
+    if total > MAX_HEADER_LEN {
+        return Parsed::Refused {
+            len: total as u16,
+            why: Refusal::Oversized,
+        };
+    }
+    let len = total as u16;
+    let refused = |why| Parsed::Refused { len, why };
+    let ver_cmd = buf.at(12);
+    let local = match ver_cmd {
+        0x20 => true,
+        0x21 => false,
+        _ => return refused(Refusal::V2BadVersion),
+    };
+    let (addr_len, family) = match buf.at(13) {
+        0x00 => (0, None),
+        0x11 | 0x12 => (12, Some(AddrFamily::Ipv4)),
+        0x21 | 0x22 => (36, Some(AddrFamily::Ipv6)),
+        0x31 | 0x32 => (216, None),
+        _ if local => (0, None),
+        _ => return refused(Refusal::V2UnknownFamily),
+    };
+    if V2_FIXED_LEN + addr_len > total {
+        if local {
+            // A LOCAL header's addresses are ignored: only its length counts.
+            return finish_v2(buf, total, total, None);
+        }
+        return refused(Refusal::V2ShortAddresses);
+    }
+    if n < total {
+        return Parsed::NeedMore;
+    }
+    if family.is_none() {
+        // UNSPEC and UNIX: the rest of the header is ignored.
+        return finish_v2(buf, total, total, None);
+    }
+    let tlv_offset = V2_FIXED_LEN + addr_len;
+    let client = match family {
+        _ if local => None,
+        Some(AddrFamily::Ipv4) => Some(ProxyClient {
+            addr: v4_mapped([buf.at(16), buf.at(17), buf.at(18), buf.at(19)]),
+            port: buf.be16(24),
+            family: AddrFamily::Ipv4,
+        }),
+        Some(AddrFamily::Ipv6) => Some(ProxyClient {
+            addr: buf.addr16(16),
+            port: buf.be16(48),
+            family: AddrFamily::Ipv6,
+        }),
+        None => None,
+    };
+    finish_v2(buf, total, tlv_offset, client)
+}
+
+/// Checks the TLVs between `tlv_offset` and `total`, then answers.
+#[inline(always)]
+fn finish_v2(buf: &HeaderBuf, total: usize, tlv_offset: usize, client: Option<ProxyClient>) -> Parsed {
+    let len = total as u16;
+    if (buf.len as usize) < total {
+        return Parsed::NeedMore;
+    }
+    let mut at = tlv_offset;
+    let mut walked = 0;
+    while walked < MAX_TLVS {
+        if at == total {
+            break;
+        }
+        if at + 3 > total || at + 3 + buf.be16(at + 1) as usize > total {
+            return Parsed::Refused {
+                len,
+                why: Refusal::V2BadTlv,
+            };
+        }
+        at += 3 + buf.be16(at + 1) as usize;
+        walked += 1;
+    }
+    if at != total {
+        return Parsed::Refused {
+            len,
+            why: Refusal::V2BadTlv,
+        };
+    }
+    header(len, ProxyVersion::V2, client, tlv_offset as u16)
+}
+
+/// A well-formed header, its client checked for plausibility.
+#[inline(always)]
+fn header(len: u16, version: ProxyVersion, client: Option<ProxyClient>, tlv_offset: u16) -> Parsed {
+    if let Some(c) = &client {
+        if !crate::parser::plausible_client(&c.addr) {
+            return Parsed::Refused {
+                len,
+                why: Refusal::ImplausibleClient,
+            };
+        }
+    }
+    Parsed::Header {
+        len,
+        version,
+        client,
+        tlv_offset,
+    }
+}
+
+/// The v1 line's fields after `PROXY `.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[repr(u8)]
+enum V1Field {
+    Proto = 0,
+    Src = 1,
+    Dst = 2,
+    SrcPort = 3,
+    DstPort = 4,
+    /// After the last field: only `\n` may follow the `\r`.
+    End = 5,
+    /// `UNKNOWN`: anything up to CRLF.
+    Rest = 6,
+}
+
+/// The state of the v1 line between two bytes (kept in map memory by the
+/// kernel, see `ttm-ebpf`).
+#[derive(Clone, Copy, Debug)]
+#[repr(C)]
+pub struct V1State {
+    field: u8,
+    /// 4 or 6 once `TCP4`/`TCP6` is read.
+    proto: u8,
+    /// Bytes read in the current field.
+    field_len: u8,
+    /// Saw `\r`: the next byte must be `\n`.
+    cr: u8,
+    /// The address being read (source, then destination).
+    addr: AddrText,
+    /// The source address, once read.
+    src: Addr16,
+    /// The port being read.
+    port: u32,
+    /// The source port, once read.
+    src_port: u16,
+    _pad: [u8; 2],
+}
+
+/// The outcome of one step of the v1 line.
+enum Step {
+    More,
+    Done(Parsed),
+}
+
+impl V1State {
+    /// The state right after `PROXY `.
+    pub const START: V1State = V1State {
+        field: V1Field::Proto as u8,
+        proto: 0,
+        field_len: 0,
+        cr: 0,
+        addr: AddrText::START,
+        src: [0; 16],
+        port: 0,
+        src_port: 0,
+        _pad: [0; 2],
+    };
+
+    /// Reads byte `c` at offset `i` of the line; `Some` once decided.
+    #[inline(always)]
+    pub fn step(&mut self, c: u8, i: usize) -> Option<Parsed> {
+        match self.step_inner(c, i) {
+            Step::More => None,
+            Step::Done(p) => Some(p),
+        }
+    }
+
+    #[inline(always)]
+    fn step_inner(&mut self, c: u8, i: usize) -> Step {
+        let bad = Step::Done(Parsed::Unframed(Refusal::V1BadField));
+        if self.cr != 0 {
+            if c != b'\n' {
+                return bad;
+            }
+            let len = (i + 1) as u16;
+            return Step::Done(self.finish(len));
+        }
+        if c == b'\r' {
+            if self.field != V1Field::DstPort as u8
+                && self.field != V1Field::Rest as u8
+                && !(self.field == V1Field::Proto as u8 && self.field_len == 7)
+            {
+                return bad;
+            }
+            if self.field == V1Field::Proto as u8 {
+                // `UNKNOWN` right before CRLF.
+                if self.proto != b'U' {
+                    return bad;
+                }
+                self.field = V1Field::Rest as u8;
+            } else if self.field == V1Field::DstPort as u8 && !self.end_port() {
+                return bad;
+            }
+            self.cr = 1;
+            return Step::More;
+        }
+        if self.field == V1Field::Rest as u8 {
+            return Step::More;
+        }
+        if c == b' ' {
+            return if self.end_field() { Step::More } else { bad };
+        }
+        self.field_len = self.field_len.saturating_add(1);
+        let ok = match self.field {
+            0 => self.proto_byte(c),
+            1 | 2 => self.addr.feed(c, self.proto),
+            3 | 4 => {
+                self.port = self.port * 10 + u32::from(c.wrapping_sub(b'0'));
+                c.is_ascii_digit() && self.field_len <= 5
+            }
+            _ => false,
+        };
+        if ok {
+            Step::More
+        } else {
+            bad
+        }
+    }
+
+    /// `TCP4`, `TCP6` or `UNKNOWN`, one byte at a time.
+    #[inline(always)]
+    fn proto_byte(&mut self, c: u8) -> bool {
+        const TCP: [u8; 3] = *b"TCP";
+        const UNKNOWN: [u8; 8] = *b"UNKNOWN\0";
+        let k = self.field_len as usize - 1;
+        if k < 3 && c == TCP[k] && (k == 0 || self.proto == b'T') {
+            self.proto = b'T';
+            return true;
+        }
+        if k == 3 && self.proto == b'T' && (c == b'4' || c == b'6') {
+            self.proto = c - b'0';
+            return true;
+        }
+        if k < 7 && c == UNKNOWN[k & 7] && (k == 0 || self.proto == b'U') {
+            self.proto = b'U';
+            return true;
+        }
+        false
+    }
+
+    /// A space ends the current field.
+    #[inline(always)]
+    fn end_field(&mut self) -> bool {
+        if self.field_len == 0 {
+            return false;
+        }
+        match self.field {
+            0 => {
+                if self.proto == b'U' && self.field_len == 7 {
+                    self.proto = 0;
+                    self.field = V1Field::Rest as u8;
+                    return true;
+                }
+                if self.proto != 4 && self.proto != 6 {
+                    return false;
+                }
+            }
+            1 | 2 => {
+                let Some(a) = self.addr.finish(self.proto) else {
+                    return false;
+                };
+                if self.field == 1 {
+                    self.src = a;
+                }
+                self.addr = AddrText::START;
+            }
+            3 => {
+                if !self.end_port() {
+                    return false;
+                }
+                self.src_port = self.port as u16;
+                self.port = 0;
+            }
+            _ => return false,
+        }
+        self.field += 1;
+        self.field_len = 0;
+        true
+    }
+
+    /// Whether the port just read is a port.
+    #[inline(always)]
+    fn end_port(&self) -> bool {
+        self.field_len > 0 && self.port <= 65_535
+    }
+
+    /// The line ended (CRLF) at `len` bytes.
+    #[inline(always)]
+    fn finish(&self, len: u16) -> Parsed {
+        if self.field == V1Field::Rest as u8 {
+            return header(len, ProxyVersion::V1, None, len);
+        }
+        let family = if self.proto == 4 {
+            AddrFamily::Ipv4
+        } else {
+            AddrFamily::Ipv6
+        };
+        header(
+            len,
+            ProxyVersion::V1,
+            Some(ProxyClient {
+                addr: self.src,
+                port: self.src_port,
+                family,
+            }),
+            len,
+        )
+    }
+}
+
+/// A v1 header: the line walked byte by byte from after `PROXY `.
+#[inline(always)]
+fn parse_v1(buf: &HeaderBuf) -> Parsed {
+    let n = buf.len as usize;
+    let mut state = V1State::START;
+    let mut i = V1_PREFIX.len();
+    while i < V1_MAX_LEN {
+        if i >= n {
+            return Parsed::NeedMore;
+        }
+        if let Some(p) = state.step(buf.at(i), i) {
+            return p;
+        }
+        i += 1;
+    }
+    Parsed::Unframed(Refusal::V1TooLong)
+}
+
+/// An IPv4 or IPv6 address being read as text, one byte at a time.
+#[derive(Clone, Copy, Debug)]
+#[repr(C)]
+pub struct AddrText {
+    /// IPv6 groups read so far (IPv4: the octets in the first four).
+    groups: [u16; 8],
+    /// Groups (IPv6) or octets (IPv4, and an IPv6 address's dotted tail) done.
+    count: u8,
+    /// Digits in the current group or octet.
+    digits: u8,
+    /// Where `::` stood (in groups), or 0xff.
+    gap: u8,
+    /// 1 after one `:`, 2 after `::`.
+    colons: u8,
+    /// Non-zero once the current IPv6 group had a digit that is not decimal.
+    hex_seen: u8,
+    /// Octets of an IPv6 address's dotted IPv4 tail.
+    tail: u8,
+    _pad: [u8; 2],
+    /// The current group, read as hex.
+    hex: u32,
+    /// The current group or octet, read as decimal.
+    dec: u32,
+    /// The dotted tail's octets.
+    tail_octets: [u8; 4],
+}
+
+impl AddrText {
+    /// Nothing read.
+    pub const START: AddrText = AddrText {
+        groups: [0; 8],
+        count: 0,
+        digits: 0,
+        gap: 0xff,
+        colons: 0,
+        hex_seen: 0,
+        tail: 0,
+        _pad: [0; 2],
+        hex: 0,
+        dec: 0,
+        tail_octets: [0; 4],
+    };
+
+    /// Reads `c`; false if no address of `proto` (4 or 6) can contain it here.
+    #[inline(always)]
+    fn feed(&mut self, c: u8, proto: u8) -> bool {
+        if proto == 4 {
+            return self.feed_v4(c);
+        }
+        if self.tail != 0 || (c == b'.' && self.hex_seen == 0) {
+            return self.feed_tail(c);
+        }
+        if c == b':' {
+            if self.digits > 0 {
+                if self.count >= 8 {
+                    return false;
+                }
+                self.groups[(self.count & 7) as usize] = self.hex as u16;
+                self.count += 1;
+                self.digits = 0;
+                self.hex = 0;
+                self.dec = 0;
+                self.hex_seen = 0;
+                self.colons = 1;
+                return true;
+            }
+            if self.colons == 1 || (self.colons == 0 && self.count == 0) {
+                if self.colons == 1 {
+                    if self.gap != 0xff {
+                        return false;
+                    }
+                    self.gap = self.count;
+                    self.colons = 2;
+                } else {
+                    // A leading `:` must be the first of `::`.
+                    self.colons = 3;
+                }
+                return true;
+            }
+            if self.colons == 3 {
+                self.gap = 0;
+                self.colons = 2;
+                return true;
+            }
+            return false;
+        }
+        let Some(v) = hex_value(c) else {
+            return false;
+        };
+        if self.colons == 3 || self.digits >= 4 {
+            return false;
+        }
+        self.colons = 0;
+        self.digits += 1;
+        self.hex = self.hex * 16 + u32::from(v);
+        if v > 9 {
+            self.hex_seen = 1;
+        }
+        self.dec = self.dec * 10 + u32::from(v);
+        true
+    }
+
+    /// An IPv4 address: four decimal octets.
+    #[inline(always)]
+    fn feed_v4(&mut self, c: u8) -> bool {
+        if c == b'.' {
+            if self.digits == 0 || self.count >= 3 {
+                return false;
+            }
+            self.groups[(self.count & 7) as usize] = self.dec as u16;
+            self.count += 1;
+            self.digits = 0;
+            self.dec = 0;
+            return true;
+        }
+        if !c.is_ascii_digit() || self.digits >= 3 {
+            return false;
+        }
+        self.digits += 1;
+        self.dec = self.dec * 10 + u32::from(c - b'0');
+        self.dec <= 255
+    }
+
+    /// The dotted IPv4 tail of an IPv6 address (`::ffff:192.0.2.1`).
+    #[inline(always)]
+    fn feed_tail(&mut self, c: u8) -> bool {
+        if c == b'.' {
+            if self.digits == 0 || self.dec > 255 || self.tail >= 4 {
+                return false;
+            }
+            self.tail_octets[(self.tail & 3) as usize] = self.dec as u8;
+            self.tail += 1;
+            self.digits = 0;
+            self.dec = 0;
+            return true;
+        }
+        if !c.is_ascii_digit() || self.digits >= 3 {
+            return false;
+        }
+        self.colons = 0;
+        self.digits += 1;
+        self.dec = self.dec * 10 + u32::from(c - b'0');
+        self.dec <= 255
+    }
+
+    /// The address read, if it is a whole one of `proto`.
+    #[inline(always)]
+    fn finish(&self, proto: u8) -> Option<Addr16> {
+        if proto == 4 {
+            if self.count != 3 || self.digits == 0 {
+                return None;
+            }
+            return Some(v4_mapped([
+                self.groups[0] as u8,
+                self.groups[1] as u8,
+                self.groups[2] as u8,
+                self.dec as u8,
+            ]));
+        }
+        let mut groups = self.groups;
+        let mut count = self.count as usize;
+        if self.tail != 0 {
+            // Three dots read: the last octet is the current one.
+            if self.tail != 3 || self.digits == 0 || count > 6 {
+                return None;
+            }
+            let t = self.tail_octets;
+            groups[count & 7] = u16::from_be_bytes([t[0], t[1]]);
+            groups[(count + 1) & 7] = u16::from_be_bytes([t[2], self.dec as u8]);
+            count += 2;
+        } else if self.digits > 0 {
+            if count >= 8 {
+                return None;
+            }
+            groups[count & 7] = self.hex as u16;
+            count += 1;
+        } else if self.colons != 2 {
+            // Ends on a single `:` (or nothing at all).
+            return None;
+        }
+        let gap = self.gap as usize;
+        let zeros = if self.gap == 0xff {
+            if count != 8 {
+                return None;
+            }
+            0
+        } else {
+            if count > 7 {
+                return None;
+            }
+            8 - count
+        };
+        let mut out = [0u8; 16];
+        let mut k = 0;
+        while k < 8 {
+            let g = if self.gap == 0xff || k < gap {
+                groups[k & 7]
+            } else if k < gap + zeros {
+                0
+            } else {
+                groups[(k - zeros) & 7]
+            };
+            out[2 * k] = (g >> 8) as u8;
+            out[2 * k + 1] = g as u8;
+            k += 1;
+        }
+        Some(out)
+    }
+}
+
+#[inline(always)]
+fn hex_value(c: u8) -> Option<u8> {
+    match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        b'A'..=b'F' => Some(c - b'A' + 10),
+        _ => None,
+    }
+}
+
+/// One v2 TLV: its type and where its value lies in the header.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Tlv<'a> {
+    /// The TLV's type (`PP2_TYPE_*`).
+    pub kind: u8,
+    /// Its value.
+    pub value: &'a [u8],
+}
+
+/// The TLVs of a well-formed v2 header's `tlvs` bytes (host side: the
+/// lookups name them). Stops at the first that does not fit.
+pub fn tlvs(mut tlvs: &[u8]) -> impl Iterator<Item = Tlv<'_>> {
+    core::iter::from_fn(move || {
+        if tlvs.len() < 3 {
+            return None;
+        }
+        let len = u16::from_be_bytes([tlvs[1], tlvs[2]]) as usize;
+        if tlvs.len() < 3 + len {
+            return None;
+        }
+        let tlv = Tlv {
+            kind: tlvs[0],
+            value: &tlvs[3..3 + len],
+        };
+        tlvs = &tlvs[3 + len..];
+        Some(tlv)
+    })
+}
+
+#[cfg(test)]
+mod tests;
