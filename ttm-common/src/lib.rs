@@ -31,4 +31,5 @@ mod pod {
     unsafe impl aya::Pod for crate::Config {}
     unsafe impl aya::Pod for crate::maps::Mismatch {}
     unsafe impl aya::Pod for crate::maps::TcKey {}
+    unsafe impl aya::Pod for crate::maps::ProxyPending {}
 }

@@ -36,6 +36,36 @@ pub const TC_RECORDS: &str = "TC_RECORDS";
 /// see. Only that segment's option is used, as in sockops.
 pub const TC_PENDING: &str = "TC_PENDING";
 
+/// Hash: local port (host order) → `u8` 1, the `--proxy-protocol` ports.
+pub const PROXY_PORTS: &str = "PROXY_PORTS";
+/// Capacity of `PROXY_PORTS`.
+pub const PROXY_PORTS_CAPACITY: u32 = 64;
+/// Sockhash: socket cookie → socket, the connections on `--proxy-protocol`
+/// ports from trusted peers; its stream-verdict program removes the header.
+pub const PROXY_SOCKS: &str = "PROXY_SOCKS";
+/// Hash: socket cookie → [`ProxyPending`], watched connections whose
+/// header is not through yet. Not preallocated.
+pub const PROXY_PENDING: &str = "PROXY_PENDING";
+/// Capacity of `PROXY_PENDING`: connections whose first bytes are in
+/// flight at once (each entry lives from the handshake to the header's end).
+pub const PROXY_PENDING_CAPACITY: u32 = 65_536;
+
+/// A watched connection before its PROXY header is through: who it is, the
+/// bytes held so far, and what is left to remove of a refused header.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct ProxyPending {
+    /// The connection's tuple (set by sockops), filled with the client once
+    /// the header is read.
+    pub record: crate::PeerRecord,
+    /// The stream's first bytes, held while they are a header's prefix.
+    pub head: crate::proxy::HeaderBuf,
+    /// Bytes of a refused header still to remove from the stream.
+    pub skip: u32,
+    /// Non-zero once the header was seen over more than one segment.
+    pub split: u32,
+}
+
 /// A connection as the real server sees it, for the TC path's records.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -110,6 +140,9 @@ pub struct Config {
     /// where the kernel lets cgroup programs choose the errno (5.18+), else
     /// -EFAULT, the only error older kernels give for a changed return value.
     pub short_buffer_retval: i32,
+    /// Non-zero when `PROXY_PORTS` holds ports (`--proxy-protocol`): only
+    /// then does sockops look there.
+    pub proxy_ports: u32,
 }
 
 impl Config {
@@ -120,6 +153,7 @@ impl Config {
         getsockopt_name: 0,
         nat64_getsockopt_name: 0,
         short_buffer_retval: 0,
+        proxy_ports: 0,
     };
 }
 
@@ -196,11 +230,33 @@ pub enum Counter {
     /// a fragment, an authentication header, or more than 4 extension
     /// headers. Left alone (sockops mode reads the reassembled segment).
     TcIpv6Unparsed = 26,
+    /// Connections to a `--proxy-protocol` port from a trusted peer, watched
+    /// for a PROXY header.
+    ProxyWatched = 27,
+    /// A PROXY header was removed and its client recorded.
+    ProxyDecoded = 28,
+    /// A PROXY header naming no client (v2 LOCAL, v1 UNKNOWN, v2 UNSPEC or
+    /// UNIX) was removed; nothing recorded.
+    ProxyNoClient = 29,
+    /// A watched connection began without a PROXY header: passed unchanged.
+    ProxyAbsent = 30,
+    /// A PROXY header of known length was refused (bad version, unknown
+    /// family, short addresses, broken TLVs, oversized, implausible client):
+    /// removed, nothing recorded.
+    ProxyRefused = 31,
+    /// A v1 line that is broken or has no end within 107 bytes: passed
+    /// unchanged (its end cannot be known), nothing recorded.
+    ProxyUnframed = 32,
+    /// A PROXY header arrived over more than one segment (held, then joined).
+    ProxySplit = 33,
+    /// A connection that should have been watched could not be (the pending
+    /// or socket map was full): its bytes reach the app as they came.
+    ProxyWatchFailed = 34,
 }
 
 impl Counter {
     /// Number of counters; the size of `STATS`.
-    pub const COUNT: u32 = 27;
+    pub const COUNT: u32 = 35;
 
     /// Every counter, in index order.
     pub const ALL: [Counter; Counter::COUNT as usize] = [
@@ -231,6 +287,14 @@ impl Counter {
         Counter::TupleIndexFailed,
         Counter::ConflictingOptions,
         Counter::TcIpv6Unparsed,
+        Counter::ProxyWatched,
+        Counter::ProxyDecoded,
+        Counter::ProxyNoClient,
+        Counter::ProxyAbsent,
+        Counter::ProxyRefused,
+        Counter::ProxyUnframed,
+        Counter::ProxySplit,
+        Counter::ProxyWatchFailed,
     ];
 
     /// The counter for a malformed-option reason.
@@ -274,6 +338,14 @@ impl Counter {
             Counter::TupleIndexFailed => "tuple_index_failed",
             Counter::ConflictingOptions => "conflicting_options",
             Counter::TcIpv6Unparsed => "tc_ipv6_unparsed",
+            Counter::ProxyWatched => "proxy_watched",
+            Counter::ProxyDecoded => "proxy_decoded",
+            Counter::ProxyNoClient => "proxy_no_client",
+            Counter::ProxyAbsent => "proxy_absent",
+            Counter::ProxyRefused => "proxy_refused",
+            Counter::ProxyUnframed => "proxy_unframed",
+            Counter::ProxySplit => "proxy_split",
+            Counter::ProxyWatchFailed => "proxy_watch_failed",
         }
     }
 }

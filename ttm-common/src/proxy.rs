@@ -20,12 +20,12 @@ pub const V1_MAX_LEN: usize = 107;
 /// v2's fixed part: signature, version/command, family, length.
 pub const V2_FIXED_LEN: usize = 16;
 /// The longest header ttm holds and removes: v1 always fits; a v2 header
-/// (TLVs included) over this is refused as [`Refusal::Oversized`].
-pub const MAX_HEADER_LEN: usize = 256;
-/// Size of [`HeaderBuf`]: twice [`MAX_HEADER_LEN`], so that appending up to
-/// `MAX_HEADER_LEN` bytes at an offset under `MAX_HEADER_LEN` stays inside
-/// it by construction (what the kernel verifier can check).
-pub const HEADER_BUF_LEN: usize = 2 * MAX_HEADER_LEN;
+/// (TLVs included) over this is refused as [`Refusal::Oversized`] (and still
+/// removed: its length is known).
+pub const MAX_HEADER_LEN: usize = 255;
+/// Size of [`HeaderBuf`]: appending up to 255 bytes at an offset up to 255
+/// stays inside it by construction (what the kernel verifier can check).
+pub const HEADER_BUF_LEN: usize = 512;
 /// At most this many TLVs are walked in a v2 header; more is refused.
 pub const MAX_TLVS: usize = 24;
 
@@ -306,19 +306,15 @@ fn header(len: u16, version: ProxyVersion, client: Option<ProxyClient>, tlv_offs
     }
 }
 
-/// The v1 line's fields after `PROXY `.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-#[repr(u8)]
-enum V1Field {
-    Proto = 0,
-    Src = 1,
-    Dst = 2,
-    SrcPort = 3,
-    DstPort = 4,
-    /// After the last field: only `\n` may follow the `\r`.
-    End = 5,
+/// The v1 line's fields after `PROXY ` (the values of `V1State::field`).
+mod v1_field {
+    pub const PROTO: u8 = 0;
+    pub const SRC: u8 = 1;
+    pub const DST: u8 = 2;
+    pub const SRC_PORT: u8 = 3;
+    pub const DST_PORT: u8 = 4;
     /// `UNKNOWN`: anything up to CRLF.
-    Rest = 6,
+    pub const REST: u8 = 6;
 }
 
 /// The state of the v1 line between two bytes (kept in map memory by the
@@ -353,7 +349,7 @@ enum Step {
 impl V1State {
     /// The state right after `PROXY `.
     pub const START: V1State = V1State {
-        field: V1Field::Proto as u8,
+        field: v1_field::PROTO,
         proto: 0,
         field_len: 0,
         cr: 0,
@@ -384,25 +380,25 @@ impl V1State {
             return Step::Done(self.finish(len));
         }
         if c == b'\r' {
-            if self.field != V1Field::DstPort as u8
-                && self.field != V1Field::Rest as u8
-                && !(self.field == V1Field::Proto as u8 && self.field_len == 7)
+            if self.field != v1_field::DST_PORT
+                && self.field != v1_field::REST
+                && !(self.field == v1_field::PROTO && self.field_len == 7)
             {
                 return bad;
             }
-            if self.field == V1Field::Proto as u8 {
+            if self.field == v1_field::PROTO {
                 // `UNKNOWN` right before CRLF.
                 if self.proto != b'U' {
                     return bad;
                 }
-                self.field = V1Field::Rest as u8;
-            } else if self.field == V1Field::DstPort as u8 && !self.end_port() {
+                self.field = v1_field::REST;
+            } else if self.field == v1_field::DST_PORT && !self.end_port() {
                 return bad;
             }
             self.cr = 1;
             return Step::More;
         }
-        if self.field == V1Field::Rest as u8 {
+        if self.field == v1_field::REST {
             return Step::More;
         }
         if c == b' ' {
@@ -410,9 +406,9 @@ impl V1State {
         }
         self.field_len = self.field_len.saturating_add(1);
         let ok = match self.field {
-            0 => self.proto_byte(c),
-            1 | 2 => self.addr.feed(c, self.proto),
-            3 | 4 => {
+            v1_field::PROTO => self.proto_byte(c),
+            v1_field::SRC | v1_field::DST => self.addr.feed(c, self.proto),
+            v1_field::SRC_PORT | v1_field::DST_PORT => {
                 self.port = self.port * 10 + u32::from(c.wrapping_sub(b'0'));
                 c.is_ascii_digit() && self.field_len <= 5
             }
@@ -453,26 +449,26 @@ impl V1State {
             return false;
         }
         match self.field {
-            0 => {
+            v1_field::PROTO => {
                 if self.proto == b'U' && self.field_len == 7 {
                     self.proto = 0;
-                    self.field = V1Field::Rest as u8;
+                    self.field = v1_field::REST;
                     return true;
                 }
                 if self.proto != 4 && self.proto != 6 {
                     return false;
                 }
             }
-            1 | 2 => {
+            v1_field::SRC | v1_field::DST => {
                 let Some(a) = self.addr.finish(self.proto) else {
                     return false;
                 };
-                if self.field == 1 {
+                if self.field == v1_field::SRC {
                     self.src = a;
                 }
                 self.addr = AddrText::START;
             }
-            3 => {
+            v1_field::SRC_PORT => {
                 if !self.end_port() {
                     return false;
                 }
@@ -495,7 +491,7 @@ impl V1State {
     /// The line ended (CRLF) at `len` bytes.
     #[inline(always)]
     fn finish(&self, len: u16) -> Parsed {
-        if self.field == V1Field::Rest as u8 {
+        if self.field == v1_field::REST {
             return header(len, ProxyVersion::V1, None, len);
         }
         let family = if self.proto == 4 {

@@ -3,6 +3,16 @@
 use crate::addr::{is_v4_mapped, Addr16};
 use crate::format::{AddrFamily, FormatTable, MAX_FORMATS};
 use crate::parser::ClientAddr;
+use crate::proxy::{ProxyClient, ProxyVersion};
+
+/// `format_index` of a record made from a PROXY protocol v1 header (its
+/// `option_kind` and `option_len` are 0: no TCP option carried it).
+pub const PROXY_V1_FORMAT: u8 = 0xf1;
+/// `format_index` of a record made from a PROXY protocol v2 header.
+pub const PROXY_V2_FORMAT: u8 = 0xf2;
+/// `format_index` of a socket-storage slot whose connection is waiting for
+/// its PROXY header (no client yet: `client_family` is 0).
+pub const PROXY_PENDING_FORMAT: u8 = 0xf0;
 
 /// Which address families the client and the LB→RS connection use.
 #[repr(u8)]
@@ -148,6 +158,48 @@ impl PeerRecord {
     pub fn is_set(&self) -> bool {
         self.client_family != 0
     }
+
+    /// Fills every field but the tuple for the client a PROXY header named.
+    #[inline(always)]
+    pub fn fill_proxy(&mut self, client: &ProxyClient, version: ProxyVersion, now_ns: u64) {
+        self.client_addr = client.addr;
+        self.established_ns = now_ns;
+        self.client_port = client.port;
+        self.client_family = ClientFamily::of(client.family, &self.peer_addr) as u8;
+        self.format_index = match version {
+            ProxyVersion::V1 => PROXY_V1_FORMAT,
+            ProxyVersion::V2 => PROXY_V2_FORMAT,
+        };
+        self.option_kind = 0;
+        self.option_len = 0;
+        self._pad = [0; 6];
+    }
+
+    /// The PROXY protocol version that carried the client, if one did.
+    #[inline(always)]
+    pub fn proxy_version(&self) -> Option<ProxyVersion> {
+        match (self.is_set(), self.format_index) {
+            (true, PROXY_V1_FORMAT) => Some(ProxyVersion::V1),
+            (true, PROXY_V2_FORMAT) => Some(ProxyVersion::V2),
+            _ => None,
+        }
+    }
+
+    /// True for a socket-storage slot still waiting for its PROXY header.
+    #[inline(always)]
+    pub fn is_proxy_pending(&self) -> bool {
+        !self.is_set() && self.format_index == PROXY_PENDING_FORMAT
+    }
+
+    /// What carried the client, as the lookups name it: `tcp-option`,
+    /// `proxy-v1` or `proxy-v2`.
+    pub fn carrier(&self) -> &'static str {
+        match self.proxy_version() {
+            Some(ProxyVersion::V1) => "proxy-v1",
+            Some(ProxyVersion::V2) => "proxy-v2",
+            None => "tcp-option",
+        }
+    }
 }
 
 #[cfg(test)]
@@ -183,6 +235,25 @@ mod tests {
         assert_eq!(r.established_ns, 77);
         assert_eq!(r._pad, [0; 6]);
         assert!(r.is_set());
+    }
+
+    #[test]
+    fn a_proxy_record_names_its_version_and_no_option() {
+        let mut r = PeerRecord::ZERO;
+        r.set_tuple((v4_mapped([10, 0, 2, 1]), 50_000), (v4_mapped([10, 0, 2, 2]), 8080));
+        r.format_index = PROXY_PENDING_FORMAT;
+        assert!(r.is_proxy_pending() && !r.is_set());
+        let client = ProxyClient {
+            addr: [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 9],
+            port: 443,
+            family: AddrFamily::Ipv6,
+        };
+        r.fill_proxy(&client, ProxyVersion::V2, 5);
+        assert!(!r.is_proxy_pending());
+        assert_eq!(r.proxy_version(), Some(ProxyVersion::V2));
+        assert_eq!(r.client_family, ClientFamily::SixToFour as u8);
+        assert_eq!((r.option_kind, r.option_len, r.carrier()), (0, 0, "proxy-v2"));
+        assert_eq!(PeerRecord::ZERO.carrier(), "tcp-option");
     }
 
     #[test]

@@ -10,14 +10,14 @@ use ttm_common::{
     Counter,
 };
 
-use crate::{counters::bump, peer_storage::record_of};
+use crate::{counters::bump, peer_storage::client_record};
 
 /// AF_INET sockets. Always returns 1 (allow).
 #[cgroup_sock_addr(getpeername4)]
 pub fn ttm_getpeername4(ctx: SockAddrContext) -> i32 {
     let sa = ctx.sock_addr;
     // SAFETY: context field.
-    let Some(record) = record_of(unsafe { (*sa).__bindgen_anon_1.sk }) else {
+    let Some(record) = client_record(unsafe { (*sa).__bindgen_anon_1.sk }) else {
         return 1;
     };
     let Some((addr, port)) = peer_for_inet(record) else {
@@ -39,7 +39,7 @@ pub fn ttm_getpeername4(ctx: SockAddrContext) -> i32 {
 pub fn ttm_getpeername6(ctx: SockAddrContext) -> i32 {
     let sa = ctx.sock_addr;
     // SAFETY: context field.
-    let Some(record) = record_of(unsafe { (*sa).__bindgen_anon_1.sk }) else {
+    let Some(record) = client_record(unsafe { (*sa).__bindgen_anon_1.sk }) else {
         return 1;
     };
     let (addr, port) = peer_for_inet6(record);

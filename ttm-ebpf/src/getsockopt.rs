@@ -10,7 +10,7 @@ use ttm_common::{
     Counter,
 };
 
-use crate::{counters::bump, maps::CONFIG, peer_storage::record_of};
+use crate::{counters::bump, maps::CONFIG, peer_storage::client_record};
 
 const SOL_IP: i32 = 0;
 
@@ -35,7 +35,7 @@ pub fn ttm_getsockopt(ctx: SockoptContext) -> i32 {
         return 1;
     };
     // SAFETY: context field.
-    let Some(record) = record_of(unsafe { (*so).__bindgen_anon_1.sk }) else {
+    let Some(record) = client_record(unsafe { (*so).__bindgen_anon_1.sk }) else {
         // The kernel's ENOPROTOOPT for an unknown option stands.
         bump(Counter::GetsockoptNoRecord);
         return 1;

@@ -10,6 +10,7 @@ mod getsockopt;
 mod maps;
 mod packet;
 mod peer_storage;
+mod proxy;
 mod sockops;
 mod tc;
 mod walk;

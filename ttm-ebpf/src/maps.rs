@@ -2,13 +2,14 @@
 
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
-    btf_maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, SkStorage},
+    btf_maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, SkStorage, SockHash},
     macros::btf_map,
 };
 use ttm_common::{
     maps::{
-        tuples_capacity, Mismatch, TcKey, DEFAULT_RECORDS_CAPACITY, DEFAULT_TC_CAPACITY,
-        MISMATCHES_CAPACITY, TRUSTED_LBS_CAPACITY,
+        tuples_capacity, Mismatch, ProxyPending, TcKey, DEFAULT_RECORDS_CAPACITY,
+        DEFAULT_TC_CAPACITY, MISMATCHES_CAPACITY, PROXY_PENDING_CAPACITY, PROXY_PORTS_CAPACITY,
+        TRUSTED_LBS_CAPACITY,
     },
     Config, Counter, PeerRecord, TrustKey, WalkState,
 };
@@ -102,3 +103,27 @@ pub static TC_PARSED: PerCpuArray<TcParsed, 1> = PerCpuArray::new();
 /// not seen yet. Owned by the TC ingress path.
 #[btf_map]
 pub static TC_PENDING: LruHashMap<TcKey, u64, { DEFAULT_TC_CAPACITY as usize }> = LruHashMap::new();
+
+/// Local ports (host order) of `--proxy-protocol`. Written by the daemon;
+/// read by sockops.
+#[btf_map]
+pub static PROXY_PORTS: HashMap<u16, u8, { PROXY_PORTS_CAPACITY as usize }> = HashMap::new();
+
+/// Socket cookie → socket: connections on PROXY ports from trusted peers,
+/// added by sockops at the handshake, removed by the kernel at close. Its
+/// stream-verdict program is `ttm_proxy_verdict`. Capacity set by the
+/// daemon at load (`--max-records`, or 1 without `--proxy-protocol`).
+#[btf_map]
+pub static PROXY_SOCKS: SockHash<u64, 1> = SockHash::new();
+
+/// Socket cookie → the connection's state until its PROXY header is
+/// through. Added by sockops with the socket; removed by the verdict program
+/// when the header is decided, or by sockops at close.
+#[btf_map]
+pub static PROXY_PENDING: HashMap<u64, ProxyPending, { PROXY_PENDING_CAPACITY as usize }, NO_PREALLOC> =
+    HashMap::new();
+
+/// Per-CPU space where sockops builds a `PROXY_PENDING` entry (too big for
+/// the stack). Owned by sockops.
+#[btf_map]
+pub static PROXY_SCRATCH: PerCpuArray<ProxyPending, 1> = PerCpuArray::new();

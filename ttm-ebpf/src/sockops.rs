@@ -53,7 +53,16 @@ pub fn ttm_sockops_tc(ctx: SockOpsContext) -> u32 {
 #[inline(always)]
 fn dispatch<const READ_HEADER: bool>(ctx: &SockOpsContext) {
     match ctx.op() {
-        BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB => on_passive_established::<READ_HEADER>(ctx),
+        BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB => {
+            on_passive_established::<READ_HEADER>(ctx);
+            if let Some(config) = CONFIG.get(0) {
+                if config.proxy_ports != 0 {
+                    crate::proxy::watch(ctx, config.trust_any != 0);
+                    // The close callback clears what the watch made.
+                    let _ = ctx.set_cb_flags((ctx.cb_flags() | BPF_SOCK_OPS_STATE_CB_FLAG) as i32);
+                }
+            }
+        }
         BPF_SOCK_OPS_STATE_CB => {
             if ctx.arg(1) == BPF_TCP_CLOSE {
                 on_close(ctx);
@@ -65,7 +74,7 @@ fn dispatch<const READ_HEADER: bool>(ctx: &SockOpsContext) {
 
 /// The socket's (kernel peer, peer port, local, local port), host-order ports.
 #[inline(always)]
-fn four_tuple(ctx: &SockOpsContext) -> (Addr16, u16, Addr16, u16) {
+pub fn four_tuple(ctx: &SockOpsContext) -> (Addr16, u16, Addr16, u16) {
     let (peer, local) = if ctx.family() == AF_INET {
         (
             v4_mapped(ctx.remote_ip4().to_ne_bytes()),
@@ -303,7 +312,7 @@ fn tuples_of(record: &PeerRecord) -> [(Addr16, u16); 2] {
 
 /// Files `record`'s tuples in `TUPLES` under `cookie`.
 #[inline(always)]
-fn index_tuples(record: &PeerRecord, cookie: u64) {
+pub fn index_tuples(record: &PeerRecord, cookie: u64) {
     for peer in tuples_of(record) {
         let Some(key) = tuple_key(record, peer) else {
             return;
@@ -336,15 +345,32 @@ fn unindex_tuples(record: &PeerRecord, cookie: u64) {
 fn on_close(ctx: &SockOpsContext) {
     // SAFETY: context field (null-checked by `record_of`).
     let sk = unsafe { (*ctx.ops).__bindgen_anon_2.sk };
-    let Some(record) = record_of(sk.cast()).filter(|r| r.is_set()) else {
+    let Some(slot) = record_of(sk.cast()) else {
         return;
     };
     // SAFETY: helper valid in sockops.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.ops.cast()) };
-    // Absent when the map was full at the handshake (counted then).
-    if RECORDS.remove(cookie).is_ok() {
-        bump(Counter::RecordsRemoved);
+    let record = if slot.is_proxy_pending() {
+        // A PROXY connection whose record (if its header named one) is in
+        // the cookie map only: no app hook copied it into the slot.
+        crate::proxy::forget(cookie);
+        // SAFETY: a live map value, read before its removal below.
+        match RECORDS.get_ptr(&cookie) {
+            Some(r) => unsafe { &*r },
+            None => return,
+        }
+    } else if slot.is_set() {
+        slot
+    } else {
+        return;
+    };
+    // Absent when the map was full at the handshake (counted then). The
+    // tuples go first: `record` may be the cookie map's own value.
+    if RECORDS.get_ptr(&cookie).is_some() {
         unindex_tuples(record, cookie);
+        if RECORDS.remove(cookie).is_ok() {
+            bump(Counter::RecordsRemoved);
+        }
     }
     // The TC path's entry for this 4-tuple, if it made one, goes too.
     let _ = TC_RECORDS.remove(&tc_key(ctx));

@@ -107,6 +107,12 @@ pub struct DaemonArgs {
     /// the metrics endpoint exports (default 60; 0 turns it off).
     #[arg(long, value_name = "SECS")]
     pub audit_interval: Option<f64>,
+    /// Local TCP ports whose connections from --trust peers may begin with a
+    /// PROXY protocol header (v1 or v2, as HAProxy and nginx stream send
+    /// it): ttm records the client and removes the header before the app
+    /// reads (comma lists and repeats allowed). Needs Linux 5.11+.
+    #[arg(long = "proxy-protocol", value_name = "PORT", value_delimiter = ',')]
+    pub proxy_protocol: Vec<u16>,
     /// Take over from the daemon running on this pin directory: it exits
     /// leaving its programs attached, and this one swaps in its programs
     /// atomically (no connection goes unrecorded).
@@ -140,6 +146,7 @@ struct FileConfig {
     tc_attach: Option<TcAttach>,
     tc_max_age: Option<f64>,
     audit_interval: Option<f64>,
+    proxy_protocol: Option<Vec<u16>>,
 }
 
 /// The effective settings, printed by `ttm config check` (valid as a file).
@@ -194,6 +201,9 @@ pub struct Settings {
     pub tc_max_age: f64,
     /// Seconds between periodic audits; 0 is off.
     pub audit_interval: f64,
+    /// Local ports whose connections may begin with a PROXY header.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub proxy_protocol: Vec<u16>,
 }
 
 impl Settings {
@@ -275,6 +285,11 @@ impl Settings {
                 .audit_interval
                 .or(file.audit_interval)
                 .unwrap_or(crate::audit_watch::DEFAULT_AUDIT_INTERVAL.as_secs_f64()),
+            proxy_protocol: if args.proxy_protocol.is_empty() {
+                file.proxy_protocol.unwrap_or_default()
+            } else {
+                args.proxy_protocol.clone()
+            },
         }
     }
 
@@ -320,6 +335,19 @@ impl Settings {
         if self.max_clients == 0 {
             bail!("key `max_clients`: 0 is not allowed — at least 1");
         }
+        let mut proxy_ports = self.proxy_protocol.clone();
+        proxy_ports.sort_unstable();
+        proxy_ports.dedup();
+        if proxy_ports.contains(&0) {
+            bail!("key `proxy_protocol`: port 0 is not allowed — the local ports (1-65535) servers listen on");
+        }
+        if proxy_ports.len() > ttm_common::maps::PROXY_PORTS_CAPACITY as usize {
+            bail!(
+                "key `proxy_protocol`: {} ports given — at most {}",
+                proxy_ports.len(),
+                ttm_common::maps::PROXY_PORTS_CAPACITY
+            );
+        }
         let socket_group = self
             .socket_group
             .as_deref()
@@ -352,6 +380,7 @@ impl Settings {
             tc_attach: self.tc_attach,
             tc_max_age,
             audit_interval,
+            proxy_ports,
         };
         config.validate()?;
         Ok(config)

@@ -30,5 +30,7 @@ pub const SOCKOPS_PROGRAM: &str = "ttm_sockops";
 pub const SOCKOPS_JOIN_PROGRAM: &str = "ttm_sockops_tc";
 /// Name of the getsockopt shim inside [`EBPF_OBJECT`].
 pub const GETSOCKOPT_PROGRAM: &str = "ttm_getsockopt";
+/// The PROXY protocol stream-verdict program (attached to `PROXY_SOCKS`).
+pub const PROXY_VERDICT_PROGRAM: &str = "ttm_proxy_verdict";
 /// Names of the getpeername rewrite programs (AF_INET, AF_INET6).
 pub const GETPEERNAME_PROGRAMS: [&str; 2] = ["ttm_getpeername4", "ttm_getpeername6"];

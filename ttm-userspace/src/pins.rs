@@ -9,7 +9,7 @@ pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/ttm";
 
 /// The maps ttm pins, by name (the pin file has the map's name). A new
 /// daemon reuses them, so records and counters survive restarts.
-pub const PINNED_MAPS: [&str; 9] = [
+pub const PINNED_MAPS: [&str; 12] = [
     maps::RECORDS,
     maps::TUPLES,
     maps::PEER_STORAGE,
@@ -19,6 +19,9 @@ pub const PINNED_MAPS: [&str; 9] = [
     maps::MISMATCHES,
     maps::TC_RECORDS,
     maps::TC_PENDING,
+    maps::PROXY_PORTS,
+    maps::PROXY_SOCKS,
+    maps::PROXY_PENDING,
 ];
 
 /// The programs ttm attaches, by name, in attach order (the witnesses after

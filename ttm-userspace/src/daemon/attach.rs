@@ -321,10 +321,73 @@ pub(super) fn write_config(ebpf: &mut Ebpf, config: &DaemonConfig) -> Result<()>
             getsockopt_name: config.getsockopt_name,
             nat64_getsockopt_name: config.nat64_getsockopt_name.unwrap_or(0),
             short_buffer_retval: short_buffer_retval(),
+            proxy_ports: config.proxy_ports.len() as u32,
         },
         0,
     )
     .context("writing the decoder config")?;
+    write_proxy_ports(ebpf, &config.proxy_ports)
+}
+
+/// The `--proxy-protocol` ports into `PROXY_PORTS` (pinned: ports a previous
+/// daemon watched and this one was not told go).
+fn write_proxy_ports(ebpf: &mut Ebpf, ports: &[u16]) -> Result<()> {
+    let mut map: aya::maps::HashMap<_, u16, u8> = aya::maps::HashMap::try_from(
+        ebpf.map_mut(maps::PROXY_PORTS)
+            .context("PROXY_PORTS missing")?,
+    )?;
+    for port in ports {
+        map.insert(port, 1, 0)
+            .context("writing the --proxy-protocol ports")?;
+    }
+    let stale: Vec<u16> = map
+        .keys()
+        .filter_map(Result::ok)
+        .filter(|p| !ports.contains(p))
+        .collect();
+    for port in &stale {
+        map.remove(port)
+            .context("removing a port no longer in --proxy-protocol")?;
+    }
+    Ok(())
+}
+
+/// With `--proxy-protocol`: loads the stream-verdict program and attaches it
+/// to `PROXY_SOCKS`. The attachment belongs to the pinned map, not to this
+/// process: it outlives the daemon, so a restart or an upgrade never leaves
+/// a watched connection without its program; `ttm detach` removes both.
+/// A kernel that refuses the program gets a refusal here, before any port is
+/// watched (sockops only watches once the config says so).
+pub(super) fn attach_proxy(ebpf: &mut Ebpf, config: &DaemonConfig) -> Result<()> {
+    if config.proxy_ports.is_empty() {
+        return Ok(());
+    }
+    let socks = aya::maps::SockHash::<_, u64>::try_from(
+        ebpf.map(maps::PROXY_SOCKS).context("PROXY_SOCKS missing")?,
+    )?;
+    let map_fd = socks.fd().try_clone().context("PROXY_SOCKS fd")?;
+    let program: &mut aya::programs::SkSkb = ebpf
+        .program_mut(crate::PROXY_VERDICT_PROGRAM)
+        .context("the PROXY protocol program is missing from the object")?
+        .try_into()?;
+    program.load().context(
+        "--proxy-protocol needs Linux 5.11+ (a stream-verdict program that removes bytes from          the stream, bpf_skb_adjust_room on sk_skb): this kernel refused it — see `ttm doctor`;          drop --proxy-protocol to run without it",
+    )?;
+    let link = program
+        .attach(&map_fd)
+        .context("attaching the PROXY protocol program to PROXY_SOCKS")?;
+    // Kept attached past this process: see above.
+    std::mem::forget(program.take_link(link)?);
+    info!(
+        "PROXY protocol on port(s) {}: connections from trusted peers may begin with a v1 or v2 \
+         header, which is recorded and removed before the app reads",
+        config
+            .proxy_ports
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
     Ok(())
 }
 

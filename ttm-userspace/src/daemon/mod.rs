@@ -10,7 +10,10 @@ mod run;
 pub use attach::compat_cgroups;
 pub use lifecycle::{detach, remove_pins, HANDED_OVER_EXIT};
 
-use attach::{attach_all, choose_plan, compat_summary, planned_attachments, write_config, Witness};
+use attach::{
+    attach_all, attach_proxy, choose_plan, compat_summary, planned_attachments, write_config,
+    Witness,
+};
 use lifecycle::{hand_over, InstanceLock};
 
 use std::fs;
@@ -76,6 +79,9 @@ pub struct DaemonConfig {
     pub tc_max_age: std::time::Duration,
     /// How often the static audit runs for the metrics; `None` is never.
     pub audit_interval: Option<std::time::Duration>,
+    /// Local ports whose connections may begin with a PROXY header
+    /// (`--proxy-protocol`), sorted, no repeats.
+    pub proxy_ports: Vec<u16>,
 }
 
 impl DaemonConfig {
@@ -104,6 +110,40 @@ impl DaemonConfig {
         }
         Ok(())
     }
+}
+
+/// `PROXY_SOCKS`'s capacity: every live PROXY connection is in it, so
+/// `--max-records`; 1 without `--proxy-protocol` (its bucket array, 16 bytes
+/// per slot, is then not paid for). A pinned one too small for this config
+/// that holds no socket is dropped so the load makes it anew; one that holds
+/// sockets is kept (dropping it would end their PROXY handling), with a
+/// warning.
+fn proxy_socks_capacity(config: &DaemonConfig) -> u32 {
+    if config.proxy_ports.is_empty() {
+        return 1;
+    }
+    let pin = config.pins.map(maps::PROXY_SOCKS);
+    if let Ok(map) = aya::maps::MapData::from_pin(&pin) {
+        let small = map
+            .info()
+            .map(|i| i.max_entries() < config.max_records)
+            .unwrap_or(false);
+        if small {
+            let empty = aya::maps::SockHash::<_, u64>::try_from(aya::maps::Map::SockHash(map))
+                .map(|m| m.keys().next().is_none())
+                .unwrap_or(false);
+            if empty {
+                let _ = fs::remove_file(&pin);
+            } else {
+                warn!(
+                    "{} holds PROXY connections and is smaller than --max-records: kept; \
+                     restart ttm once they are gone to get the larger map",
+                    pin.display()
+                );
+            }
+        }
+    }
+    config.max_records
 }
 
 /// A running decoder. Dropping it detaches the program and removes the pins.
@@ -186,6 +226,7 @@ impl Daemon {
         let tc_capacity = config.max_records.min(maps::DEFAULT_TC_CAPACITY);
         loader.map_max_entries(maps::TC_RECORDS, tc_capacity);
         loader.map_max_entries(maps::TC_PENDING, tc_capacity);
+        loader.map_max_entries(maps::PROXY_SOCKS, proxy_socks_capacity(config));
         for name in PINNED_MAPS {
             loader.map_pin_path(name, config.pins.map(name));
         }
@@ -202,6 +243,9 @@ impl Daemon {
                 None
             }
         };
+        // The verdict program first: sockops watches PROXY ports only once
+        // the config says so, and then the program is there.
+        attach_proxy(&mut ebpf, config)?;
         write_config(&mut ebpf, config)?;
         let plan = choose_plan(&mut ebpf, config)?;
         let (mut adopted, witnesses) = attach_all(&mut ebpf, config, &plan, &cgroup)?;

@@ -1,0 +1,274 @@
+//! PROXY protocol: connections to a `--proxy-protocol` port from a trusted
+//! peer are put in `PROXY_SOCKS` by sockops; the stream-verdict program then
+//! reads the stream's first bytes, records the client a header names and
+//! removes the header, so the app reads exactly the client's bytes.
+//!
+//! Per segment, until the header is through (`PROXY_PENDING` holds the
+//! connection): a header prefix alone is held and the segment dropped from
+//! the stream; held bytes that turn out not to be a header are put back in
+//! front of the next segment. After it, one failed hash lookup per segment.
+
+use aya_ebpf::{
+    bindings::{bpf_sock_ops, sk_action::{SK_DROP, SK_PASS}, BPF_NOEXIST},
+    helpers::{
+        bpf_get_socket_cookie, bpf_ktime_get_ns, bpf_skb_adjust_room, bpf_skb_load_bytes,
+        bpf_skb_store_bytes,
+    },
+    macros::stream_verdict,
+    programs::{SkBuffContext, SockOpsContext},
+};
+use ttm_common::{
+    maps::ProxyPending,
+    proxy::{parse, Parsed, MAX_HEADER_LEN},
+    record::PROXY_PENDING_FORMAT,
+    Counter, PeerRecord,
+};
+
+use crate::{
+    counters::bump,
+    maps::{PROXY_PENDING, PROXY_PORTS, PROXY_SCRATCH, PROXY_SOCKS},
+    peer_storage::record_or_insert,
+    sockops::{four_tuple, index_tuples, is_trusted},
+};
+
+/// Bounds `v` to 0..=255 in a register LLVM cannot see through (the
+/// verifier then knows the bound where the value meets a pointer).
+#[inline(always)]
+fn byte_bound(v: usize) -> usize {
+    let mut v = v;
+    // SAFETY: a register-only AND; no memory is touched.
+    unsafe { core::arch::asm!("{0} &= 255", inout(reg) v, options(pure, nomem, nostack)) };
+    v
+}
+
+/// At the handshake: a connection to a PROXY port from a trusted peer goes
+/// into `PROXY_SOCKS`, with its pending state and a socket-storage slot
+/// marked as waiting (the app-facing hooks then look for the record by
+/// cookie or tuple). Untrusted peers and other ports are left alone.
+#[inline(always)]
+pub fn watch(ctx: &SockOpsContext, trust_any: bool) {
+    let (peer, peer_port, local, local_port) = four_tuple(ctx);
+    if PROXY_PORTS.get_ptr(&local_port).is_none() {
+        return;
+    }
+    if !trust_any && !is_trusted(&peer) {
+        return;
+    }
+    let Some(pending) = PROXY_SCRATCH.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: the per-CPU scratch slot is ours until the program returns.
+    let pending = unsafe { &mut *pending };
+    pending.record = PeerRecord::ZERO;
+    pending.record.set_tuple((peer, peer_port), (local, local_port));
+    pending.record.format_index = PROXY_PENDING_FORMAT;
+    pending.head.len = 0;
+    pending.skip = 0;
+    pending.split = 0;
+    // SAFETY: helper valid in sockops.
+    let mut cookie = unsafe { bpf_get_socket_cookie(ctx.ops.cast()) };
+    if PROXY_PENDING
+        .insert(&cookie, &*pending, BPF_NOEXIST as u64)
+        .is_err()
+    {
+        bump(Counter::ProxyWatchFailed);
+        return;
+    }
+    // SAFETY: `ops` is the context's own socket-ops pointer.
+    let ops: &mut bpf_sock_ops = unsafe { &mut *ctx.ops };
+    if PROXY_SOCKS.update(&mut cookie, ops, BPF_NOEXIST as u64).is_err() {
+        let _ = PROXY_PENDING.remove(&cookie);
+        bump(Counter::ProxyWatchFailed);
+        return;
+    }
+    // A slot already holding a TCP option's record keeps it (records are
+    // never overwritten); else the slot says "waiting for the header".
+    // SAFETY: `sk` is a context field, null-checked.
+    let sk = unsafe { (*ctx.ops).__bindgen_anon_2.sk };
+    if !sk.is_null() {
+        let _ = record_or_insert(sk.cast(), &mut pending.record);
+    }
+    bump(Counter::ProxyWatched);
+}
+
+/// Reads the first bytes of each watched connection. Returns SK_PASS for
+/// every segment that carries client bytes, SK_DROP only for one that held
+/// nothing but header bytes (its bytes are consumed, never lost: they were
+/// the header, or are held to be put back).
+#[stream_verdict]
+pub fn ttm_proxy_verdict(ctx: SkBuffContext) -> u32 {
+    // SAFETY: helper valid in sk_skb programs.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.skb.skb.cast()) };
+    let Some(pending) = PROXY_PENDING.get_ptr_mut(&cookie) else {
+        return SK_PASS;
+    };
+    // SAFETY: a live map value; entries are only removed by this program
+    // (one segment of a socket at a time) and at close.
+    let pending = unsafe { &mut *pending };
+    on_segment(&ctx, cookie, pending)
+}
+
+#[inline(always)]
+fn on_segment(ctx: &SkBuffContext, cookie: u64, pending: &mut ProxyPending) -> u32 {
+    let skb_len = ctx.len() as usize;
+    if skb_len == 0 {
+        return SK_PASS;
+    }
+    if pending.skip > 0 {
+        // The rest of a refused header.
+        let skip = pending.skip as usize;
+        return if skip >= skb_len {
+            pending.skip = (skip - skb_len) as u32;
+            if pending.skip == 0 {
+                let _ = PROXY_PENDING.remove(&cookie);
+            }
+            SK_DROP
+        } else {
+            let _ = PROXY_PENDING.remove(&cookie);
+            pop(ctx, skip)
+        };
+    }
+    let held = byte_bound(pending.head.len as usize);
+    if held >= MAX_HEADER_LEN {
+        let _ = PROXY_PENDING.remove(&cookie);
+        return SK_PASS;
+    }
+    let room = MAX_HEADER_LEN - held;
+    let take = byte_bound(if skb_len < room { skb_len } else { room });
+    if take == 0 {
+        return SK_PASS;
+    }
+    // SAFETY: `held` ≤ 255 and `take` ≤ 255 (masked above): the copy stays
+    // inside the 512-byte buffer of a live map value.
+    let loaded = unsafe {
+        bpf_skb_load_bytes(
+            ctx.skb.skb.cast(),
+            0,
+            pending.head.bytes.as_mut_ptr().add(held).cast(),
+            take as u32,
+        )
+    };
+    if loaded != 0 {
+        let _ = PROXY_PENDING.remove(&cookie);
+        return SK_PASS;
+    }
+    pending.head.len = (held + take) as u32;
+    match parse(&pending.head) {
+        Parsed::NeedMore if take == skb_len => {
+            // The whole segment is a header's prefix: hold it.
+            if pending.split == 0 {
+                pending.split = 1;
+                bump(Counter::ProxySplit);
+            }
+            SK_DROP
+        }
+        Parsed::NeedMore | Parsed::NotProxy => {
+            bump(Counter::ProxyAbsent);
+            let _ = PROXY_PENDING.remove(&cookie);
+            put_back(ctx, pending, held)
+        }
+        Parsed::Unframed(_) => {
+            bump(Counter::ProxyUnframed);
+            let _ = PROXY_PENDING.remove(&cookie);
+            put_back(ctx, pending, held)
+        }
+        Parsed::Header {
+            len,
+            version,
+            client,
+            ..
+        } => {
+            match client {
+                Some(client) => {
+                    // SAFETY: helper without preconditions.
+                    let now = unsafe { bpf_ktime_get_ns() };
+                    pending.record.fill_proxy(&client, version, now);
+                    if store(&pending.record, cookie) {
+                        bump(Counter::ProxyDecoded);
+                    }
+                }
+                None => bump(Counter::ProxyNoClient),
+            }
+            let _ = PROXY_PENDING.remove(&cookie);
+            remove_header(ctx, usize::from(len) - held, skb_len)
+        }
+        Parsed::Refused { len, .. } => {
+            bump(Counter::ProxyRefused);
+            let rest = usize::from(len) - held;
+            if rest > skb_len {
+                pending.skip = (rest - skb_len) as u32;
+                return SK_DROP;
+            }
+            let _ = PROXY_PENDING.remove(&cookie);
+            remove_header(ctx, rest, skb_len)
+        }
+    }
+}
+
+/// Removes the header's last `n` bytes from the front of this segment.
+#[inline(always)]
+fn remove_header(ctx: &SkBuffContext, n: usize, skb_len: usize) -> u32 {
+    if n >= skb_len {
+        // Nothing but header: an empty segment would read as end of stream.
+        return SK_DROP;
+    }
+    pop(ctx, n)
+}
+
+/// Pops `n` bytes off the front of the segment.
+#[inline(always)]
+fn pop(ctx: &SkBuffContext, n: usize) -> u32 {
+    if n > 0 {
+        // SAFETY: helper valid in sk_skb programs; shrinking only.
+        let _ = unsafe { bpf_skb_adjust_room(ctx.skb.skb.cast(), -(n as i32), 0, 0) };
+    }
+    SK_PASS
+}
+
+/// Puts the `held` bytes of earlier segments back in front of this one.
+#[inline(always)]
+fn put_back(ctx: &SkBuffContext, pending: &ProxyPending, held: usize) -> u32 {
+    let held = byte_bound(held);
+    if held == 0 {
+        return SK_PASS;
+    }
+    // SAFETY: helpers valid in sk_skb programs; `held` ≤ 255 bytes of a
+    // live map value.
+    unsafe {
+        if bpf_skb_adjust_room(ctx.skb.skb.cast(), held as i32, 0, 0) == 0 {
+            let _ = bpf_skb_store_bytes(
+                ctx.skb.skb.cast(),
+                0,
+                pending.head.bytes.as_ptr().cast(),
+                held as u32,
+                0,
+            );
+        }
+    }
+    SK_PASS
+}
+
+/// Files a PROXY record in the cookie map and the tuple index (the socket's
+/// storage is filled by the app-facing hooks on first use, which this
+/// program type cannot reach).
+#[inline(always)]
+fn store(record: &PeerRecord, cookie: u64) -> bool {
+    if crate::maps::RECORDS
+        .insert(&cookie, record, BPF_NOEXIST as u64)
+        .is_err()
+    {
+        bump(Counter::MapInsertFailed);
+        return false;
+    }
+    bump(Counter::RecordsStored);
+    bump(Counter::Decoded);
+    index_tuples(record, cookie);
+    true
+}
+
+/// Not a PROXY header after all, or the connection closed: forget it.
+#[inline(always)]
+pub fn forget(cookie: u64) {
+    let _ = PROXY_PENDING.remove(&cookie);
+}
+
