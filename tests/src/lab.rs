@@ -22,6 +22,11 @@ pub const RS_IF: &str = "ttm-r0";
 pub const CLIENT_IP: &str = "10.0.1.2";
 /// The virtual IP clients connect to (the LB's client-side address).
 pub const VIP: &str = "10.0.1.1";
+/// Where the lab's layer-4 proxies (HAProxy, nginx stream) listen in the
+/// LB namespace: beside the VIP, outside its NAT.
+pub const PROXY_IP: &str = "10.0.1.3";
+/// The same for IPv6.
+pub const PROXY_IP6: &str = "fd00:1::3";
 /// The LB's address on the real-server side: what the RS sees as peer.
 pub const LB_IP: &str = "10.0.2.1";
 /// The real server's address.
@@ -126,6 +131,10 @@ impl Lab {
             LB_NS,
             &["ip", "addr", "add", &format!("{LB_IP}/24"), "dev", "ttm-l1"],
         )?;
+        in_ns(
+            LB_NS,
+            &["ip", "addr", "add", &format!("{PROXY_IP}/24"), "dev", "ttm-l0"],
+        )?;
         in_ns(LB_NS, &["ip", "link", "set", "ttm-l0", "up"])?;
         in_ns(LB_NS, &["ip", "link", "set", "ttm-l1", "up"])?;
         in_ns(LB_NS, &["sysctl", "-qw", "net.ipv4.ip_forward=1"])?;
@@ -174,6 +183,7 @@ impl Lab {
         for (ns, addr, dev) in [
             (CLIENT_NS, CLIENT_IP6, "ttm-c0"),
             (LB_NS, VIP6, "ttm-l0"),
+            (LB_NS, PROXY_IP6, "ttm-l0"),
             (LB_NS, LB_IP6, "ttm-l1"),
             (RS_NS, RS_IP6, "ttm-r0"),
         ] {

@@ -13,6 +13,7 @@ pub mod daemon;
 pub mod hijacker;
 pub mod lab;
 pub mod process;
+pub mod proxies;
 pub mod scale;
 pub mod writer;
 

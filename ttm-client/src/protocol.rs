@@ -80,9 +80,17 @@ pub struct Connection {
     pub option_kind: u8,
     /// TCP option length that carried the client.
     pub option_len: u8,
+    /// What carried the client: `tcp-option` (then `option_kind` and
+    /// `option_len` say which), `proxy-v1` or `proxy-v2` (both 0).
+    #[serde(default = "tcp_option")]
+    pub carrier: String,
     /// Time since the handshake completed, in seconds on the wire.
     #[serde(with = "seconds")]
     pub age: Duration,
+}
+
+fn tcp_option() -> String {
+    "tcp-option".to_string()
 }
 
 /// The answer to `stats`.
@@ -242,6 +250,7 @@ mod tests {
             local: "10.0.2.2:8080".parse().unwrap(),
             option_kind: 254,
             option_len: 8,
+            carrier: "tcp-option".into(),
             age: Duration::from_millis(1500),
         };
         let text = line(&c);

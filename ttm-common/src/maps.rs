@@ -252,11 +252,14 @@ pub enum Counter {
     /// A connection that should have been watched could not be (the pending
     /// or socket map was full): its bytes reach the app as they came.
     ProxyWatchFailed = 34,
+    /// `listen()` calls on a `--proxy-protocol` port (the daemon then sets
+    /// `TCP_DEFER_ACCEPT` on the new listener).
+    ProxyListening = 35,
 }
 
 impl Counter {
     /// Number of counters; the size of `STATS`.
-    pub const COUNT: u32 = 35;
+    pub const COUNT: u32 = 36;
 
     /// Every counter, in index order.
     pub const ALL: [Counter; Counter::COUNT as usize] = [
@@ -295,6 +298,7 @@ impl Counter {
         Counter::ProxyUnframed,
         Counter::ProxySplit,
         Counter::ProxyWatchFailed,
+        Counter::ProxyListening,
     ];
 
     /// The counter for a malformed-option reason.
@@ -346,6 +350,7 @@ impl Counter {
             Counter::ProxyUnframed => "proxy_unframed",
             Counter::ProxySplit => "proxy_split",
             Counter::ProxyWatchFailed => "proxy_watch_failed",
+            Counter::ProxyListening => "proxy_listening",
         }
     }
 }

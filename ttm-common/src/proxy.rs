@@ -133,7 +133,7 @@ impl HeaderBuf {
     /// Byte `i` (masked into the buffer: callers check `i < len` first).
     #[inline(always)]
     pub fn at(&self, i: usize) -> u8 {
-        self.bytes[i & (HEADER_BUF_LEN - 1)]
+        self.bytes[masked(i, HEADER_BUF_LEN - 1)]
     }
 
     /// Big-endian u16 at `i`.
@@ -153,6 +153,14 @@ impl HeaderBuf {
         }
         a
     }
+}
+
+/// `i & mask`, with the mask kept where the index is used: the compiler may
+/// not drop it on the strength of an earlier check, because the kernel
+/// verifier needs to see it right where the index meets memory.
+#[inline(always)]
+fn masked(i: usize, mask: usize) -> usize {
+    core::hint::black_box(i) & mask
 }
 
 /// Whether the held bytes start like `pattern` (as far as both go): `None`
@@ -176,6 +184,14 @@ fn starts_with<const N: usize>(buf: &HeaderBuf, pattern: &[u8; N]) -> Option<boo
 /// What the first bytes of a stream are (see [`Parsed`]).
 #[inline(always)]
 pub fn parse(buf: &HeaderBuf) -> Parsed {
+    parse_with(buf, parse_v1)
+}
+
+/// [`parse`], with the v1 line walked by `v1` (the kernel walks it with its
+/// state in map memory; see `ttm-ebpf`). `v1` gets a buffer that starts with
+/// [`V1_PREFIX`] and must answer what [`parse_v1`] answers.
+#[inline(always)]
+pub fn parse_with(buf: &HeaderBuf, v1: impl FnOnce(&HeaderBuf) -> Parsed) -> Parsed {
     if buf.len == 0 {
         return Parsed::NeedMore;
     }
@@ -188,7 +204,7 @@ pub fn parse(buf: &HeaderBuf) -> Parsed {
         b'P' => match starts_with(buf, &V1_PREFIX) {
             None => Parsed::NeedMore,
             Some(false) => Parsed::NotProxy,
-            Some(true) => parse_v1(buf),
+            Some(true) => v1(buf),
         },
         _ => Parsed::NotProxy,
     }
@@ -424,10 +440,10 @@ impl V1State {
     /// `TCP4`, `TCP6` or `UNKNOWN`, one byte at a time.
     #[inline(always)]
     fn proto_byte(&mut self, c: u8) -> bool {
-        const TCP: [u8; 3] = *b"TCP";
+        const TCP: [u8; 4] = *b"TCP\0";
         const UNKNOWN: [u8; 8] = *b"UNKNOWN\0";
         let k = self.field_len as usize - 1;
-        if k < 3 && c == TCP[k] && (k == 0 || self.proto == b'T') {
+        if k < 3 && c == TCP[masked(k, 3)] && (k == 0 || self.proto == b'T') {
             self.proto = b'T';
             return true;
         }
@@ -435,7 +451,7 @@ impl V1State {
             self.proto = c - b'0';
             return true;
         }
-        if k < 7 && c == UNKNOWN[k & 7] && (k == 0 || self.proto == b'U') {
+        if k < 7 && c == UNKNOWN[masked(k, 7)] && (k == 0 || self.proto == b'U') {
             self.proto = b'U';
             return true;
         }
@@ -514,7 +530,7 @@ impl V1State {
 
 /// A v1 header: the line walked byte by byte from after `PROXY `.
 #[inline(always)]
-fn parse_v1(buf: &HeaderBuf) -> Parsed {
+pub fn parse_v1(buf: &HeaderBuf) -> Parsed {
     let n = buf.len as usize;
     let mut state = V1State::START;
     let mut i = V1_PREFIX.len();
@@ -530,65 +546,104 @@ fn parse_v1(buf: &HeaderBuf) -> Parsed {
     Parsed::Unframed(Refusal::V1TooLong)
 }
 
-/// An IPv4 or IPv6 address being read as text, one byte at a time.
+/// An IPv4 or IPv6 address being read as text, one byte at a time. No
+/// arrays: groups are shifted into 128-bit registers (two u64 halves), so
+/// no step indexes memory by a variable (what the kernel verifier wants).
 #[derive(Clone, Copy, Debug)]
 #[repr(C)]
 pub struct AddrText {
-    /// IPv6 groups read so far (IPv4: the octets in the first four).
-    groups: [u16; 8],
-    /// Groups (IPv6) or octets (IPv4, and an IPv6 address's dotted tail) done.
-    count: u8,
-    /// Digits in the current group or octet.
-    digits: u8,
-    /// Where `::` stood (in groups), or 0xff.
-    gap: u8,
-    /// 1 after one `:`, 2 after `::`.
-    colons: u8,
-    /// Non-zero once the current IPv6 group had a digit that is not decimal.
-    hex_seen: u8,
-    /// Octets of an IPv6 address's dotted IPv4 tail.
-    tail: u8,
-    _pad: [u8; 2],
+    /// Groups before `::` (all of them without one), last read lowest.
+    head: (u64, u64),
+    /// Groups after `::`, last read lowest.
+    tail: (u64, u64),
+    /// IPv4: the octets so far, last read lowest; IPv6: the dotted tail's.
+    v4: u32,
     /// The current group, read as hex.
     hex: u32,
     /// The current group or octet, read as decimal.
     dec: u32,
-    /// The dotted tail's octets.
-    tail_octets: [u8; 4],
+    /// Groups in `head`, and in `tail`.
+    head_count: u8,
+    tail_count: u8,
+    /// Octets done (IPv4, or an IPv6 address's dotted tail).
+    octets: u8,
+    /// Digits in the current group or octet.
+    digits: u8,
+    /// Non-zero once `::` was read.
+    gap: u8,
+    /// 1 after one `:`, 2 after `::`, 3 after a leading single `:`.
+    colons: u8,
+    /// Non-zero once the current IPv6 group had a digit that is not decimal.
+    hex_seen: u8,
+    /// Non-zero while reading an IPv6 address's dotted IPv4 tail.
+    dotted: u8,
+}
+
+/// `(hi, lo) << 16 | g`.
+#[inline(always)]
+fn push16(r: (u64, u64), g: u16) -> (u64, u64) {
+    ((r.0 << 16) | (r.1 >> 48), (r.1 << 16) | u64::from(g))
+}
+
+/// `(hi, lo) << bits` (0 from 128 on).
+#[inline(always)]
+fn shl128(r: (u64, u64), bits: u32) -> (u64, u64) {
+    if bits >= 128 {
+        (0, 0)
+    } else if bits >= 64 {
+        (r.1 << (bits - 64), 0)
+    } else if bits == 0 {
+        r
+    } else {
+        ((r.0 << bits) | (r.1 >> (64 - bits)), r.1 << bits)
+    }
 }
 
 impl AddrText {
     /// Nothing read.
     pub const START: AddrText = AddrText {
-        groups: [0; 8],
-        count: 0,
-        digits: 0,
-        gap: 0xff,
-        colons: 0,
-        hex_seen: 0,
-        tail: 0,
-        _pad: [0; 2],
+        head: (0, 0),
+        tail: (0, 0),
+        v4: 0,
         hex: 0,
         dec: 0,
-        tail_octets: [0; 4],
+        head_count: 0,
+        tail_count: 0,
+        octets: 0,
+        digits: 0,
+        gap: 0,
+        colons: 0,
+        hex_seen: 0,
+        dotted: 0,
     };
+
+    /// Ends the current IPv6 group.
+    #[inline(always)]
+    fn push_group(&mut self, g: u16) -> bool {
+        if self.head_count + self.tail_count >= 8 {
+            return false;
+        }
+        if self.gap != 0 {
+            self.tail = push16(self.tail, g);
+            self.tail_count += 1;
+        } else {
+            self.head = push16(self.head, g);
+            self.head_count += 1;
+        }
+        true
+    }
 
     /// Reads `c`; false if no address of `proto` (4 or 6) can contain it here.
     #[inline(always)]
     fn feed(&mut self, c: u8, proto: u8) -> bool {
-        if proto == 4 {
-            return self.feed_v4(c);
-        }
-        if self.tail != 0 || (c == b'.' && self.hex_seen == 0) {
-            return self.feed_tail(c);
+        if proto == 4 || self.dotted != 0 || (c == b'.' && self.hex_seen == 0 && proto == 6) {
+            return self.feed_dotted(c, proto);
         }
         if c == b':' {
             if self.digits > 0 {
-                if self.count >= 8 {
+                if !self.push_group(self.hex as u16) {
                     return false;
                 }
-                self.groups[(self.count & 7) as usize] = self.hex as u16;
-                self.count += 1;
                 self.digits = 0;
                 self.hex = 0;
                 self.dec = 0;
@@ -596,25 +651,19 @@ impl AddrText {
                 self.colons = 1;
                 return true;
             }
-            if self.colons == 1 || (self.colons == 0 && self.count == 0) {
-                if self.colons == 1 {
-                    if self.gap != 0xff {
-                        return false;
-                    }
-                    self.gap = self.count;
+            return match self.colons {
+                1 | 3 if self.gap == 0 => {
+                    self.gap = 1;
                     self.colons = 2;
-                } else {
+                    true
+                }
+                0 if self.head_count == 0 && self.gap == 0 => {
                     // A leading `:` must be the first of `::`.
                     self.colons = 3;
+                    true
                 }
-                return true;
-            }
-            if self.colons == 3 {
-                self.gap = 0;
-                self.colons = 2;
-                return true;
-            }
-            return false;
+                _ => false,
+            };
         }
         let Some(v) = hex_value(c) else {
             return false;
@@ -632,36 +681,23 @@ impl AddrText {
         true
     }
 
-    /// An IPv4 address: four decimal octets.
+    /// Decimal octets and dots: an IPv4 address, or an IPv6 address's
+    /// dotted tail (`::ffff:192.0.2.1`), entered on its first dot.
     #[inline(always)]
-    fn feed_v4(&mut self, c: u8) -> bool {
+    fn feed_dotted(&mut self, c: u8, proto: u8) -> bool {
         if c == b'.' {
-            if self.digits == 0 || self.count >= 3 {
+            if self.digits == 0 || self.dec > 255 || self.octets >= 3 {
                 return false;
             }
-            self.groups[(self.count & 7) as usize] = self.dec as u16;
-            self.count += 1;
-            self.digits = 0;
-            self.dec = 0;
-            return true;
-        }
-        if !c.is_ascii_digit() || self.digits >= 3 {
-            return false;
-        }
-        self.digits += 1;
-        self.dec = self.dec * 10 + u32::from(c - b'0');
-        self.dec <= 255
-    }
-
-    /// The dotted IPv4 tail of an IPv6 address (`::ffff:192.0.2.1`).
-    #[inline(always)]
-    fn feed_tail(&mut self, c: u8) -> bool {
-        if c == b'.' {
-            if self.digits == 0 || self.dec > 255 || self.tail >= 4 {
-                return false;
+            if proto == 6 && self.dotted == 0 {
+                // The tail must follow a `:`.
+                if self.head_count == 0 && self.gap == 0 {
+                    return false;
+                }
+                self.dotted = 1;
             }
-            self.tail_octets[(self.tail & 3) as usize] = self.dec as u8;
-            self.tail += 1;
+            self.v4 = (self.v4 << 8) | self.dec;
+            self.octets += 1;
             self.digits = 0;
             self.dec = 0;
             return true;
@@ -679,64 +715,42 @@ impl AddrText {
     #[inline(always)]
     fn finish(&self, proto: u8) -> Option<Addr16> {
         if proto == 4 {
-            if self.count != 3 || self.digits == 0 {
+            if self.octets != 3 || self.digits == 0 {
                 return None;
             }
-            return Some(v4_mapped([
-                self.groups[0] as u8,
-                self.groups[1] as u8,
-                self.groups[2] as u8,
-                self.dec as u8,
-            ]));
+            let v4 = ((self.v4 << 8) | self.dec).to_be_bytes();
+            return Some(v4_mapped(v4));
         }
-        let mut groups = self.groups;
-        let mut count = self.count as usize;
-        if self.tail != 0 {
+        let mut t = *self;
+        if t.dotted != 0 {
             // Three dots read: the last octet is the current one.
-            if self.tail != 3 || self.digits == 0 || count > 6 {
+            if t.octets != 3 || t.digits == 0 {
                 return None;
             }
-            let t = self.tail_octets;
-            groups[count & 7] = u16::from_be_bytes([t[0], t[1]]);
-            groups[(count + 1) & 7] = u16::from_be_bytes([t[2], self.dec as u8]);
-            count += 2;
-        } else if self.digits > 0 {
-            if count >= 8 {
+            let v4 = (t.v4 << 8) | t.dec;
+            if !t.push_group((v4 >> 16) as u16) || !t.push_group(v4 as u16) {
                 return None;
             }
-            groups[count & 7] = self.hex as u16;
-            count += 1;
-        } else if self.colons != 2 {
+        } else if t.digits > 0 {
+            if !t.push_group(t.hex as u16) {
+                return None;
+            }
+        } else if t.colons != 2 {
             // Ends on a single `:` (or nothing at all).
             return None;
         }
-        let gap = self.gap as usize;
-        let zeros = if self.gap == 0xff {
-            if count != 8 {
-                return None;
-            }
-            0
-        } else {
-            if count > 7 {
-                return None;
-            }
-            8 - count
-        };
-        let mut out = [0u8; 16];
-        let mut k = 0;
-        while k < 8 {
-            let g = if self.gap == 0xff || k < gap {
-                groups[k & 7]
-            } else if k < gap + zeros {
-                0
-            } else {
-                groups[(k - zeros) & 7]
-            };
-            out[2 * k] = (g >> 8) as u8;
-            out[2 * k + 1] = g as u8;
-            k += 1;
+        let groups = u32::from(t.head_count) + u32::from(t.tail_count);
+        if (t.gap == 0 && groups != 8) || (t.gap != 0 && groups > 7) {
+            return None;
         }
-        Some(out)
+        // Head groups go to the top, tail groups stay at the bottom.
+        let head = shl128(t.head, 16 * (8 - u32::from(t.head_count)));
+        let (hi, lo) = (head.0 | t.tail.0, head.1 | t.tail.1);
+        let (h, l) = (hi.to_be_bytes(), lo.to_be_bytes());
+        Some([
+            h[0], h[1], h[2], h[3], h[4], h[5], h[6], h[7], l[0], l[1], l[2], l[3], l[4], l[5],
+            l[6], l[7],
+        ])
     }
 }
 

@@ -127,3 +127,14 @@ pub static PROXY_PENDING: HashMap<u64, ProxyPending, { PROXY_PENDING_CAPACITY as
 /// the stack). Owned by sockops.
 #[btf_map]
 pub static PROXY_SCRATCH: PerCpuArray<ProxyPending, 1> = PerCpuArray::new();
+
+/// Per-CPU home of the v1 line's walk between steps (see
+/// `proxy::walk_v1_in`): slot 0 the verdict program's, slot 1 the ingress
+/// program's.
+#[btf_map]
+pub static V1_WALK: PerCpuArray<ttm_common::proxy::V1State, 2> = PerCpuArray::new();
+
+/// Per-CPU copy of a segment's first bytes, read by the PROXY ingress
+/// program. Owned by it.
+#[btf_map]
+pub static PROXY_INGRESS_BUF: PerCpuArray<ttm_common::proxy::HeaderBuf, 1> = PerCpuArray::new();

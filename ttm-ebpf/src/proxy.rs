@@ -8,6 +8,8 @@
 //! the stream; held bytes that turn out not to be a header are put back in
 //! front of the next segment. After it, one failed hash lookup per segment.
 
+use core::ptr;
+
 use aya_ebpf::{
     bindings::{bpf_sock_ops, sk_action::{SK_DROP, SK_PASS}, BPF_NOEXIST},
     helpers::{
@@ -19,14 +21,14 @@ use aya_ebpf::{
 };
 use ttm_common::{
     maps::ProxyPending,
-    proxy::{parse, Parsed, MAX_HEADER_LEN},
+    proxy::{parse_with, HeaderBuf, Parsed, Refusal, V1State, MAX_HEADER_LEN, V1_MAX_LEN},
     record::PROXY_PENDING_FORMAT,
     Counter, PeerRecord,
 };
 
 use crate::{
     counters::bump,
-    maps::{PROXY_PENDING, PROXY_PORTS, PROXY_SCRATCH, PROXY_SOCKS},
+    maps::{PROXY_PENDING, PROXY_PORTS, PROXY_SCRATCH, PROXY_SOCKS, V1_WALK},
     peer_storage::record_or_insert,
     sockops::{four_tuple, index_tuples, is_trusted},
 };
@@ -34,7 +36,7 @@ use crate::{
 /// Bounds `v` to 0..=255 in a register LLVM cannot see through (the
 /// verifier then knows the bound where the value meets a pointer).
 #[inline(always)]
-fn byte_bound(v: usize) -> usize {
+pub fn byte_bound(v: usize) -> usize {
     let mut v = v;
     // SAFETY: a register-only AND; no memory is touched.
     unsafe { core::arch::asm!("{0} &= 255", inout(reg) v, options(pure, nomem, nostack)) };
@@ -89,6 +91,17 @@ pub fn watch(ctx: &SockOpsContext, trust_any: bool) {
         let _ = record_or_insert(sk.cast(), &mut pending.record);
     }
     bump(Counter::ProxyWatched);
+}
+
+/// A `listen()` on a PROXY port: counted, which tells the daemon to set
+/// `TCP_DEFER_ACCEPT` on the new listener.
+#[inline(always)]
+pub fn on_listen(ctx: &SockOpsContext) {
+    let watching = crate::maps::CONFIG.get(0).is_some_and(|c| c.proxy_ports != 0);
+    let port = ctx.local_port() as u16;
+    if watching && PROXY_PORTS.get_ptr(&port).is_some() {
+        bump(Counter::ProxyListening);
+    }
 }
 
 /// Reads the first bytes of each watched connection. Returns SK_PASS for
@@ -153,7 +166,7 @@ fn on_segment(ctx: &SkBuffContext, cookie: u64, pending: &mut ProxyPending) -> u
         return SK_PASS;
     }
     pending.head.len = (held + take) as u32;
-    match parse(&pending.head) {
+    match parse_with(&pending.head, |b| walk_v1_in(b, false)) {
         Parsed::NeedMore if take == skb_len => {
             // The whole segment is a header's prefix: hold it.
             if pending.split == 0 {
@@ -179,6 +192,9 @@ fn on_segment(ctx: &SkBuffContext, cookie: u64, pending: &mut ProxyPending) -> u
             ..
         } => {
             match client {
+                // Recorded at the handshake (the ingress program read the
+                // header off its segment, sockops took it): only removed here.
+                Some(_) if crate::maps::RECORDS.get_ptr(&cookie).is_some() => {}
                 Some(client) => {
                     // SAFETY: helper without preconditions.
                     let now = unsafe { bpf_ktime_get_ns() };
@@ -272,3 +288,34 @@ pub fn forget(cookie: u64) {
     let _ = PROXY_PENDING.remove(&cookie);
 }
 
+
+/// The v1 line, one byte per iteration from offset 6 (after `PROXY `) to
+/// 106, with the state in `V1_WALK` between iterations: every iteration
+/// then starts from the same unknown state, so the verifier's work is the
+/// paths of one step times the iterations, not their product (and the stack
+/// holds no copy of the state).
+#[inline(always)]
+pub fn walk_v1_in(buf: &HeaderBuf, ingress: bool) -> Parsed {
+    // Each program its own slot: the verdict program may run in process
+    // context and be interrupted by the ingress program on the same CPU.
+    let Some(slot) = V1_WALK.get_ptr_mut(u32::from(ingress)) else {
+        return Parsed::Unframed(Refusal::V1BadField);
+    };
+    let n = buf.len as usize;
+    // SAFETY (all accesses below): the per-CPU slot is ours until the program returns.
+    unsafe { ptr::write_volatile(slot, V1State::START) };
+    let mut i = ttm_common::proxy::V1_PREFIX.len();
+    while i < V1_MAX_LEN {
+        if i >= n {
+            return Parsed::NeedMore;
+        }
+        // Through an opaque pointer: each step reads the state from memory
+        // and leaves it there, none kept in registers.
+        let state = unsafe { &mut *core::hint::black_box(slot) };
+        if let Some(p) = state.step(buf.at(i), i) {
+            return p;
+        }
+        i += 1;
+    }
+    Parsed::Unframed(Refusal::V1TooLong)
+}

@@ -7,7 +7,7 @@ use core::ptr;
 use aya_ebpf::{
     bindings::{
         bpf_sock_ops, BPF_ANY, BPF_NOEXIST, BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB,
-        BPF_SOCK_OPS_STATE_CB, BPF_SOCK_OPS_STATE_CB_FLAG, BPF_TCP_CLOSE,
+        BPF_SOCK_OPS_STATE_CB, BPF_SOCK_OPS_STATE_CB_FLAG, BPF_SOCK_OPS_TCP_LISTEN_CB, BPF_TCP_CLOSE,
     },
     btf_maps::lpm_trie::Key,
     helpers::{bpf_get_socket_cookie, bpf_ktime_get_ns},
@@ -63,6 +63,7 @@ fn dispatch<const READ_HEADER: bool>(ctx: &SockOpsContext) {
                 }
             }
         }
+        BPF_SOCK_OPS_TCP_LISTEN_CB => crate::proxy::on_listen(ctx),
         BPF_SOCK_OPS_STATE_CB => {
             if ctx.arg(1) == BPF_TCP_CLOSE {
                 on_close(ctx);
@@ -188,7 +189,12 @@ fn join_tc_record(ctx: &SockOpsContext) -> bool {
     };
     if store(ctx, record) {
         bump(Counter::Decoded);
-        bump(Counter::TcJoined);
+        if record.proxy_version().is_some() {
+            // The PROXY ingress program's record, not the TC path's.
+            bump(Counter::ProxyDecoded);
+        } else {
+            bump(Counter::TcJoined);
+        }
     }
     // The socket holds the record now: the 4-tuple map keeps only
     // handshakes in flight and sockets sockops does not see.

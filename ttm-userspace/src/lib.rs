@@ -12,6 +12,7 @@ pub mod links;
 pub mod metrics;
 pub mod mode;
 pub mod pins;
+pub mod proxy_listeners;
 pub mod records;
 pub mod service;
 pub mod sockdiag;
@@ -32,5 +33,8 @@ pub const SOCKOPS_JOIN_PROGRAM: &str = "ttm_sockops_tc";
 pub const GETSOCKOPT_PROGRAM: &str = "ttm_getsockopt";
 /// The PROXY protocol stream-verdict program (attached to `PROXY_SOCKS`).
 pub const PROXY_VERDICT_PROGRAM: &str = "ttm_proxy_verdict";
+/// The PROXY protocol cgroup ingress program (reads a header before the
+/// socket exists), attached to the decoder's cgroup with `--proxy-protocol`.
+pub const PROXY_INGRESS_PROGRAM: &str = "ttm_proxy_ingress";
 /// Names of the getpeername rewrite programs (AF_INET, AF_INET6).
 pub const GETPEERNAME_PROGRAMS: [&str; 2] = ["ttm_getpeername4", "ttm_getpeername6"];

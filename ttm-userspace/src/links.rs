@@ -24,6 +24,8 @@ pub mod attach_type {
     pub const GETPEERNAME6: u32 = 30;
     /// `BPF_CGROUP_GETSOCKOPT`.
     pub const GETSOCKOPT: u32 = 21;
+    /// `BPF_CGROUP_INET_INGRESS`.
+    pub const INET_INGRESS: u32 = 0;
 }
 
 fn bpf(cmd: libc::c_long, attr: &mut [u64; 8]) -> io::Result<i64> {

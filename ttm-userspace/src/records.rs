@@ -50,6 +50,7 @@ pub fn connection(cookie: u64, record: &PeerRecord, now_ns: u64) -> Connection {
         local: SocketAddr::new(to_ip(&record.local_addr), record.local_port),
         option_kind: record.option_kind,
         option_len: record.option_len,
+        carrier: record.carrier().to_string(),
         age: Duration::from_nanos(now_ns.saturating_sub(record.established_ns)),
     }
 }

@@ -113,6 +113,14 @@ pub(super) fn planned_attachments(
         cgroup: decoder.to_path_buf(),
         pin: config.pins.link(LINKED_PROGRAMS[0]),
     }];
+    if !config.proxy_ports.is_empty() {
+        out.push(Attachment {
+            program: crate::PROXY_INGRESS_PROGRAM,
+            attach_type: attach_type::INET_INGRESS,
+            cgroup: decoder.to_path_buf(),
+            pin: config.pins.link(crate::PROXY_INGRESS_PROGRAM),
+        });
+    }
     for cgroup in compat_cgroups(config, decoder) {
         let id = links::cgroup_id(&cgroup)
             .with_context(|| format!("--compat-cgroup {}", cgroup.display()))?;
@@ -154,6 +162,12 @@ pub(super) fn attach_all(
             fs::remove_file(&pin).with_context(|| format!("unpinning {}", pin.display()))?;
             info!("{} detached (no longer configured)", pin.display());
         }
+    }
+    let ingress_pin = config.pins.link(crate::PROXY_INGRESS_PROGRAM);
+    if config.proxy_ports.is_empty() && ingress_pin.exists() {
+        fs::remove_file(&ingress_pin)
+            .with_context(|| format!("unpinning {}", ingress_pin.display()))?;
+        info!("{} detached (no --proxy-protocol)", ingress_pin.display());
     }
     let mut adopted = 0;
     let mut witnesses = Vec::new();
@@ -231,6 +245,7 @@ pub(super) fn load_program(ebpf: &mut Ebpf, name: &str) -> Result<std::os::fd::O
         n if n == SOCKOPS_JOIN_PROGRAM => "the kernel rejected the sockops join program (see the verifier log above)",
         n if n == GETSOCKOPT_PROGRAM => "the kernel rejected the getsockopt shim (needs Linux 5.3+)",
         n if pins::is_witness(n) => "the kernel rejected a witness program (getpeername hooks need Linux 5.8+)",
+        n if n == crate::PROXY_INGRESS_PROGRAM => "--proxy-protocol: the kernel rejected the cgroup ingress program that reads a PROXY header before the socket exists (see the verifier log above)",
         _ => "the kernel rejected a getpeername program (needs Linux 5.8+) — run with --no-rewrite to do without",
     };
     let fd = match program {
@@ -242,6 +257,12 @@ pub(super) fn load_program(ebpf: &mut Ebpf, name: &str) -> Result<std::os::fd::O
             p.fd()?.as_fd().try_clone_to_owned()?
         }
         aya::programs::Program::CgroupSockopt(p) => {
+            if p.fd().is_err() {
+                p.load().context(hint)?;
+            }
+            p.fd()?.as_fd().try_clone_to_owned()?
+        }
+        aya::programs::Program::CgroupSkb(p) => {
             if p.fd().is_err() {
                 p.load().context(hint)?;
             }

@@ -172,6 +172,8 @@ pub struct Daemon {
     tc_max_age: std::time::Duration,
     /// The periodic audit, if on.
     audit: Option<crate::audit_watch::AuditWatch>,
+    /// `TCP_DEFER_ACCEPT` on the PROXY ports' listeners (`--proxy-protocol`).
+    listeners: Option<crate::proxy_listeners::ListenerDeferrer>,
     _lock: InstanceLock,
 }
 
@@ -288,7 +290,16 @@ impl Daemon {
                 (cgroup_attachments + tc_attachments.len()) as u64,
             )
         });
+        let listeners = (!config.proxy_ports.is_empty()).then(|| {
+            let mut d = crate::proxy_listeners::ListenerDeferrer::new(
+                config.proxy_ports.clone(),
+                cgroup.clone(),
+            );
+            d.scan();
+            d
+        });
         let mut daemon = Daemon {
+            listeners,
             audit,
             _ebpf: ebpf,
             pins: config.pins.clone(),

@@ -50,6 +50,11 @@ impl Daemon {
             .inspect_err(|e| warn!("limit checks unavailable: {e}"))
             .ok();
         let mut last_stats = stats_map.as_ref().and_then(|m| crate::stats::read(m).ok());
+        // New listeners on PROXY ports are deferred within a tick of listen().
+        let mut listen_tick = tokio::time::interval(std::time::Duration::from_millis(20));
+        let mut listens_seen = last_stats
+            .as_ref()
+            .map_or(0, |s| s.get(ttm_common::Counter::ProxyListening));
         println!("ttm: ready");
         loop {
             tokio::select! {
@@ -70,6 +75,18 @@ impl Daemon {
                                 );
                             }
                             *before = now;
+                        }
+                    }
+                }
+                _ = listen_tick.tick(), if self.listeners.is_some() && stats_map.is_some() => {
+                    let now = stats_map
+                        .as_ref()
+                        .and_then(|m| crate::stats::read(m).ok())
+                        .map_or(listens_seen, |s| s.get(ttm_common::Counter::ProxyListening));
+                    if now != listens_seen {
+                        listens_seen = now;
+                        if let Some(l) = self.listeners.as_mut() {
+                            l.scan();
                         }
                     }
                 }

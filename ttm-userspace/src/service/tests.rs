@@ -48,6 +48,7 @@ fn connection(cookie: u64, client: &str, local: SocketAddr, peer: SocketAddr) ->
         local,
         option_kind: 254,
         option_len: 8,
+        carrier: "tcp-option".into(),
         age: Duration::from_millis(10),
     }
 }

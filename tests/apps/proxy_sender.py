@@ -1,0 +1,69 @@
+#!/usr/bin/env python3
+"""A scripted PROXY protocol sender for the lab: opens each connection of a
+plan (JSON on stdin), writes its chunks (a header, split as told) with a pause
+between them so each lands in its own segment, then a line, and reports
+what came back. The lab server echoes the first line it reads, so `echo`
+shows exactly what the app read first."""
+import json
+import socket
+import sys
+import time
+
+
+def run(conn):
+    host, port = conn["to"].rsplit(":", 1)
+    host = host.strip("[]")
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    s = socket.socket(family, socket.SOCK_STREAM)
+    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    if conn.get("bind"):
+        s.bind((conn["bind"], 0))
+    s.settimeout(15)
+    s.connect((host, int(port)))
+    local = s.getsockname()
+    gap = conn.get("gap_ms", 20) / 1000.0
+    chunks = [bytes.fromhex(c) for c in conn.get("chunks", [])]
+    line = conn.get("line", "").encode() + b"\n"
+    if conn.get("line_with_last_chunk") and chunks:
+        chunks[-1] += line
+        line = b""
+    for i, chunk in enumerate(chunks):
+        if i:
+            time.sleep(gap)
+        s.sendall(chunk)
+    out = {"line": conn.get("line", ""), "local": "%s:%d" % (local[0], local[1])}
+    if conn.get("hold_ms") is not None:
+        # An unfinished header: wait, then go.
+        time.sleep(conn["hold_ms"] / 1000.0)
+        s.close()
+        out["held"] = True
+        return out
+    if line:
+        time.sleep(gap)
+        s.sendall(line)
+    buf = b""
+    while not buf.endswith(b"\n"):
+        try:
+            data = s.recv(65536)
+        except socket.timeout:
+            break
+        if not data:
+            break
+        buf += data
+    s.close()
+    out["echo"] = buf.decode("latin-1").rstrip("\n")
+    return out
+
+
+def main():
+    plan = json.load(sys.stdin)
+    for conn in plan:
+        try:
+            out = run(conn)
+        except OSError as e:
+            out = {"line": conn.get("line", ""), "error": str(e)}
+        print(json.dumps(out), flush=True)
+
+
+if __name__ == "__main__":
+    main()
