@@ -154,6 +154,29 @@ fn ask_daemon(socket: &Path, stream: &TcpStream, peer: SocketAddr) -> Result<ser
     }))
 }
 
+/// A blocking reader that counts and retries `EAGAIN`: the kernel's
+/// sockmap receive path returns it to a blocking `read()` woken by a
+/// segment that left no bytes for the app (ttm removing the last piece of a
+/// PROXY header that came over several segments, after `accept()`).
+struct RetryingReader {
+    stream: TcpStream,
+    empty_wakeups: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl std::io::Read for RetryingReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        loop {
+            match self.stream.read(buf) {
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    self.empty_wakeups
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+                other => return other,
+            }
+        }
+    }
+}
+
 fn serve(listen: SocketAddr, count: usize, lookup: Option<PathBuf>) -> Result<()> {
     let listener = TcpListener::bind(listen).with_context(|| format!("binding {listen}"))?;
     println!("listening {listen}");
@@ -168,7 +191,11 @@ fn serve(listen: SocketAddr, count: usize, lookup: Option<PathBuf>) -> Result<()
         workers.push(std::thread::spawn(move || -> Result<()> {
             let cookie = ttm_client::socket_cookie(&stream)?;
             let local = stream.local_addr()?;
-            let mut reader = BufReader::new(stream.try_clone()?);
+            let wakeups = Arc::new(std::sync::atomic::AtomicU64::new(0));
+            let mut reader = BufReader::new(RetryingReader {
+                stream: stream.try_clone()?,
+                empty_wakeups: wakeups.clone(),
+            });
             let mut claimed = String::new();
             reader.read_line(&mut claimed)?;
             let mut w = &stream;
@@ -178,6 +205,7 @@ fn serve(listen: SocketAddr, count: usize, lookup: Option<PathBuf>) -> Result<()
                 "peer": peer.to_string(),
                 "local": local.to_string(),
                 "claimed": claimed.trim(),
+                "empty_wakeups": wakeups.load(std::sync::atomic::Ordering::Relaxed),
             });
             if let Some(socket) = &lookup {
                 line["lookup"] = ask_daemon(socket, &stream, peer)?;
