@@ -50,8 +50,21 @@ def run(conn):
         if not data:
             break
         buf += data
-    s.close()
     out["echo"] = buf.decode("latin-1").rstrip("\n")
+    # Later lines, each after a pause, each echoed (the connection outlives
+    # whatever the test does meanwhile, e.g. a daemon restart).
+    for later in conn.get("later", []):
+        time.sleep(later.get("after_ms", 0) / 1000.0)
+        s.sendall(later["line"].encode() + b"\n")
+        back = b""
+        while not back.endswith(b"\n"):
+            data = s.recv(65536)
+            if not data:
+                break
+            back += data
+        out.setdefault("later_echo", []).append(back.decode("latin-1").rstrip("\n"))
+    time.sleep(conn.get("linger_ms", 0) / 1000.0)
+    s.close()
     return out
 
 

@@ -35,17 +35,7 @@ fn serve(world: &World, listen: &str, count: usize) -> Guarded {
     server
         .wait_for(Duration::from_secs(10), |l| l.starts_with("listening"))
         .expect("server listening");
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        match ttm::proxy_listeners::listener_deferral(server.pid(), 8080) {
-            Some(v) if v > 0 => break,
-            other => assert!(
-                Instant::now() < deadline,
-                "ttm did not set TCP_DEFER_ACCEPT on the server's listener: {other:?}"
-            ),
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    wait_deferred(&server);
     server
 }
 
@@ -57,6 +47,68 @@ fn reports(server: &Guarded, n: usize) -> Vec<Value> {
             serde_json::from_str(&line).expect("server JSON")
         })
         .collect()
+}
+
+/// Starts the scripted sender in `ns` with `plan`; see [`finish`].
+fn send_async(ns: &str, plan: &Value) -> std::process::Child {
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", ns, "python3"])
+        .arg(sender_script())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("run the scripted sender");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(plan.to_string().as_bytes())
+        .unwrap();
+    child
+}
+
+/// The scripted sender's reports, one per connection, once it is done.
+fn finish(child: std::process::Child) -> Vec<Value> {
+    let out = child.wait_with_output().expect("sender output");
+    assert!(out.status.success(), "sender failed");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("sender JSON"))
+        .collect()
+}
+
+/// The Python server of `tests/apps` (accept, getpeername and the TOA
+/// getsockopt per connection), once ttm has deferred its listener.
+fn python_server(world: &World, host: &str, count: usize) -> Guarded {
+    let script = common::app("peer_server.py");
+    let count = count.to_string();
+    let server = spawn_in(
+        std::path::Path::new("/usr/bin/python3"),
+        &world.lab.rs_cgroup(),
+        lab::RS_NS,
+        &[script.to_str().unwrap(), host, PORT, &count],
+    )
+    .expect("spawn python server");
+    server
+        .wait_for(Duration::from_secs(10), |l| l.starts_with("listening"))
+        .expect("server listening");
+    wait_deferred(&server);
+    server
+}
+
+/// Waits until ttm has set `TCP_DEFER_ACCEPT` on `server`'s listener.
+fn wait_deferred(server: &Guarded) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match ttm::proxy_listeners::listener_deferral(server.pid(), 8080) {
+            Some(v) if v > 0 => return,
+            other => assert!(
+                Instant::now() < deadline,
+                "ttm did not set TCP_DEFER_ACCEPT on the server's listener: {other:?}"
+            ),
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }
 
 /// Runs the scripted sender in `ns` with `plan`; one report per connection.
@@ -348,3 +400,91 @@ fn an_unfinished_header_holds_bounded_state_that_goes_with_the_connection() {
     assert_eq!(world.stats().get(Counter::ProxyDecoded), 0);
 }
 
+
+#[test]
+fn an_ipv6_client_over_ipv4_reaches_getsockopt_and_lookups_but_never_an_af_inet_socket() {
+    let world = world();
+    let client: SocketAddr = "[2001:db8::7]:4242".parse().unwrap();
+    let server = python_server(&world, "0.0.0.0", 1);
+    let plan = json!([{
+        "to": rs().to_string(), "bind": lab::LB_IP,
+        "chunks": [hex(&v2(1, client, rs(), &[]))], "line": "six-over-four",
+        "line_with_last_chunk": true, "linger_ms": 1500,
+    }]);
+    let sender = send_async(lab::LB_NS, &plan);
+    let report: Value =
+        serde_json::from_str(&server.line(Duration::from_secs(15)).expect("report")).unwrap();
+    assert_eq!(report["claimed"], "six-over-four", "{report}");
+    // No IPv6 address fits a sockaddr_in: accept() and getpeername() keep the LB.
+    let accepted = report["accept"].as_str().unwrap();
+    assert!(accepted.starts_with(lab::LB_IP), "{report}");
+    assert_eq!(report["getpeername"], accepted);
+    assert_eq!(report["sockopt"]["client"], client.to_string(), "{report}");
+    assert_eq!(report["sockopt"]["af"], 10);
+    let (code, out) = world
+        .daemon
+        .cli(&["lookup", "--local", &rs().to_string(), "--peer", accepted, "--json"])
+        .unwrap();
+    assert_eq!(code, 0, "{out}");
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["client"], client.to_string());
+    assert_eq!(v["family"], "6to4");
+    assert_eq!(v["carrier"], "proxy-v2");
+    let sent = finish(sender);
+    assert_eq!(sent[0]["echo"], "six-over-four");
+}
+
+#[test]
+fn ipv6_real_server_path_through_haproxy_and_nginx() {
+    let trust = format!("{},{}", lab::LB_NET, lab::LB_NET6);
+    let world = World::with_daemon_args(&trust, &["--proxy-protocol", PORT]);
+    let backend: SocketAddr = format!("[{}]:{PORT}", lab::RS_IP6).parse().unwrap();
+    for (i, sender) in [Sender::HaproxyV2, Sender::NginxStream].into_iter().enumerate() {
+        let listen: SocketAddr = format!("[{}]:{}", lab::PROXY_IP6, 9100 + i).parse().unwrap();
+        let _proxy = Proxy::start(sender, listen, backend).expect("start proxy");
+        let server = serve(&world, "[::]:8080", 4);
+        let clients = world.connect_to(&world.lab.client_cgroup(), &listen.to_string(), 4, 50_000);
+        let accepted = world.accepted(&server, 4);
+        let records = world.records();
+        for a in &accepted {
+            assert!(clients.contains(&a.claimed), "{sender:?}: {a:?}");
+            assert_eq!(a.claimed.ip().to_string(), lab::CLIENT_IP6);
+            assert_eq!(a.peer, a.claimed, "{sender:?}: accept() names the client");
+            let info = records.by_cookie(a.cookie).unwrap().expect("a record");
+            assert_eq!(info.family, "6to6");
+            assert_eq!(info.carrier, sender.carrier());
+        }
+    }
+}
+
+#[test]
+fn a_daemon_restart_keeps_open_proxy_connections_and_watches_new_ones() {
+    let mut world = world();
+    let first: SocketAddr = "198.51.100.31:3100".parse().unwrap();
+    let second: SocketAddr = "198.51.100.32:3200".parse().unwrap();
+    let server = serve(&world, "0.0.0.0:8080", 2);
+    let plan = json!([{
+        "to": rs().to_string(), "bind": lab::LB_IP,
+        "chunks": [hex(&v2(1, first, rs(), &[]))], "line": "before-restart",
+        "later": [{"after_ms": 3000, "line": "after-restart"}],
+    }]);
+    let open = send_async(lab::LB_NS, &plan);
+    let got = reports(&server, 1);
+    assert_eq!(got[0]["peer"], first.to_string());
+    world.daemon.crash_in_place();
+    world.restart_daemon(&["--proxy-protocol", PORT]);
+    let sent = send(
+        lab::LB_NS,
+        &json!([{
+            "to": rs().to_string(), "bind": lab::LB_IP,
+            "chunks": [hex(&v1(second, rs()))], "line": "new-daemon",
+            "line_with_last_chunk": true,
+        }]),
+    );
+    assert_eq!(sent[0]["echo"], "new-daemon");
+    let got = reports(&server, 1);
+    assert_eq!(got[0]["peer"], second.to_string(), "{got:?}");
+    let sent = finish(open);
+    assert_eq!(sent[0]["echo"], "before-restart");
+    assert_eq!(sent[0]["later_echo"], json!(["after-restart"]), "{sent:?}");
+}

@@ -79,6 +79,8 @@ pub fn run() -> Vec<Probe> {
             let mut names: Vec<&str> = LINKED_PROGRAMS.to_vec();
             names.insert(1, crate::SOCKOPS_JOIN_PROGRAM);
             names.push(crate::tc::TC_PROGRAM);
+            names.push(crate::PROXY_VERDICT_PROGRAM);
+            names.push(crate::PROXY_INGRESS_PROGRAM);
             let mut header_access = false;
             for name in names {
                 let (what, result) = match ebpf.program_mut(name) {
@@ -96,6 +98,16 @@ pub fn run() -> Vec<Probe> {
                     Some(Program::CgroupSockopt(p)) => ("getsockopt shim", p.load()),
                     Some(Program::CgroupSockAddr(p)) => ("getpeername hook", p.load()),
                     Some(Program::SchedClassifier(p)) => ("TC ingress decoder", p.load()),
+                    Some(Program::SkSkb(p)) => (
+                        "--proxy-protocol: removing the PROXY header from the stream (stream \
+                         verdict with bpf_skb_adjust_room, Linux 5.12+)",
+                        p.load(),
+                    ),
+                    Some(Program::CgroupSkb(p)) => (
+                        "--proxy-protocol: reading the PROXY header before the socket exists \
+                         (cgroup ingress)",
+                        p.load(),
+                    ),
                     _ => continue,
                 };
                 let ok = result.is_ok();
@@ -190,6 +202,10 @@ pub fn attachments(pins: &crate::pins::PinDir) -> Vec<Probe> {
                 .map_or_else(|| format!("cgroup id {id}"), |p| p.display().to_string());
             let cost = match program.as_str() {
                 "ttm_sockops" | "ttm_sockops_tc" => "once per accepted connection",
+                "ttm_proxy_ingress" => {
+                    "every packet to a socket under it: a listener check, and a PROXY header \
+                     read only on segments that complete a handshake on a --proxy-protocol port"
+                }
                 "ttm_getsockopt" => {
                     "every getsockopt() under it pays the kernel's copy in and out (≈ ×2 for \
                      unrelated options); narrow with --compat-cgroup or --no-getsockopt"
