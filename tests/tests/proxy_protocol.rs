@@ -18,6 +18,37 @@ use ttm_lab::proxies::{sender_script, Proxy, Sender};
 
 const PORT: &str = "8080";
 
+/// Why this kernel cannot run `--proxy-protocol`, from `ttm doctor` (which
+/// asks the verifier about both PROXY programs), or `None`.
+fn kernel_lacks_proxy() -> Option<String> {
+    let out = Command::new(ttm_lab::daemon::ttm_bin().expect("ttm binary"))
+        .args(["doctor", "--json"])
+        .output()
+        .expect("run ttm doctor");
+    let probes: Vec<Value> = serde_json::from_slice(&out.stdout).expect("doctor JSON");
+    let missing: Vec<String> = probes
+        .iter()
+        .filter(|p| {
+            (p["feature"] == "ttm_proxy_verdict" || p["feature"] == "ttm_proxy_ingress")
+                && p["ok"] == false
+        })
+        .map(|p| p["detail"].as_str().unwrap_or_default().to_string())
+        .collect();
+    (!missing.is_empty()).then(|| missing.join("; "))
+}
+
+/// Returns from the test with a SKIP line where the kernel lacks PROXY
+/// protocol support (`a_kernel_without_the_programs_refuses_at_start`
+/// checks the refusal there).
+macro_rules! require_proxy_support {
+    () => {
+        if let Some(why) = kernel_lacks_proxy() {
+            println!("SKIP: this kernel cannot run --proxy-protocol: {why}");
+            return;
+        }
+    };
+}
+
 fn world() -> World {
     World::with_daemon_args(lab::LB_NET, &["--proxy-protocol", PORT])
 }
@@ -192,6 +223,7 @@ fn by_claimed<'a>(reports: &'a [Value], line: &str) -> &'a Value {
 
 #[test]
 fn real_senders_reach_a_plain_server_with_the_client_and_the_exact_bytes() {
+    require_proxy_support!();
     let world = world();
     let n = 8;
     for (i, sender) in [Sender::HaproxyV1, Sender::HaproxyV2, Sender::NginxStream]
@@ -227,6 +259,7 @@ fn real_senders_reach_a_plain_server_with_the_client_and_the_exact_bytes() {
 
 #[test]
 fn one_port_serves_proxied_trusted_plain_and_direct_clients_at_once() {
+    require_proxy_support!();
     let world = world();
     let listen: SocketAddr = format!("{}:9000", lab::PROXY_IP).parse().unwrap();
     let _proxy = Proxy::start(Sender::HaproxyV2, listen, rs()).expect("start haproxy");
@@ -260,6 +293,7 @@ fn one_port_serves_proxied_trusted_plain_and_direct_clients_at_once() {
 
 #[test]
 fn a_header_split_at_every_byte_is_joined_and_data_after_it_in_its_segment_kept() {
+    require_proxy_support!();
     let world = world();
     let client: SocketAddr = "198.51.100.20:40000".parse().unwrap();
     let mut plan = Vec::new();
@@ -310,6 +344,7 @@ fn a_header_split_at_every_byte_is_joined_and_data_after_it_in_its_segment_kept(
 
 #[test]
 fn forged_headers_and_malformations_are_never_believed() {
+    require_proxy_support!();
     let world = world();
     let forged: SocketAddr = "203.0.113.66:666".parse().unwrap();
     let good = v2(1, forged, rs(), &[]);
@@ -377,6 +412,7 @@ fn forged_headers_and_malformations_are_never_believed() {
 
 #[test]
 fn an_unfinished_header_holds_bounded_state_that_goes_with_the_connection() {
+    require_proxy_support!();
     let world = world();
     let header = v2(1, "198.51.100.9:9".parse().unwrap(), rs(), &[]);
     let server = serve(&world, "0.0.0.0:8080", 1);
@@ -403,6 +439,7 @@ fn an_unfinished_header_holds_bounded_state_that_goes_with_the_connection() {
 
 #[test]
 fn an_ipv6_client_over_ipv4_reaches_getsockopt_and_lookups_but_never_an_af_inet_socket() {
+    require_proxy_support!();
     let world = world();
     let client: SocketAddr = "[2001:db8::7]:4242".parse().unwrap();
     let server = python_server(&world, "0.0.0.0", 1);
@@ -436,6 +473,7 @@ fn an_ipv6_client_over_ipv4_reaches_getsockopt_and_lookups_but_never_an_af_inet_
 
 #[test]
 fn ipv6_real_server_path_through_haproxy_and_nginx() {
+    require_proxy_support!();
     let trust = format!("{},{}", lab::LB_NET, lab::LB_NET6);
     let world = World::with_daemon_args(&trust, &["--proxy-protocol", PORT]);
     let backend: SocketAddr = format!("[{}]:{PORT}", lab::RS_IP6).parse().unwrap();
@@ -459,6 +497,7 @@ fn ipv6_real_server_path_through_haproxy_and_nginx() {
 
 #[test]
 fn a_daemon_restart_keeps_open_proxy_connections_and_watches_new_ones() {
+    require_proxy_support!();
     let mut world = world();
     let first: SocketAddr = "198.51.100.31:3100".parse().unwrap();
     let second: SocketAddr = "198.51.100.32:3200".parse().unwrap();
@@ -487,4 +526,31 @@ fn a_daemon_restart_keeps_open_proxy_connections_and_watches_new_ones() {
     let sent = finish(open);
     assert_eq!(sent[0]["echo"], "before-restart");
     assert_eq!(sent[0]["later_echo"], json!(["after-restart"]), "{sent:?}");
+}
+
+#[test]
+fn a_kernel_without_the_programs_refuses_at_start() {
+    let _serial = ttm_lab::process::serial();
+    let lab = ttm_lab::Lab::up().expect("bring the lab up");
+    let pins = std::path::Path::new(common::PIN_DIR);
+    let Some(why) = kernel_lacks_proxy() else {
+        // The kernel has what it needs: the daemon starts with the flag.
+        let daemon = ttm_lab::TtmDaemon::start(lab::LB_NET, &lab.rs_cgroup(), pins, &["--proxy-protocol", PORT])
+            .expect("the daemon starts with --proxy-protocol");
+        drop(daemon);
+        return;
+    };
+    let out = Command::new(ttm_lab::daemon::ttm_bin().expect("ttm binary"))
+        .args(["daemon", "--trust", lab::LB_NET, "--cgroup"])
+        .arg(lab.rs_cgroup())
+        .arg("--pin-dir")
+        .arg(pins)
+        .args(["--socket", "/run/ttm/ttm-refusal.sock", "--proxy-protocol", PORT])
+        .output()
+        .expect("run the daemon");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "started on a kernel that lacks it ({why})");
+    assert!(stderr.contains("--proxy-protocol needs Linux"), "not a clear refusal: {stderr}");
+    assert!(!pins.join("link_ttm_sockops").exists(), "a refused start left programs attached");
+    println!("this kernel refuses --proxy-protocol at start, as it should: {why}");
 }

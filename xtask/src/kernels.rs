@@ -57,7 +57,7 @@ pub struct Run {
 
 /// What each kernel must pass: one test file per capability the README's
 /// table reports, in sockops mode, and the TC path's own tests.
-const MATRIX_TESTS: [(&str, &str); 9] = [
+const MATRIX_TESTS: [(&str, &str); 10] = [
     ("sockops", "decode_4to4"),
     ("sockops", "formats_6to4"),
     ("sockops", "compat_shim"),
@@ -67,10 +67,11 @@ const MATRIX_TESTS: [(&str, &str); 9] = [
     ("tc", "decode_4to4"),
     ("sockops", "ipv6_path"),
     ("tc", "ipv6_path"),
+    ("sockops", "proxy_protocol"),
 ];
 
 /// The capabilities of the README's table and the runs that show each.
-const CAPABILITIES: [(&str, &[&str]); 7] = [
+const CAPABILITIES: [(&str, &[&str]); 8] = [
     ("4to4 decode", &["sockops/decode_4to4"]),
     ("6to4 and other formats", &["sockops/formats_6to4"]),
     (
@@ -89,6 +90,10 @@ const CAPABILITIES: [(&str, &[&str]); 7] = [
     (
         "IPv6 between LB and real server (6to6, 4to6)",
         &["sockops/ipv6_path", "tc/ipv6_path"],
+    ),
+    (
+        "PROXY protocol v1/v2 (--proxy-protocol)",
+        &["sockops/proxy_protocol"],
     ),
     ("kernel", &[]),
 ];
@@ -590,6 +595,14 @@ fn verdict(capability: &str, probes: &[serde_json::Value]) -> String {
             "works (fallback: netlink cls_bpf, no tcx)".into()
         }
         "TC mode" => "works (tcx)".into(),
+        "PROXY protocol v1/v2 (--proxy-protocol)"
+            if probe_ok(probes, "ttm_proxy_verdict") == Some(false)
+                || probe_ok(probes, "ttm_proxy_ingress") == Some(false) =>
+        {
+            "not on this kernel: the verifier refuses ttm's PROXY programs; the daemon refuses \
+             --proxy-protocol at start (tested)"
+                .into()
+        }
         "getsockopt 1345 + accept()/getpeername() rewrite"
             if probe_ok(probes, "getsockopt errno") == Some(false) =>
         {
