@@ -10,7 +10,7 @@ use anyhow::{bail, Context as _, Result};
 /// The bpf-linker version known to build and work here (newer ones need a newer LLVM).
 const BPF_LINKER_VERSION: &str = "0.10.4";
 /// Commands the lab and the tests need, with the Debian package providing each.
-const APT_COMMANDS: [(&str, &str); 9] = [
+const APT_COMMANDS: [(&str, &str); 10] = [
     ("nft", "nftables"),
     ("ip", "iproute2"),
     ("sysctl", "procps"),
@@ -24,7 +24,16 @@ const APT_COMMANDS: [(&str, &str); 9] = [
     ("bpftool", "bpftool"),
     // The Go module (go/ttm) and the Go servers of the lab tests.
     ("go", "golang-go"),
+    // Real PROXY protocol senders of the lab (with nginx's stream module below).
+    ("haproxy", "haproxy"),
 ];
+
+/// Files the lab needs that no command stands for, with the Debian package
+/// providing each.
+const APT_FILES: [(&str, &str); 1] = [(
+    "/usr/lib/nginx/modules/ngx_stream_module.so",
+    "libnginx-mod-stream",
+)];
 
 /// Runs every step.
 pub fn ensure() -> Result<()> {
@@ -119,6 +128,12 @@ fn apt_packages() -> Result<()> {
         .iter()
         .filter(|(cmd, _)| !have(cmd))
         .map(|(_, pkg)| *pkg)
+        .chain(
+            APT_FILES
+                .iter()
+                .filter(|(file, _)| !Path::new(file).exists())
+                .map(|(_, pkg)| *pkg),
+        )
         .collect();
     if missing.is_empty() {
         return Ok(());
