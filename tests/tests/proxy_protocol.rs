@@ -554,3 +554,33 @@ fn a_kernel_without_the_programs_refuses_at_start() {
     assert!(!pins.join("link_ttm_sockops").exists(), "a refused start left programs attached");
     println!("this kernel refuses --proxy-protocol at start, as it should: {why}");
 }
+
+#[test]
+fn stock_nginx_sees_the_client_and_its_own_proxy_protocol_port_is_left_alone() {
+    require_proxy_support!();
+    let world = world();
+    // Port 8090 parses PROXY protocol itself; ttm was told only about 8080.
+    let nginx = common::Nginx::start_with(
+        &world,
+        "log_format pp '$remote_addr $proxy_protocol_addr:$proxy_protocol_port';\n\
+         server { listen 8090 proxy_protocol; access_log {d}/pp.log pp;\n\
+         location / { return 200 \"ok\\n\"; } }",
+    );
+    let to_ttm_port: SocketAddr = format!("{}:9000", lab::PROXY_IP).parse().unwrap();
+    let to_nginx_port: SocketAddr = format!("{}:9001", lab::PROXY_IP).parse().unwrap();
+    let _v1 = Proxy::start(Sender::HaproxyV1, to_ttm_port, rs()).expect("haproxy v1");
+    let _v2 = Proxy::start(
+        Sender::HaproxyV2,
+        to_nginx_port,
+        format!("{}:8090", lab::RS_IP).parse().unwrap(),
+    )
+    .expect("haproxy v2");
+    let proxied = common::http_get(&world.lab.client_cgroup(), &to_ttm_port.to_string());
+    let direct = common::http_get(&world.lab.client_cgroup(), &rs().to_string());
+    let log = nginx.access_log(2);
+    assert!(log[0].starts_with(&format!("{} {} 8080", proxied.ip(), proxied.port())), "{log:?}");
+    assert!(log[1].starts_with(&format!("{} {} 8080", direct.ip(), direct.port())), "{log:?}");
+    let own = common::http_get(&world.lab.client_cgroup(), &to_nginx_port.to_string());
+    let pp = nginx.log("pp.log", 1);
+    assert_eq!(pp[0], format!("{} {}", lab::LB_IP, own), "nginx parsed its own header: {pp:?}");
+}

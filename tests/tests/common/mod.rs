@@ -435,6 +435,12 @@ pub struct Nginx {
 impl Nginx {
     /// Starts nginx in the real server's cgroup and namespace.
     pub fn start(world: &World) -> Nginx {
+        Nginx::start_with(world, "")
+    }
+
+    /// Like [`Nginx::start`], with `extra` (`{d}` standing for nginx's
+    /// directory) added inside `http {}`.
+    pub fn start_with(world: &World, extra: &str) -> Nginx {
         let dir = std::env::temp_dir().join(format!("ttm-nginx-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("nginx dir");
         let d = dir.display();
@@ -446,7 +452,8 @@ impl Nginx {
              log_format peer '$remote_addr $remote_port $server_port';\n\
              access_log {d}/access.log peer;\n\
              server {{\nlisten 8080;\nlisten [::]:8081 ipv6only=off;\nlisten [::]:8082;\n\
-             location / {{ return 200 \"ok\\n\"; }}\n}}\n}}\n"
+             location / {{ return 200 \"ok\\n\"; }}\n}}\n{extra}\n}}\n",
+            extra = extra.replace("{d}", &d.to_string())
         );
         std::fs::write(dir.join("nginx.conf"), conf).expect("nginx.conf");
         let mut cmd = Command::new("nginx");
@@ -467,9 +474,14 @@ impl Nginx {
 
     /// Access-log lines "remote_addr remote_port server_port", waiting for `n`.
     pub fn access_log(&self, n: usize) -> Vec<String> {
+        self.log("access.log", n)
+    }
+
+    /// Lines of the log file `name` in nginx's directory, waiting for `n`.
+    pub fn log(&self, name: &str, n: usize) -> Vec<String> {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            let log = std::fs::read_to_string(self.dir.join("access.log")).unwrap_or_default();
+            let log = std::fs::read_to_string(self.dir.join(name)).unwrap_or_default();
             let lines: Vec<String> = log.lines().map(str::to_string).collect();
             if lines.len() >= n {
                 return lines;
