@@ -4,6 +4,7 @@
 //! `cargo xtask test`. The other subcommands are its helpers inside the lab.
 
 mod helpers;
+mod proxy_helpers;
 mod report;
 mod sections;
 mod stats;
@@ -32,7 +33,7 @@ enum Cmd {
         #[arg(long, default_value = "BENCHMARKS.md")]
         out: PathBuf,
         /// Run only these sections (repeatable): connection-rate, per-call,
-        /// lookups, floor, scale, real-connections, cold-start.
+        /// lookups, floor, scale, real-connections, cold-start, proxy-protocol.
         #[arg(long)]
         only: Vec<String>,
     },
@@ -53,6 +54,30 @@ enum Cmd {
         count: usize,
         #[arg(long)]
         parallel: usize,
+    },
+    /// Helper: HTTP connection-rate client timing the first byte.
+    #[command(hide = true)]
+    HttpRate {
+        #[arg(long)]
+        to: SocketAddr,
+        #[arg(long)]
+        count: usize,
+        #[arg(long)]
+        parallel: usize,
+    },
+    /// Helper: one bulk transfer to a sink server.
+    #[command(hide = true)]
+    Bulk {
+        #[arg(long)]
+        to: SocketAddr,
+        #[arg(long)]
+        bytes: u64,
+    },
+    /// Helper: a server that counts what each connection sent.
+    #[command(hide = true)]
+    SinkServer {
+        #[arg(long)]
+        listen: SocketAddr,
     },
     /// Helper: one connection that sends a line and waits for its echo.
     #[command(hide = true)]
@@ -108,6 +133,13 @@ fn main() -> ExitCode {
             parallel,
         } => helpers::conn_rate(to, count, parallel),
         Cmd::LineClient { to } => helpers::line_client(to),
+        Cmd::HttpRate {
+            to,
+            count,
+            parallel,
+        } => proxy_helpers::http_rate(to, count, parallel),
+        Cmd::Bulk { to, bytes } => proxy_helpers::bulk(to, bytes),
+        Cmd::SinkServer { listen } => proxy_helpers::sink_server(listen),
         Cmd::Calls { listen, iterations } => helpers::calls(listen, iterations),
         Cmd::LookupLoad {
             listen,

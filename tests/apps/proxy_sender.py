@@ -68,8 +68,43 @@ def run(conn):
     return out
 
 
+def concurrent(plan):
+    """Every connection of `plan` open at once: each sends its chunks and
+    line, then all echoes are read. Prints one summary."""
+    socks = []
+    for conn in plan["connections"]:
+        host, port = conn["to"].rsplit(":", 1)
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if conn.get("bind"):
+            s.bind((conn["bind"], 0))
+        s.settimeout(30)
+        s.connect((host, int(port)))
+        s.sendall(b"".join(bytes.fromhex(c) for c in conn["chunks"]) + conn["line"].encode() + b"\n")
+        socks.append((s, conn["line"]))
+    ok, wrong = 0, []
+    for s, line in socks:
+        buf = b""
+        while not buf.endswith(b"\n"):
+            data = s.recv(4096)
+            if not data:
+                break
+            buf += data
+        if buf.decode("latin-1").rstrip("\n") == line:
+            ok += 1
+        elif len(wrong) < 5:
+            wrong.append([line, buf.decode("latin-1")])
+    print(json.dumps({"open_at_once": len(socks), "ok": ok, "wrong": wrong}), flush=True)
+    time.sleep(plan.get("linger_ms", 0) / 1000.0)
+    for s, _ in socks:
+        s.close()
+
+
 def main():
     plan = json.load(sys.stdin)
+    if isinstance(plan, dict):
+        concurrent(plan)
+        return
     for conn in plan:
         try:
             out = run(conn)

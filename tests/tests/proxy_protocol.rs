@@ -53,8 +53,17 @@ fn world() -> World {
     World::with_daemon_args(lab::LB_NET, &["--proxy-protocol", PORT])
 }
 
+/// The lab server on 0.0.0.0:`port`, once ttm has deferred its listener.
+fn serve_on(world: &World, port: u16, count: usize) -> Guarded {
+    serve_port(world, &format!("0.0.0.0:{port}"), port, count)
+}
+
 /// The lab server on `listen`, once ttm has deferred its listener.
 fn serve(world: &World, listen: &str, count: usize) -> Guarded {
+    serve_port(world, listen, 8080, count)
+}
+
+fn serve_port(world: &World, listen: &str, port: u16, count: usize) -> Guarded {
     let count = count.to_string();
     let server = spawn_in(
         lab_bin(),
@@ -66,7 +75,7 @@ fn serve(world: &World, listen: &str, count: usize) -> Guarded {
     server
         .wait_for(Duration::from_secs(10), |l| l.starts_with("listening"))
         .expect("server listening");
-    wait_deferred(&server);
+    wait_deferred(&server, port);
     server
 }
 
@@ -123,15 +132,15 @@ fn python_server(world: &World, host: &str, count: usize) -> Guarded {
     server
         .wait_for(Duration::from_secs(10), |l| l.starts_with("listening"))
         .expect("server listening");
-    wait_deferred(&server);
+    wait_deferred(&server, 8080);
     server
 }
 
 /// Waits until ttm has set `TCP_DEFER_ACCEPT` on `server`'s listener.
-fn wait_deferred(server: &Guarded) {
+fn wait_deferred(server: &Guarded, port: u16) {
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
-        match ttm::proxy_listeners::listener_deferral(server.pid(), 8080) {
+        match ttm::proxy_listeners::listener_deferral(server.pid(), port) {
             Some(v) if v > 0 => return,
             other => assert!(
                 Instant::now() < deadline,
@@ -583,4 +592,54 @@ fn stock_nginx_sees_the_client_and_its_own_proxy_protocol_port_is_left_alone() {
     let own = common::http_get(&world.lab.client_cgroup(), &to_nginx_port.to_string());
     let pp = nginx.log("pp.log", 1);
     assert_eq!(pp[0], format!("{} {}", lab::LB_IP, own), "nginx parsed its own header: {pp:?}");
+}
+
+#[test]
+fn ten_thousand_concurrent_connections_each_get_their_own_client() {
+    require_proxy_support!();
+    // Two servers of 5,000 connections each: a process may hold at most
+    // 20,000 files here, and the lab server holds three per connection.
+    let world = World::with_daemon_args(lab::LB_NET, &["--proxy-protocol", "8080,8081"]);
+    let n = 10_000usize;
+    let client = |i: usize| -> SocketAddr {
+        format!("198.51.{}.{}:{}", 100 + i / 250, 1 + i % 250, 10_000 + i)
+            .parse()
+            .unwrap()
+    };
+    let port = |i: usize| 8080 + (i % 2) as u16;
+    let connections: Vec<Value> = (0..n)
+        .map(|i| {
+            let to: SocketAddr = format!("{}:{}", lab::RS_IP, port(i)).parse().unwrap();
+            json!({
+                "to": to.to_string(), "bind": lab::LB_IP,
+                "chunks": [hex(&v2(1, client(i), to, &[]))], "line": format!("c{i}"),
+            })
+        })
+        .collect();
+    let servers = [serve(&world, "0.0.0.0:8080", n / 2), serve_on(&world, 8081, n / 2)];
+    let sender = send_async(lab::LB_NS, &json!({"connections": connections, "linger_ms": 2000}));
+    let got: Vec<Value> = servers.iter().flat_map(|s| reports(s, n / 2)).collect();
+    let summary = finish(sender);
+    assert_eq!(summary[0]["open_at_once"], n as u64);
+    assert_eq!(summary[0]["ok"], n as u64, "{:?}", summary[0]["wrong"]);
+    assert_eq!(got.len(), n);
+    for r in &got {
+        let i: usize = r["claimed"].as_str().unwrap()[1..].parse().unwrap();
+        assert_eq!(r["peer"], client(i).to_string(), "{r}");
+    }
+    assert!(world.stats().get(Counter::ProxyDecoded) >= n as u64);
+}
+
+#[test]
+fn a_gibibyte_through_haproxy_arrives_unchanged() {
+    require_proxy_support!();
+    let world = world();
+    let listen: SocketAddr = format!("{}:9000", lab::PROXY_IP).parse().unwrap();
+    let _proxy = Proxy::start(Sender::HaproxyV2, listen, rs()).expect("start haproxy");
+    let server = serve(&world, "0.0.0.0:8080", 1);
+    // The lab client checks every echoed byte against what it sent.
+    let clients = world.connect_to(&world.lab.client_cgroup(), &listen.to_string(), 1, 1 << 30);
+    let a = &world.accepted(&server, 1)[0];
+    assert_eq!(a.claimed, clients[0]);
+    assert_eq!(a.peer, a.claimed);
 }

@@ -6,6 +6,7 @@ mod connection_rate;
 mod floor;
 mod lookups;
 mod per_call;
+mod proxy_protocol;
 mod real_connections;
 mod scale;
 
@@ -14,6 +15,7 @@ use connection_rate::connection_rate;
 use floor::service_floor;
 use lookups::lookups;
 use per_call::per_call;
+use proxy_protocol::proxy_protocol;
 use real_connections::real_connections;
 use scale::scale;
 
@@ -109,6 +111,7 @@ pub fn run(quick: bool, out: &Path, only: &[String]) -> Result<()> {
     section("scale", &mut || scale(&lab, sizes, &mut chart))?;
     section("real-connections", &mut || real_connections(&lab, sizes))?;
     section("cold-start", &mut || cold_start(&lab, sizes))?;
+    section("proxy-protocol", &mut || proxy_protocol(&lab, sizes))?;
     drop(lab);
     report::write(out, quick, &sections, &chart)?;
     eprintln!("bench: wrote {}", out.display());
