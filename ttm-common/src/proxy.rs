@@ -94,8 +94,8 @@ pub enum Parsed {
     /// A header whose length is known (`len` bytes) but whose content is
     /// refused: removed, nothing recorded.
     Refused {
-        /// Header length in bytes.
-        len: u16,
+        /// Header length in bytes (up to 16 + 65,535).
+        len: u32,
         /// Why.
         why: Refusal,
     },
@@ -220,31 +220,32 @@ fn parse_v2(buf: &HeaderBuf) -> Parsed {
     let total = V2_FIXED_LEN + buf.be16(14) as usize;
     if total > MAX_HEADER_LEN {
         return Parsed::Refused {
-            len: total as u16,
+            len: total as u32,
             why: Refusal::Oversized,
         };
     }
-    let len = total as u16;
-    let refused = |why| Parsed::Refused { len, why };
+    let refused = |why| Parsed::Refused {
+        len: total as u32,
+        why,
+    };
     let ver_cmd = buf.at(12);
     let local = match ver_cmd {
         0x20 => true,
         0x21 => false,
         _ => return refused(Refusal::V2BadVersion),
     };
+    if local {
+        // LOCAL: the rest of the header (family, addresses, TLVs) is ignored.
+        return finish_v2(buf, total, total, None);
+    }
     let (addr_len, family) = match buf.at(13) {
         0x00 => (0, None),
         0x11 | 0x12 => (12, Some(AddrFamily::Ipv4)),
         0x21 | 0x22 => (36, Some(AddrFamily::Ipv6)),
         0x31 | 0x32 => (216, None),
-        _ if local => (0, None),
         _ => return refused(Refusal::V2UnknownFamily),
     };
     if V2_FIXED_LEN + addr_len > total {
-        if local {
-            // A LOCAL header's addresses are ignored: only its length counts.
-            return finish_v2(buf, total, total, None);
-        }
         return refused(Refusal::V2ShortAddresses);
     }
     if n < total {
@@ -256,7 +257,6 @@ fn parse_v2(buf: &HeaderBuf) -> Parsed {
     }
     let tlv_offset = V2_FIXED_LEN + addr_len;
     let client = match family {
-        _ if local => None,
         Some(AddrFamily::Ipv4) => Some(ProxyClient {
             addr: v4_mapped([buf.at(16), buf.at(17), buf.at(18), buf.at(19)]),
             port: buf.be16(24),
@@ -287,7 +287,7 @@ fn finish_v2(buf: &HeaderBuf, total: usize, tlv_offset: usize, client: Option<Pr
         }
         if at + 3 > total || at + 3 + buf.be16(at + 1) as usize > total {
             return Parsed::Refused {
-                len,
+                len: u32::from(len),
                 why: Refusal::V2BadTlv,
             };
         }
@@ -296,7 +296,7 @@ fn finish_v2(buf: &HeaderBuf, total: usize, tlv_offset: usize, client: Option<Pr
     }
     if at != total {
         return Parsed::Refused {
-            len,
+            len: u32::from(len),
             why: Refusal::V2BadTlv,
         };
     }
@@ -309,7 +309,7 @@ fn header(len: u16, version: ProxyVersion, client: Option<ProxyClient>, tlv_offs
     if let Some(c) = &client {
         if !crate::parser::plausible_client(&c.addr) {
             return Parsed::Refused {
-                len,
+                len: u32::from(len),
                 why: Refusal::ImplausibleClient,
             };
         }
@@ -686,7 +686,7 @@ impl AddrText {
     #[inline(always)]
     fn feed_dotted(&mut self, c: u8, proto: u8) -> bool {
         if c == b'.' {
-            if self.digits == 0 || self.dec > 255 || self.octets >= 3 {
+            if !self.octet_done() || self.octets >= 3 {
                 return false;
             }
             if proto == 6 && self.dotted == 0 {
@@ -711,11 +711,23 @@ impl AddrText {
         self.dec <= 255
     }
 
+    /// Whether the current octet is one: 1–3 digits, at most 255, no
+    /// leading zero (`010` could be read as octal; inet_pton refuses it).
+    #[inline(always)]
+    fn octet_done(&self) -> bool {
+        match self.digits {
+            1 => true,
+            2 => self.dec >= 10,
+            3 => self.dec >= 100 && self.dec <= 255,
+            _ => false,
+        }
+    }
+
     /// The address read, if it is a whole one of `proto`.
     #[inline(always)]
     fn finish(&self, proto: u8) -> Option<Addr16> {
         if proto == 4 {
-            if self.octets != 3 || self.digits == 0 {
+            if self.octets != 3 || !self.octet_done() {
                 return None;
             }
             let v4 = ((self.v4 << 8) | self.dec).to_be_bytes();
@@ -724,7 +736,7 @@ impl AddrText {
         let mut t = *self;
         if t.dotted != 0 {
             // Three dots read: the last octet is the current one.
-            if t.octets != 3 || t.digits == 0 {
+            if t.octets != 3 || !t.octet_done() {
                 return None;
             }
             let v4 = (t.v4 << 8) | t.dec;

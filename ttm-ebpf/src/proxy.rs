@@ -210,7 +210,7 @@ fn on_segment(ctx: &SkBuffContext, cookie: u64, pending: &mut ProxyPending) -> u
         }
         Parsed::Refused { len, .. } => {
             bump(Counter::ProxyRefused);
-            let rest = usize::from(len) - held;
+            let rest = len as usize - held;
             if rest > skb_len {
                 pending.skip = (rest - skb_len) as u32;
                 return SK_DROP;

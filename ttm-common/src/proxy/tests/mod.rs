@@ -218,7 +218,7 @@ fn v2_malformations_are_refused_with_their_length() {
         assert_eq!(
             parse_bytes(&h),
             Parsed::Refused {
-                len: h.len() as u16,
+                len: h.len() as u32,
                 why
             }
         );
@@ -313,3 +313,5 @@ proptest! {
         }
     }
 }
+
+mod reference;
