@@ -643,3 +643,53 @@ fn a_gibibyte_through_haproxy_arrives_unchanged() {
     assert_eq!(a.claimed, clients[0]);
     assert_eq!(a.peer, a.claimed);
 }
+
+#[test]
+fn v2_tlvs_reach_the_lookups_and_go_with_the_connection() {
+    require_proxy_support!();
+    let world = world();
+    let client: SocketAddr = "198.51.100.44:4444".parse().unwrap();
+    let tlvs = [
+        &[0x01u8, 0x00, 0x02][..],
+        b"h2",
+        &[0x02, 0x00, 0x0b],
+        b"example.com",
+        &[0xea, 0x00, 0x0d, 0x01],
+        b"vpce-0123abc",
+    ]
+    .concat();
+    let server = serve(&world, "0.0.0.0:8080", 1);
+    let plan = json!([{
+        "to": rs().to_string(), "bind": lab::LB_IP,
+        "chunks": [hex(&v2(1, client, rs(), &tlvs))], "line": "GET / with tlvs",
+        "line_with_last_chunk": true, "linger_ms": 1000,
+    }]);
+    let sender = send_async(lab::LB_NS, &plan);
+    let r = &reports(&server, 1)[0];
+    assert_eq!(r["peer"], client.to_string());
+    let (code, out) = world
+        .daemon
+        .cli(&["lookup", "--cookie", &r["cookie"].to_string(), "--json"])
+        .unwrap();
+    assert_eq!(code, 0, "{out}");
+    let v: Value = serde_json::from_str(&out).unwrap();
+    let got: Vec<(String, String)> = v["tlvs"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no tlvs: {v}"))
+        .iter()
+        .map(|t| (t["name"].as_str().unwrap().into(), t["value"].as_str().unwrap().into()))
+        .collect();
+    assert_eq!(
+        got,
+        [("alpn", "h2"), ("authority", "example.com"), ("aws_vpce_id", "vpce-0123abc")]
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .to_vec()
+    );
+    assert_eq!(finish(sender)[0]["echo"], "GET / with tlvs");
+    drop(server);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while world.map_entries(ttm_common::maps::PROXY_TLVS) != 0 {
+        assert!(Instant::now() < deadline, "TLVs outlived their connection");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

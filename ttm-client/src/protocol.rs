@@ -84,9 +84,26 @@ pub struct Connection {
     /// `option_len` say which), `proxy-v1` or `proxy-v2` (both 0).
     #[serde(default = "tcp_option")]
     pub carrier: String,
+    /// The TLVs of a PROXY v2 header, in header order (absent: none).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tlvs: Vec<ProxyTlv>,
     /// Time since the handshake completed, in seconds on the wire.
     #[serde(with = "seconds")]
     pub age: Duration,
+}
+
+/// One TLV of a PROXY protocol v2 header.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProxyTlv {
+    /// The TLV's type byte.
+    #[serde(rename = "type")]
+    pub kind: u8,
+    /// What it is: `alpn`, `authority`, `crc32c`, `noop`, `unique_id`,
+    /// `ssl`, `netns`, `aws_vpce_id`, `azure_link_id`, `gcp_psc_id`, or
+    /// `unknown`.
+    pub name: String,
+    /// Its value: text for the textual ones, else hex.
+    pub value: String,
 }
 
 fn tcp_option() -> String {
@@ -251,6 +268,7 @@ mod tests {
             option_kind: 254,
             option_len: 8,
             carrier: "tcp-option".into(),
+            tlvs: Vec::new(),
             age: Duration::from_millis(1500),
         };
         let text = line(&c);

@@ -32,4 +32,5 @@ mod pod {
     unsafe impl aya::Pod for crate::maps::Mismatch {}
     unsafe impl aya::Pod for crate::maps::TcKey {}
     unsafe impl aya::Pod for crate::maps::ProxyPending {}
+    unsafe impl aya::Pod for crate::proxy::HeaderBuf {}
 }

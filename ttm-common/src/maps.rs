@@ -50,6 +50,15 @@ pub const PROXY_PENDING: &str = "PROXY_PENDING";
 /// flight at once (each entry lives from the handshake to the header's end).
 pub const PROXY_PENDING_CAPACITY: u32 = 65_536;
 
+/// Hash: socket cookie → [`crate::proxy::HeaderBuf`], the v2 header of a
+/// PROXY connection whose header carried TLVs (ALPN, authority, unique id,
+/// cloud endpoint ids), for the lookups; bytes past the header are zeroed.
+/// Written by the verdict program, removed by sockops at close. Not
+/// preallocated; a full map keeps the record, not the TLVs.
+pub const PROXY_TLVS: &str = "PROXY_TLVS";
+/// Capacity of `PROXY_TLVS`.
+pub const PROXY_TLVS_CAPACITY: u32 = 65_536;
+
 /// A watched connection before its PROXY header is through: who it is, the
 /// bytes held so far, and what is left to remove of a refused header.
 #[repr(C)]

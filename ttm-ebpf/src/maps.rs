@@ -9,6 +9,7 @@ use ttm_common::{
     maps::{
         tuples_capacity, Mismatch, ProxyPending, TcKey, DEFAULT_RECORDS_CAPACITY,
         DEFAULT_TC_CAPACITY, MISMATCHES_CAPACITY, PROXY_PENDING_CAPACITY, PROXY_PORTS_CAPACITY,
+        PROXY_TLVS_CAPACITY,
         TRUSTED_LBS_CAPACITY,
     },
     Config, Counter, PeerRecord, TrustKey, WalkState,
@@ -138,3 +139,10 @@ pub static V1_WALK: PerCpuArray<ttm_common::proxy::V1State, 2> = PerCpuArray::ne
 /// program. Owned by it.
 #[btf_map]
 pub static PROXY_INGRESS_BUF: PerCpuArray<ttm_common::proxy::HeaderBuf, 1> = PerCpuArray::new();
+
+/// Socket cookie → the v2 header of a PROXY connection whose header carried
+/// TLVs (bytes past it zeroed), for the lookups. Written by the verdict
+/// program; removed by sockops at close.
+#[btf_map]
+pub static PROXY_TLVS: HashMap<u64, ttm_common::proxy::HeaderBuf, { PROXY_TLVS_CAPACITY as usize }, NO_PREALLOC> =
+    HashMap::new();

@@ -189,7 +189,7 @@ fn on_segment(ctx: &SkBuffContext, cookie: u64, pending: &mut ProxyPending) -> u
             len,
             version,
             client,
-            ..
+            tlv_offset,
         } => {
             match client {
                 // Recorded at the handshake (the ingress program read the
@@ -205,6 +205,9 @@ fn on_segment(ctx: &SkBuffContext, cookie: u64, pending: &mut ProxyPending) -> u
                 }
                 None => bump(Counter::ProxyNoClient),
             }
+            if client.is_some() && usize::from(tlv_offset) < usize::from(len) {
+                keep_tlvs(pending, cookie, usize::from(len));
+            }
             let _ = PROXY_PENDING.remove(&cookie);
             remove_header(ctx, usize::from(len) - held, skb_len)
         }
@@ -219,6 +222,21 @@ fn on_segment(ctx: &SkBuffContext, cookie: u64, pending: &mut ProxyPending) -> u
             remove_header(ctx, rest, skb_len)
         }
     }
+}
+
+/// Files the header (its TLVs) for the lookups, the client's bytes after it
+/// zeroed first.
+#[inline(always)]
+fn keep_tlvs(pending: &mut ProxyPending, cookie: u64, len: usize) {
+    let mut i = 0;
+    while i < MAX_HEADER_LEN {
+        if i >= len {
+            pending.head.bytes[byte_bound(i)] = 0;
+        }
+        i += 1;
+    }
+    pending.head.len = len as u32;
+    let _ = crate::maps::PROXY_TLVS.insert(&cookie, &pending.head, BPF_NOEXIST as u64);
 }
 
 /// Removes the header's last `n` bytes from the front of this segment.

@@ -370,6 +370,7 @@ fn on_close(ctx: &SockOpsContext) {
     } else {
         return;
     };
+    let had_tlvs = record.proxy_version() == Some(ttm_common::proxy::ProxyVersion::V2);
     // Absent when the map was full at the handshake (counted then). The
     // tuples go first: `record` may be the cookie map's own value.
     if RECORDS.get_ptr(&cookie).is_some() {
@@ -380,4 +381,7 @@ fn on_close(ctx: &SockOpsContext) {
     }
     // The TC path's entry for this 4-tuple, if it made one, goes too.
     let _ = TC_RECORDS.remove(&tc_key(ctx));
+    if had_tlvs {
+        let _ = crate::maps::PROXY_TLVS.remove(&cookie);
+    }
 }

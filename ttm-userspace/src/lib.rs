@@ -13,6 +13,7 @@ pub mod metrics;
 pub mod mode;
 pub mod pins;
 pub mod proxy_listeners;
+pub mod proxy_tlvs;
 pub mod records;
 pub mod service;
 pub mod sockdiag;

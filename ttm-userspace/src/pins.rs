@@ -9,7 +9,7 @@ pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/ttm";
 
 /// The maps ttm pins, by name (the pin file has the map's name). A new
 /// daemon reuses them, so records and counters survive restarts.
-pub const PINNED_MAPS: [&str; 12] = [
+pub const PINNED_MAPS: [&str; 13] = [
     maps::RECORDS,
     maps::TUPLES,
     maps::PEER_STORAGE,
@@ -22,6 +22,7 @@ pub const PINNED_MAPS: [&str; 12] = [
     maps::PROXY_PORTS,
     maps::PROXY_SOCKS,
     maps::PROXY_PENDING,
+    maps::PROXY_TLVS,
 ];
 
 /// The programs ttm attaches, by name, in attach order (the witnesses after

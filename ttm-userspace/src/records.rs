@@ -51,6 +51,7 @@ pub fn connection(cookie: u64, record: &PeerRecord, now_ns: u64) -> Connection {
         option_kind: record.option_kind,
         option_len: record.option_len,
         carrier: record.carrier().to_string(),
+        tlvs: Vec::new(),
         age: Duration::from_nanos(now_ns.saturating_sub(record.established_ns)),
     }
 }
@@ -64,6 +65,7 @@ pub struct RecordStore {
     tuples: Option<HashMap<MapData, TcKey, u64>>,
     storage: Option<SkStorage<MapData, PeerRecord>>,
     tc: Option<HashMap<MapData, TcKey, PeerRecord>>,
+    tlvs: Option<HashMap<MapData, u64, ttm_common::proxy::HeaderBuf>>,
     tc_fd_fallback: bool,
 }
 
@@ -124,11 +126,15 @@ impl RecordStore {
         let tc = open_optional(pins, maps::TC_RECORDS)?
             .map(HashMap::try_from)
             .transpose()?;
+        let tlvs = open_optional(pins, maps::PROXY_TLVS)?
+            .map(HashMap::try_from)
+            .transpose()?;
         Ok(RecordStore {
             map,
             tuples,
             storage,
             tc,
+            tlvs,
             tc_fd_fallback: true,
         })
     }
@@ -142,7 +148,18 @@ impl RecordStore {
 
     /// The record of the connection with socket cookie `cookie`.
     pub fn by_cookie(&self, cookie: u64) -> Result<Option<Connection>, RecordsError> {
-        Ok(get(&self.map, &cookie)?.map(|r| connection(cookie, &r, monotonic_ns())))
+        let Some(record) = get(&self.map, &cookie)? else {
+            return Ok(None);
+        };
+        let mut found = connection(cookie, &record, monotonic_ns());
+        if record.proxy_version() == Some(ttm_common::proxy::ProxyVersion::V2) {
+            if let Some(tlvs) = &self.tlvs {
+                if let Some(header) = get(tlvs, &cookie)? {
+                    found.tlvs = crate::proxy_tlvs::describe(&header);
+                }
+            }
+        }
+        Ok(Some(found))
     }
 
     /// The record of socket `fd` (a TCP socket with cookie `cookie`): the

@@ -266,6 +266,13 @@ impl World {
                     .filter(Result::is_ok)
                     .count()
             }
+            ttm_common::maps::PROXY_TLVS => {
+                aya::maps::HashMap::<_, u64, ttm_common::proxy::HeaderBuf>::try_from(map)
+                    .expect("hash")
+                    .keys()
+                    .filter(Result::is_ok)
+                    .count()
+            }
             ttm_common::maps::PROXY_PENDING => {
                 aya::maps::HashMap::<_, u64, ttm_common::maps::ProxyPending>::try_from(map)
                     .expect("hash")

@@ -49,6 +49,7 @@ fn connection(cookie: u64, client: &str, local: SocketAddr, peer: SocketAddr) ->
         option_kind: 254,
         option_len: 8,
         carrier: "tcp-option".into(),
+        tlvs: Vec::new(),
         age: Duration::from_millis(10),
     }
 }
