@@ -133,7 +133,14 @@ impl Lab {
         )?;
         in_ns(
             LB_NS,
-            &["ip", "addr", "add", &format!("{PROXY_IP}/24"), "dev", "ttm-l0"],
+            &[
+                "ip",
+                "addr",
+                "add",
+                &format!("{PROXY_IP}/24"),
+                "dev",
+                "ttm-l0",
+            ],
         )?;
         in_ns(LB_NS, &["ip", "link", "set", "ttm-l0", "up"])?;
         in_ns(LB_NS, &["ip", "link", "set", "ttm-l1", "up"])?;

@@ -130,10 +130,11 @@ fn wait_listening(addr: std::net::SocketAddr) -> Result<()> {
         let out = Command::new("ip")
             .args(["netns", "exec", LB_NS, "ss", "-Htln"])
             .output()?;
-        if String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .any(|l| l.split_whitespace().nth(3).is_some_and(|a| a.ends_with(&wanted)))
-        {
+        if String::from_utf8_lossy(&out.stdout).lines().any(|l| {
+            l.split_whitespace()
+                .nth(3)
+                .is_some_and(|a| a.ends_with(&wanted))
+        }) {
             return Ok(());
         }
         std::thread::sleep(Duration::from_millis(50));

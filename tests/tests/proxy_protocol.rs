@@ -21,6 +21,12 @@ const PORT: &str = "8080";
 /// Why this kernel cannot run `--proxy-protocol`, from `ttm doctor` (which
 /// asks the verifier about both PROXY programs), or `None`.
 fn kernel_lacks_proxy() -> Option<String> {
+    // Asked once per test binary: the doctor loads every program.
+    static ANSWER: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    ANSWER.get_or_init(ask_doctor).clone()
+}
+
+fn ask_doctor() -> Option<String> {
     let out = Command::new(ttm_lab::daemon::ttm_bin().expect("ttm binary"))
         .args(["doctor", "--json"])
         .output()
@@ -285,7 +291,10 @@ fn one_port_serves_proxied_trusted_plain_and_direct_clients_at_once() {
     let accepted = world.accepted(&server, 8);
     let rest = reports(&server, 4);
     for a in &accepted {
-        assert!(proxied.contains(&a.claimed) || direct.contains(&a.claimed), "{a:?}");
+        assert!(
+            proxied.contains(&a.claimed) || direct.contains(&a.claimed),
+            "{a:?}"
+        );
         assert_eq!(a.peer, a.claimed, "{a:?}");
     }
     for (i, p) in plain.iter().enumerate() {
@@ -339,17 +348,36 @@ fn a_header_split_at_every_byte_is_joined_and_data_after_it_in_its_segment_kept(
         if line.ends_with("-whole") {
             // Whole in its segment: read before the socket existed.
             assert_eq!(r["peer"], client.to_string(), "{line}: {r}");
-            assert_eq!(r["empty_wakeups"], 0, "a whole header never wakes the app for nothing: {r}");
+            assert_eq!(
+                r["empty_wakeups"], 0,
+                "a whole header never wakes the app for nothing: {r}"
+            );
         } else {
             // Split: known from the app's first read, never a wrong client before.
             let peer = r["peer"].as_str().unwrap();
-            assert!(peer == client.to_string() || peer.starts_with(lab::LB_IP), "{line}: {r}");
+            assert!(
+                peer == client.to_string() || peer.starts_with(lab::LB_IP),
+                "{line}: {r}"
+            );
         }
     }
     let after = world.stats();
-    assert_eq!(after.get(Counter::ProxyDecoded) - before.get(Counter::ProxyDecoded), n as u64);
+    assert_eq!(
+        after.get(Counter::ProxyDecoded) - before.get(Counter::ProxyDecoded),
+        n as u64
+    );
     assert!(after.get(Counter::ProxySplit) - before.get(Counter::ProxySplit) >= (n - 2) as u64);
 }
+
+/// (name, sender's namespace, its address to bind, the header, whether ttm
+/// removes it).
+type HostileCase = (
+    &'static str,
+    &'static str,
+    Option<&'static str>,
+    Vec<u8>,
+    bool,
+);
 
 #[test]
 fn forged_headers_and_malformations_are_never_believed() {
@@ -373,16 +401,64 @@ fn forged_headers_and_malformations_are_never_believed() {
     let bad_v1 = b"PROXY TCP4 203.0.113.66 10.0.2.2 666\r\n".to_vec();
     // (name, sender namespace and address, header, what the app must read
     // first: the line itself when the header is removed, else the header)
-    let cases: Vec<(&str, &str, Option<&str>, Vec<u8>, bool)> = vec![
-        ("direct-forged-v2", lab::CLIENT_NS, None, good.clone(), false),
-        ("direct-forged-v1", lab::CLIENT_NS, None, v1(forged, rs()), false),
-        ("v2-bad-version", lab::LB_NS, Some(lab::LB_IP), bad_version, true),
-        ("v2-unknown-family", lab::LB_NS, Some(lab::LB_IP), bad_family, true),
-        ("v2-truncated-tlv", lab::LB_NS, Some(lab::LB_IP), truncated_tlv, true),
-        ("v2-short-addresses", lab::LB_NS, Some(lab::LB_IP), short, true),
-        ("v2-oversized", lab::LB_NS, Some(lab::LB_IP), oversized, true),
+    let cases: Vec<HostileCase> = vec![
+        (
+            "direct-forged-v2",
+            lab::CLIENT_NS,
+            None,
+            good.clone(),
+            false,
+        ),
+        (
+            "direct-forged-v1",
+            lab::CLIENT_NS,
+            None,
+            v1(forged, rs()),
+            false,
+        ),
+        (
+            "v2-bad-version",
+            lab::LB_NS,
+            Some(lab::LB_IP),
+            bad_version,
+            true,
+        ),
+        (
+            "v2-unknown-family",
+            lab::LB_NS,
+            Some(lab::LB_IP),
+            bad_family,
+            true,
+        ),
+        (
+            "v2-truncated-tlv",
+            lab::LB_NS,
+            Some(lab::LB_IP),
+            truncated_tlv,
+            true,
+        ),
+        (
+            "v2-short-addresses",
+            lab::LB_NS,
+            Some(lab::LB_IP),
+            short,
+            true,
+        ),
+        (
+            "v2-oversized",
+            lab::LB_NS,
+            Some(lab::LB_IP),
+            oversized,
+            true,
+        ),
         ("v2-local", lab::LB_NS, Some(lab::LB_IP), local, true),
-        ("v1-overlong", lab::LB_NS, Some(lab::LB_IP), overlong_v1, false),
+        (
+            "v1-overlong",
+            lab::LB_NS,
+            Some(lab::LB_IP),
+            overlong_v1,
+            false,
+        ),
         ("v1-bad-field", lab::LB_NS, Some(lab::LB_IP), bad_v1, false),
     ];
     let server = serve(&world, "0.0.0.0:8080", cases.len());
@@ -401,14 +477,19 @@ fn forged_headers_and_malformations_are_never_believed() {
         } else {
             let header_text = String::from_utf8_lossy(header);
             assert!(
-                echo.as_bytes().starts_with(&header[..header.len().min(8)]) || echo.starts_with(header_text.as_ref()),
+                echo.as_bytes().starts_with(&header[..header.len().min(8)])
+                    || echo.starts_with(header_text.as_ref()),
                 "{name}: the app should read the bytes as sent, got {echo:?}"
             );
         }
     }
     let got = reports(&server, cases.len());
     for r in &got {
-        assert_ne!(r["peer"], forged.to_string(), "a forged client was believed: {r}");
+        assert_ne!(
+            r["peer"],
+            forged.to_string(),
+            "a forged client was believed: {r}"
+        );
     }
     let after = world.stats();
     let delta = |c| after.get(c) - before.get(c);
@@ -416,7 +497,11 @@ fn forged_headers_and_malformations_are_never_believed() {
     assert_eq!(delta(Counter::ProxyRefused), 5);
     assert_eq!(delta(Counter::ProxyNoClient), 1);
     assert_eq!(delta(Counter::ProxyUnframed), 2);
-    assert_eq!(delta(Counter::ProxyWatched), 8, "direct clients are never watched");
+    assert_eq!(
+        delta(Counter::ProxyWatched),
+        8,
+        "direct clients are never watched"
+    );
 }
 
 #[test]
@@ -435,16 +520,22 @@ fn an_unfinished_header_holds_bounded_state_that_goes_with_the_connection() {
     // stream; closing freed the pending state.
     let r = reports(&server, 1);
     assert_eq!(r[0]["claimed"], "", "{r:?}");
-    assert_eq!(world.map_entries(ttm_common::maps::PROXY_PENDING), 1, "held while the app holds the socket");
+    assert_eq!(
+        world.map_entries(ttm_common::maps::PROXY_PENDING),
+        1,
+        "held while the app holds the socket"
+    );
     drop(server);
     let deadline = Instant::now() + Duration::from_secs(5);
     while world.map_entries(ttm_common::maps::PROXY_PENDING) != 0 {
-        assert!(Instant::now() < deadline, "pending PROXY state outlived its connection");
+        assert!(
+            Instant::now() < deadline,
+            "pending PROXY state outlived its connection"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     assert_eq!(world.stats().get(Counter::ProxyDecoded), 0);
 }
-
 
 #[test]
 fn an_ipv6_client_over_ipv4_reaches_getsockopt_and_lookups_but_never_an_af_inet_socket() {
@@ -469,7 +560,14 @@ fn an_ipv6_client_over_ipv4_reaches_getsockopt_and_lookups_but_never_an_af_inet_
     assert_eq!(report["sockopt"]["af"], 10);
     let (code, out) = world
         .daemon
-        .cli(&["lookup", "--local", &rs().to_string(), "--peer", accepted, "--json"])
+        .cli(&[
+            "lookup",
+            "--local",
+            &rs().to_string(),
+            "--peer",
+            accepted,
+            "--json",
+        ])
         .unwrap();
     assert_eq!(code, 0, "{out}");
     let v: Value = serde_json::from_str(&out).unwrap();
@@ -486,8 +584,13 @@ fn ipv6_real_server_path_through_haproxy_and_nginx() {
     let trust = format!("{},{}", lab::LB_NET, lab::LB_NET6);
     let world = World::with_daemon_args(&trust, &["--proxy-protocol", PORT]);
     let backend: SocketAddr = format!("[{}]:{PORT}", lab::RS_IP6).parse().unwrap();
-    for (i, sender) in [Sender::HaproxyV2, Sender::NginxStream].into_iter().enumerate() {
-        let listen: SocketAddr = format!("[{}]:{}", lab::PROXY_IP6, 9100 + i).parse().unwrap();
+    for (i, sender) in [Sender::HaproxyV2, Sender::NginxStream]
+        .into_iter()
+        .enumerate()
+    {
+        let listen: SocketAddr = format!("[{}]:{}", lab::PROXY_IP6, 9100 + i)
+            .parse()
+            .unwrap();
         let _proxy = Proxy::start(sender, listen, backend).expect("start proxy");
         let server = serve(&world, "[::]:8080", 4);
         let clients = world.connect_to(&world.lab.client_cgroup(), &listen.to_string(), 4, 50_000);
@@ -544,8 +647,13 @@ fn a_kernel_without_the_programs_refuses_at_start() {
     let pins = std::path::Path::new(common::PIN_DIR);
     let Some(why) = kernel_lacks_proxy() else {
         // The kernel has what it needs: the daemon starts with the flag.
-        let daemon = ttm_lab::TtmDaemon::start(lab::LB_NET, &lab.rs_cgroup(), pins, &["--proxy-protocol", PORT])
-            .expect("the daemon starts with --proxy-protocol");
+        let daemon = ttm_lab::TtmDaemon::start(
+            lab::LB_NET,
+            &lab.rs_cgroup(),
+            pins,
+            &["--proxy-protocol", PORT],
+        )
+        .expect("the daemon starts with --proxy-protocol");
         drop(daemon);
         return;
     };
@@ -554,13 +662,27 @@ fn a_kernel_without_the_programs_refuses_at_start() {
         .arg(lab.rs_cgroup())
         .arg("--pin-dir")
         .arg(pins)
-        .args(["--socket", "/run/ttm/ttm-refusal.sock", "--proxy-protocol", PORT])
+        .args([
+            "--socket",
+            "/run/ttm/ttm-refusal.sock",
+            "--proxy-protocol",
+            PORT,
+        ])
         .output()
         .expect("run the daemon");
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "started on a kernel that lacks it ({why})");
-    assert!(stderr.contains("--proxy-protocol needs Linux"), "not a clear refusal: {stderr}");
-    assert!(!pins.join("link_ttm_sockops").exists(), "a refused start left programs attached");
+    assert!(
+        !out.status.success(),
+        "started on a kernel that lacks it ({why})"
+    );
+    assert!(
+        stderr.contains("--proxy-protocol needs Linux"),
+        "not a clear refusal: {stderr}"
+    );
+    assert!(
+        !pins.join("link_ttm_sockops").exists(),
+        "a refused start left programs attached"
+    );
     println!("this kernel refuses --proxy-protocol at start, as it should: {why}");
 }
 
@@ -587,11 +709,21 @@ fn stock_nginx_sees_the_client_and_its_own_proxy_protocol_port_is_left_alone() {
     let proxied = common::http_get(&world.lab.client_cgroup(), &to_ttm_port.to_string());
     let direct = common::http_get(&world.lab.client_cgroup(), &rs().to_string());
     let log = nginx.access_log(2);
-    assert!(log[0].starts_with(&format!("{} {} 8080", proxied.ip(), proxied.port())), "{log:?}");
-    assert!(log[1].starts_with(&format!("{} {} 8080", direct.ip(), direct.port())), "{log:?}");
+    assert!(
+        log[0].starts_with(&format!("{} {} 8080", proxied.ip(), proxied.port())),
+        "{log:?}"
+    );
+    assert!(
+        log[1].starts_with(&format!("{} {} 8080", direct.ip(), direct.port())),
+        "{log:?}"
+    );
     let own = common::http_get(&world.lab.client_cgroup(), &to_nginx_port.to_string());
     let pp = nginx.log("pp.log", 1);
-    assert_eq!(pp[0], format!("{} {}", lab::LB_IP, own), "nginx parsed its own header: {pp:?}");
+    assert_eq!(
+        pp[0],
+        format!("{} {}", lab::LB_IP, own),
+        "nginx parsed its own header: {pp:?}"
+    );
 }
 
 #[test]
@@ -616,8 +748,14 @@ fn ten_thousand_concurrent_connections_each_get_their_own_client() {
             })
         })
         .collect();
-    let servers = [serve(&world, "0.0.0.0:8080", n / 2), serve_on(&world, 8081, n / 2)];
-    let sender = send_async(lab::LB_NS, &json!({"connections": connections, "linger_ms": 2000}));
+    let servers = [
+        serve(&world, "0.0.0.0:8080", n / 2),
+        serve_on(&world, 8081, n / 2),
+    ];
+    let sender = send_async(
+        lab::LB_NS,
+        &json!({"connections": connections, "linger_ms": 2000}),
+    );
     let got: Vec<Value> = servers.iter().flat_map(|s| reports(s, n / 2)).collect();
     let summary = finish(sender);
     assert_eq!(summary[0]["open_at_once"], n as u64);
@@ -677,13 +815,22 @@ fn v2_tlvs_reach_the_lookups_and_go_with_the_connection() {
         .as_array()
         .unwrap_or_else(|| panic!("no tlvs: {v}"))
         .iter()
-        .map(|t| (t["name"].as_str().unwrap().into(), t["value"].as_str().unwrap().into()))
+        .map(|t| {
+            (
+                t["name"].as_str().unwrap().into(),
+                t["value"].as_str().unwrap().into(),
+            )
+        })
         .collect();
     assert_eq!(
         got,
-        [("alpn", "h2"), ("authority", "example.com"), ("aws_vpce_id", "vpce-0123abc")]
-            .map(|(a, b)| (a.to_string(), b.to_string()))
-            .to_vec()
+        [
+            ("alpn", "h2"),
+            ("authority", "example.com"),
+            ("aws_vpce_id", "vpce-0123abc")
+        ]
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .to_vec()
     );
     assert_eq!(finish(sender)[0]["echo"], "GET / with tlvs");
     drop(server);

@@ -274,7 +274,12 @@ fn parse_v2(buf: &HeaderBuf) -> Parsed {
 
 /// Checks the TLVs between `tlv_offset` and `total`, then answers.
 #[inline(always)]
-fn finish_v2(buf: &HeaderBuf, total: usize, tlv_offset: usize, client: Option<ProxyClient>) -> Parsed {
+fn finish_v2(
+    buf: &HeaderBuf,
+    total: usize,
+    tlv_offset: usize,
+    client: Option<ProxyClient>,
+) -> Parsed {
     let len = total as u16;
     if (buf.len as usize) < total {
         return Parsed::NeedMore;

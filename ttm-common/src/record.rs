@@ -240,7 +240,10 @@ mod tests {
     #[test]
     fn a_proxy_record_names_its_version_and_no_option() {
         let mut r = PeerRecord::ZERO;
-        r.set_tuple((v4_mapped([10, 0, 2, 1]), 50_000), (v4_mapped([10, 0, 2, 2]), 8080));
+        r.set_tuple(
+            (v4_mapped([10, 0, 2, 1]), 50_000),
+            (v4_mapped([10, 0, 2, 2]), 8080),
+        );
         r.format_index = PROXY_PENDING_FORMAT;
         assert!(r.is_proxy_pending() && !r.is_set());
         let client = ProxyClient {
@@ -252,7 +255,10 @@ mod tests {
         assert!(!r.is_proxy_pending());
         assert_eq!(r.proxy_version(), Some(ProxyVersion::V2));
         assert_eq!(r.client_family, ClientFamily::SixToFour as u8);
-        assert_eq!((r.option_kind, r.option_len, r.carrier()), (0, 0, "proxy-v2"));
+        assert_eq!(
+            (r.option_kind, r.option_len, r.carrier()),
+            (0, 0, "proxy-v2")
+        );
         assert_eq!(PeerRecord::ZERO.carrier(), "tcp-option");
     }
 

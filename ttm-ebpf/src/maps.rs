@@ -9,8 +9,7 @@ use ttm_common::{
     maps::{
         tuples_capacity, Mismatch, ProxyPending, TcKey, DEFAULT_RECORDS_CAPACITY,
         DEFAULT_TC_CAPACITY, MISMATCHES_CAPACITY, PROXY_PENDING_CAPACITY, PROXY_PORTS_CAPACITY,
-        PROXY_TLVS_CAPACITY,
-        TRUSTED_LBS_CAPACITY,
+        PROXY_TLVS_CAPACITY, TRUSTED_LBS_CAPACITY,
     },
     Config, Counter, PeerRecord, TrustKey, WalkState,
 };
@@ -121,8 +120,12 @@ pub static PROXY_SOCKS: SockHash<u64, 1> = SockHash::new();
 /// through. Added by sockops with the socket; removed by the verdict program
 /// when the header is decided, or by sockops at close.
 #[btf_map]
-pub static PROXY_PENDING: HashMap<u64, ProxyPending, { PROXY_PENDING_CAPACITY as usize }, NO_PREALLOC> =
-    HashMap::new();
+pub static PROXY_PENDING: HashMap<
+    u64,
+    ProxyPending,
+    { PROXY_PENDING_CAPACITY as usize },
+    NO_PREALLOC,
+> = HashMap::new();
 
 /// Per-CPU space where sockops builds a `PROXY_PENDING` entry (too big for
 /// the stack). Owned by sockops.
@@ -144,5 +147,9 @@ pub static PROXY_INGRESS_BUF: PerCpuArray<ttm_common::proxy::HeaderBuf, 1> = Per
 /// TLVs (bytes past it zeroed), for the lookups. Written by the verdict
 /// program; removed by sockops at close.
 #[btf_map]
-pub static PROXY_TLVS: HashMap<u64, ttm_common::proxy::HeaderBuf, { PROXY_TLVS_CAPACITY as usize }, NO_PREALLOC> =
-    HashMap::new();
+pub static PROXY_TLVS: HashMap<
+    u64,
+    ttm_common::proxy::HeaderBuf,
+    { PROXY_TLVS_CAPACITY as usize },
+    NO_PREALLOC,
+> = HashMap::new();

@@ -11,7 +11,11 @@
 use core::ptr;
 
 use aya_ebpf::{
-    bindings::{bpf_sock_ops, sk_action::{SK_DROP, SK_PASS}, BPF_NOEXIST},
+    bindings::{
+        bpf_sock_ops,
+        sk_action::{SK_DROP, SK_PASS},
+        BPF_NOEXIST,
+    },
     helpers::{
         bpf_get_socket_cookie, bpf_ktime_get_ns, bpf_skb_adjust_room, bpf_skb_load_bytes,
         bpf_skb_store_bytes,
@@ -62,7 +66,9 @@ pub fn watch(ctx: &SockOpsContext, trust_any: bool) {
     // SAFETY: the per-CPU scratch slot is ours until the program returns.
     let pending = unsafe { &mut *pending };
     pending.record = PeerRecord::ZERO;
-    pending.record.set_tuple((peer, peer_port), (local, local_port));
+    pending
+        .record
+        .set_tuple((peer, peer_port), (local, local_port));
     pending.record.format_index = PROXY_PENDING_FORMAT;
     pending.head.len = 0;
     pending.skip = 0;
@@ -78,7 +84,10 @@ pub fn watch(ctx: &SockOpsContext, trust_any: bool) {
     }
     // SAFETY: `ops` is the context's own socket-ops pointer.
     let ops: &mut bpf_sock_ops = unsafe { &mut *ctx.ops };
-    if PROXY_SOCKS.update(&mut cookie, ops, BPF_NOEXIST as u64).is_err() {
+    if PROXY_SOCKS
+        .update(&mut cookie, ops, BPF_NOEXIST as u64)
+        .is_err()
+    {
         let _ = PROXY_PENDING.remove(&cookie);
         bump(Counter::ProxyWatchFailed);
         return;
@@ -97,7 +106,9 @@ pub fn watch(ctx: &SockOpsContext, trust_any: bool) {
 /// `TCP_DEFER_ACCEPT` on the new listener.
 #[inline(always)]
 pub fn on_listen(ctx: &SockOpsContext) {
-    let watching = crate::maps::CONFIG.get(0).is_some_and(|c| c.proxy_ports != 0);
+    let watching = crate::maps::CONFIG
+        .get(0)
+        .is_some_and(|c| c.proxy_ports != 0);
     let port = ctx.local_port() as u16;
     if watching && PROXY_PORTS.get_ptr(&port).is_some() {
         bump(Counter::ProxyListening);
@@ -305,7 +316,6 @@ fn store(record: &PeerRecord, cookie: u64) -> bool {
 pub fn forget(cookie: u64) {
     let _ = PROXY_PENDING.remove(&cookie);
 }
-
 
 /// The v1 line, one byte per iteration from offset 6 (after `PROXY `) to
 /// 106, with the state in `V1_WALK` between iterations: every iteration

@@ -77,7 +77,11 @@ fn early_header(ctx: &SkBuffContext) -> Option<()> {
     let buf = PROXY_INGRESS_BUF.get_ptr_mut(0)?;
     // SAFETY: the per-CPU slot is ours until the program returns.
     let buf = unsafe { &mut *buf };
-    let take = byte_bound(if len < MAX_HEADER_LEN { len } else { MAX_HEADER_LEN });
+    let take = byte_bound(if len < MAX_HEADER_LEN {
+        len
+    } else {
+        MAX_HEADER_LEN
+    });
     if take == 0 {
         return None;
     }

@@ -12,7 +12,7 @@
 
 use std::collections::HashSet;
 use std::fs;
-use std::os::fd::{FromRawFd, OwnedFd, AsRawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use log::{debug, info, warn};
@@ -117,7 +117,10 @@ fn cgroup_pids(cgroup: &Path) -> Vec<u32> {
 fn socket_inode(link: &Path) -> Option<u64> {
     let target = fs::read_link(link).ok()?;
     let text = target.to_str()?;
-    text.strip_prefix("socket:[")?.strip_suffix(']')?.parse().ok()
+    text.strip_prefix("socket:[")?
+        .strip_suffix(']')?
+        .parse()
+        .ok()
 }
 
 fn pidfd_open(pid: u32) -> Option<OwnedFd> {
@@ -136,7 +139,8 @@ fn get_int(sock: &OwnedFd, level: libc::c_int, name: libc::c_int) -> std::io::Re
     let mut v: libc::c_int = 0;
     let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
     // SAFETY: a valid fd and an int-sized buffer.
-    let rc = unsafe { libc::getsockopt(sock.as_raw_fd(), level, name, (&raw mut v).cast(), &mut len) };
+    let rc =
+        unsafe { libc::getsockopt(sock.as_raw_fd(), level, name, (&raw mut v).cast(), &mut len) };
     if rc == 0 {
         Ok(v)
     } else {
@@ -155,8 +159,12 @@ fn local_port(sock: &OwnedFd) -> Option<u16> {
     }
     match ss.ss_family as libc::c_int {
         // SAFETY: the family says which layout the kernel wrote.
-        libc::AF_INET => Some(u16::from_be(unsafe { (*(&raw const ss).cast::<libc::sockaddr_in>()).sin_port })),
-        libc::AF_INET6 => Some(u16::from_be(unsafe { (*(&raw const ss).cast::<libc::sockaddr_in6>()).sin6_port })),
+        libc::AF_INET => Some(u16::from_be(unsafe {
+            (*(&raw const ss).cast::<libc::sockaddr_in>()).sin_port
+        })),
+        libc::AF_INET6 => Some(u16::from_be(unsafe {
+            (*(&raw const ss).cast::<libc::sockaddr_in6>()).sin6_port
+        })),
         _ => None,
     }
 }
@@ -181,7 +189,13 @@ fn tcp_state(sock: &OwnedFd) -> Option<u8> {
     let mut len = info.len() as libc::socklen_t;
     // SAFETY: a valid fd and a buffer of `len` bytes (the kernel copies at most that).
     let rc = unsafe {
-        libc::getsockopt(sock.as_raw_fd(), libc::IPPROTO_TCP, libc::TCP_INFO, info.as_mut_ptr().cast(), &mut len)
+        libc::getsockopt(
+            sock.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            info.as_mut_ptr().cast(),
+            &mut len,
+        )
     };
     (rc == 0 && len >= 1).then_some(info[0])
 }
@@ -230,7 +244,10 @@ fn defer_if_proxy_listener(sock: &OwnedFd, ports: &[u16]) -> std::io::Result<See
 /// the daemon set, for tests and `ttm doctor`.
 pub fn listener_deferral(pid: u32, port: u16) -> Option<i32> {
     let pidfd = pidfd_open(pid)?;
-    for entry in fs::read_dir(format!("/proc/{pid}/fd")).ok()?.filter_map(Result::ok) {
+    for entry in fs::read_dir(format!("/proc/{pid}/fd"))
+        .ok()?
+        .filter_map(Result::ok)
+    {
         if socket_inode(&entry.path()).is_none() {
             continue;
         }

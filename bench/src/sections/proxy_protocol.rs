@@ -53,7 +53,9 @@ impl Nginx {
 }
 
 fn proxy_at(port: u16) -> SocketAddr {
-    format!("{}:{port}", lab::PROXY_IP).parse().expect("address")
+    format!("{}:{port}", lab::PROXY_IP)
+        .parse()
+        .expect("address")
 }
 
 fn rs_at(port: u16) -> SocketAddr {
@@ -77,26 +79,51 @@ pub(super) fn proxy_protocol(lab: &Lab, sizes: &Sizes) -> Result<Section> {
     let _p4 = Proxy::start(Sender::HaproxyPlain, proxy_at(9094), rs_at(8094))?;
 
     let http = [
-        ("nginx parses the header itself (`listen proxy_protocol`)", 9092u16),
+        (
+            "nginx parses the header itself (`listen proxy_protocol`)",
+            9092u16,
+        ),
         ("ttm removes the header, plain nginx", 9091),
     ];
     let mut rates = vec![Vec::new(); http.len()];
     let mut ttfb = vec![Vec::new(); http.len()];
-    let bulk = [("a plain proxied connection", 9094u16), ("after a PROXY header ttm removed", 9093)];
+    let bulk = [
+        ("a plain proxied connection", 9094u16),
+        ("after a PROXY header ttm removed", 9093),
+    ];
     let mut throughput = vec![Vec::new(); bulk.len()];
-    let bytes = if sizes.rounds == 1 { 4u64 << 20 } else { 256 << 20 };
+    let bytes = if sizes.rounds == 1 {
+        4u64 << 20
+    } else {
+        256 << 20
+    };
     for round in 0..sizes.rounds {
         for k in 0..http.len() {
             let i = (k + round) % http.len();
-            let (count, to) = (sizes.connections.to_string(), proxy_at(http[i].1).to_string());
+            let (count, to) = (
+                sizes.connections.to_string(),
+                proxy_at(http[i].1).to_string(),
+            );
             let client = in_client(
                 lab,
-                &["http-rate", "--to", &to, "--count", &count, "--parallel", "4"],
+                &[
+                    "http-rate",
+                    "--to",
+                    &to,
+                    "--count",
+                    &count,
+                    "--parallel",
+                    "4",
+                ],
             )?;
             let v = json_line(&client, Duration::from_secs(180))?;
             let ok = v["ok"].as_f64().unwrap_or(0.0);
             if ok < sizes.connections as f64 * 0.99 {
-                bail!("{}: only {ok} of {} requests worked", http[i].0, sizes.connections);
+                bail!(
+                    "{}: only {ok} of {} requests worked",
+                    http[i].0,
+                    sizes.connections
+                );
             }
             rates[i].push(ok / v["seconds"].as_f64().unwrap_or(f64::MAX));
             ttfb[i].push(v["ttfb_us"].as_f64().unwrap_or(f64::MAX));
@@ -107,7 +134,11 @@ pub(super) fn proxy_protocol(lab: &Lab, sizes: &Sizes) -> Result<Section> {
             let client = in_client(lab, &["bulk", "--to", &to, "--bytes", &n])?;
             let v = json_line(&client, Duration::from_secs(300))?;
             if v["counted"].as_u64() != Some(bytes) {
-                bail!("{}: the sink counted {} of {bytes} bytes", bulk[i].0, v["counted"]);
+                bail!(
+                    "{}: the sink counted {} of {bytes} bytes",
+                    bulk[i].0,
+                    v["counted"]
+                );
             }
             throughput[i].push(bytes as f64 / v["seconds"].as_f64().unwrap_or(f64::MAX) / 1e6);
         }
@@ -116,7 +147,10 @@ pub(super) fn proxy_protocol(lab: &Lab, sizes: &Sizes) -> Result<Section> {
     let (_, base_rate) = min_median(&rates[0]);
     let (_, base_ttfb) = min_median(&ttfb[0]);
     figures.push(Figure::info(
-        &format!("requests/s (new connection each, 4 in parallel), {}", http[0].0),
+        &format!(
+            "requests/s (new connection each, 4 in parallel), {}",
+            http[0].0
+        ),
         format!("median {base_rate:.0}; time to first byte median {base_ttfb:.0} µs"),
         "the baseline: what an app configured for PROXY protocol gets",
     ));

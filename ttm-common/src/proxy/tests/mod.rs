@@ -109,7 +109,10 @@ fn v1_tcp6_reads_every_textual_form() {
 
 #[test]
 fn v1_unknown_is_removed_without_a_client() {
-    for line in [&b"PROXY UNKNOWN\r\n"[..], b"PROXY UNKNOWN ffff::1 ffff::2 1 2\r\n"] {
+    for line in [
+        &b"PROXY UNKNOWN\r\n"[..],
+        b"PROXY UNKNOWN ffff::1 ffff::2 1 2\r\n",
+    ] {
         match parse_bytes(line) {
             Parsed::Header {
                 len, client: None, ..
@@ -183,13 +186,21 @@ fn v2_local_and_unspec_are_removed_without_a_client() {
     bare_local.extend([0x20, 0x00, 0, 0]);
     assert!(matches!(
         parse_bytes(&bare_local),
-        Parsed::Header { client: None, len: 16, .. }
+        Parsed::Header {
+            client: None,
+            len: 16,
+            ..
+        }
     ));
     let mut unspec = V2_SIGNATURE.to_vec();
     unspec.extend([0x21, 0x00, 0, 3, 9, 9, 9]);
     assert!(matches!(
         parse_bytes(&unspec),
-        Parsed::Header { client: None, len: 19, .. }
+        Parsed::Header {
+            client: None,
+            len: 19,
+            ..
+        }
     ));
 }
 
@@ -205,7 +216,12 @@ fn v2_malformations_are_refused_with_their_length() {
     let mut short = good.clone();
     short[15] = 4;
     short.truncate(20);
-    let truncated_tlv = v2(1, sa("198.51.100.7:1"), sa("10.0.2.2:2"), &[0x01, 0x00, 0x09, 1]);
+    let truncated_tlv = v2(
+        1,
+        sa("198.51.100.7:1"),
+        sa("10.0.2.2:2"),
+        &[0x01, 0x00, 0x09, 1],
+    );
     let loopback = v2(1, sa("127.0.0.1:1"), sa("10.0.2.2:2"), &[]);
     for (h, why) in [
         (bad_version, Refusal::V2BadVersion),

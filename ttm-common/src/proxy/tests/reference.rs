@@ -131,10 +131,6 @@ fn reference_v1(data: &[u8]) -> Option<Outcome> {
     let (Some(src), true, Some(sport), Some(_)) = (src, ok_dst, port(sport), port(dport)) else {
         return Some(Outcome::Unframed);
     };
-    let src = match src {
-        IpAddr::V6(v) if proto == "TCP6" => IpAddr::V6(v),
-        other => other,
-    };
     if !plausible(src) {
         return Some(Outcome::Refused(len));
     }
@@ -183,7 +179,10 @@ fn reference_v2(data: &[u8]) -> Outcome {
         0x21 | 0x22 => {
             let mut a = [0u8; 16];
             a.copy_from_slice(&body[..16]);
-            Some((IpAddr::V6(Ipv6Addr::from(a)), u16::from_be_bytes([body[32], body[33]])))
+            Some((
+                IpAddr::V6(Ipv6Addr::from(a)),
+                u16::from_be_bytes([body[32], body[33]]),
+            ))
         }
         _ => return Outcome::Removed(total, None),
     };
@@ -239,7 +238,12 @@ fn random_ip(rng: &mut Rng, v6: bool) -> IpAddr {
         }
         IpAddr::V6(Ipv6Addr::from(a))
     } else {
-        IpAddr::V4(Ipv4Addr::new(rng.byte(), rng.byte(), rng.byte(), rng.byte()))
+        IpAddr::V4(Ipv4Addr::new(
+            rng.byte(),
+            rng.byte(),
+            rng.byte(),
+            rng.byte(),
+        ))
     }
 }
 
@@ -349,7 +353,12 @@ fn two_hundred_thousand_generated_headers_agree_with_the_reference_parser() {
         match reference(&data) {
             Some(expected) => {
                 compared += 1;
-                assert_eq!(got, expected, "case {case}: {:?}", String::from_utf8_lossy(&data));
+                assert_eq!(
+                    got,
+                    expected,
+                    "case {case}: {:?}",
+                    String::from_utf8_lossy(&data)
+                );
             }
             // An unfinished line: the kernel waits, or already refuses it.
             None => assert!(
