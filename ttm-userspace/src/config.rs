@@ -425,6 +425,36 @@ mod tests {
     }
 
     #[test]
+    fn proxy_ports_come_from_the_flag_or_the_key_sorted_once_each() {
+        let s =
+            Settings::from_toml("trust = [\"10.0.2.0/24\"]\nproxy_protocol = [8443, 8080, 8443]")
+                .unwrap();
+        assert_eq!(
+            s.daemon_config(false).unwrap().proxy_ports,
+            vec![8080, 8443]
+        );
+        assert_eq!(Settings::from_toml(&s.to_toml()).unwrap(), s);
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            args: DaemonArgs,
+        }
+        let args =
+            <Cli as clap::Parser>::try_parse_from(["daemon", "--proxy-protocol", "9000,9001"])
+                .unwrap()
+                .args;
+        let file: FileConfig = toml::from_str("proxy_protocol = [8080]").unwrap();
+        assert_eq!(
+            Settings::merge(&args, file).proxy_protocol,
+            vec![9000, 9001],
+            "the flag wins"
+        );
+        let none = Settings::from_toml("trust = [\"10.0.2.0/24\"]").unwrap();
+        assert!(none.daemon_config(false).unwrap().proxy_ports.is_empty());
+        assert!(!none.to_toml().contains("proxy_protocol"));
+    }
+
+    #[test]
     fn every_bad_value_names_its_key() {
         let err = |text: &str| {
             let s = Settings::from_toml(text).and_then(|s| s.daemon_config(false).map(|_| s));
@@ -438,6 +468,12 @@ mod tests {
             err("trust = [\"10.0.2.0/24\"]\nclient_timeout = -1").contains("key `client_timeout`")
         );
         assert!(err("trust = [\"10.0.2.0/24\"]\nmax_clients = 0").contains("key `max_clients`"));
+        assert!(
+            err("trust = [\"10.0.2.0/24\"]\nproxy_protocol = [0]").contains("key `proxy_protocol`")
+        );
+        assert!(
+            err("trust = [\"10.0.2.0/24\"]\nproxy_protocol = [70000]").contains("proxy_protocol")
+        );
         assert!(err("metrics = \"nowhere\"").contains("metrics"));
         assert!(err("mode = \"tcx\"").contains("mode"));
         assert!(err("trust = [\"10.0.2.0/24\"]\ntc_max_age = 0").contains("key `tc_max_age`"));
