@@ -31,6 +31,12 @@ pub fn reached(stats: &Stats) -> Vec<LimitReached> {
              are not found by tuple (fd and cookie still work) — raise --max-records",
         ),
         (
+            Counter::ProxyWatchFailed,
+            "PROXY connections could not be watched (65,536 headers in flight at once, or the \
+             sockhash full at --max-records): their header reached the app unremoved — raise \
+             --max-records, or look for a peer opening connections without sending",
+        ),
+        (
             Counter::StorageFailed,
             "the kernel could not allocate socket storage (memory pressure): these connections \
              have no record at all — check the host's memory",
