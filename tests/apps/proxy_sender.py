@@ -80,8 +80,16 @@ def concurrent(plan):
             s.bind((conn["bind"], 0))
         s.settimeout(30)
         s.connect((host, int(port)))
-        s.sendall(b"".join(bytes.fromhex(c) for c in conn["chunks"]) + conn["line"].encode() + b"\n")
+        line = b"" if plan.get("hold") else conn["line"].encode() + b"\n"
+        s.sendall(b"".join(bytes.fromhex(c) for c in conn["chunks"]) + line)
         socks.append((s, conn["line"]))
+    if plan.get("hold"):
+        # Held open as they are (a header pending, or through) until stdin closes.
+        print(json.dumps({"open_at_once": len(socks)}), flush=True)
+        sys.stdin.read()
+        for s, _ in socks:
+            s.close()
+        return
     ok, wrong = 0, []
     for s, line in socks:
         buf = b""
@@ -101,7 +109,7 @@ def concurrent(plan):
 
 
 def main():
-    plan = json.load(sys.stdin)
+    plan = json.loads(sys.stdin.readline())
     if isinstance(plan, dict):
         concurrent(plan)
         return

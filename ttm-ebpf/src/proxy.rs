@@ -220,11 +220,11 @@ fn on_segment(ctx: &SkBuffContext, cookie: u64, pending: &mut ProxyPending) -> u
                 keep_tlvs(pending, cookie, usize::from(len));
             }
             let _ = PROXY_PENDING.remove(&cookie);
-            remove_header(ctx, usize::from(len) - held, skb_len)
+            remove_header(ctx, usize::from(len).saturating_sub(held), skb_len)
         }
         Parsed::Refused { len, .. } => {
             bump(Counter::ProxyRefused);
-            let rest = len as usize - held;
+            let rest = (len as usize).saturating_sub(held);
             if rest > skb_len {
                 pending.skip = (rest - skb_len) as u32;
                 return SK_DROP;

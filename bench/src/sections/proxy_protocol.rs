@@ -189,6 +189,34 @@ pub(super) fn proxy_protocol(lab: &Lab, sizes: &Sizes) -> Result<Section> {
         "the socket stays in the sockhash: every segment passes the verdict program (one \
          failed hash lookup) and the kernel's sockmap receive queue",
     ));
+    let held = if sizes.rounds == 1 { 200 } else { 2000 };
+    let mut per_conn = [Vec::new(), Vec::new(), Vec::new()];
+    for round in 0..sizes.rounds.min(3) {
+        for k in 0..3 {
+            let i = (k + round) % 3;
+            per_conn[i].push(held_bytes(held, i)?);
+        }
+    }
+    let (_, plain) = min_median(&per_conn[0]);
+    figures.push(Figure::info(
+        "kernel bytes per held connection, a port ttm does not watch",
+        format!("median {plain:.0}"),
+        "the baseline: the kernel's own socket, buffers and slab rounding",
+    ));
+    for (i, what) in [(1, "header pending"), (2, "after the header")] {
+        let (_, bytes) = min_median(&per_conn[i]);
+        figures.push(Figure::info(
+            &format!("kernel bytes ttm adds per PROXY connection, {what}"),
+            format!("median {:.0}", bytes - plain),
+            if i == 1 {
+                "the pending state (255 held bytes and the record), the socket's sockmap state \
+                 (psock) and its sockhash entry, and the socket-storage slot"
+            } else {
+                "the record (cookie map, two tuple-index entries, socket storage), the psock \
+                 and the sockhash entry the socket keeps until it closes"
+            },
+        ));
+    }
     drop((sink_ttm, sink_plain));
     Ok(Section {
         title: "PROXY protocol".into(),
@@ -198,11 +226,94 @@ pub(super) fn proxy_protocol(lab: &Lab, sizes: &Sizes) -> Result<Section> {
              given to `--proxy-protocol`, both under the same daemon; {} rounds of {} HTTP/1.0 \
              requests, a new connection each, 4 in parallel; then one {} MiB upload per round \
              through HAProxy to a counting sink, after a header ttm removed against a proxy \
-             sending none. Orders rotate each round; medians.",
+             sending none. Orders rotate each round; medians. Kernel bytes: {held} connections \
+             held open at once from the LB's address, `SUnreclaim` (unreclaimable slab) while \
+             they are open minus before, per connection; to a port ttm does not watch, to a \
+             PROXY port with 10 bytes of a v2 header sent (pending), and with the whole header \
+             and a line sent (after); {} rounds, rotating.",
             sizes.rounds,
             sizes.connections,
-            bytes >> 20
+            bytes >> 20,
+            sizes.rounds.min(3)
         ),
         figures,
     })
+}
+
+/// `SUnreclaim` of /proc/meminfo, in bytes.
+fn slab_unreclaimable() -> Result<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo")?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("SUnreclaim:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map(|kb| kb * 1024)
+        .context("SUnreclaim in /proc/meminfo")
+}
+
+/// A v2 header naming a client for connection `i`.
+fn v2_header(i: usize, dst: SocketAddr) -> Vec<u8> {
+    let mut h = ttm_common::proxy::V2_SIGNATURE.to_vec();
+    h.extend([
+        0x21,
+        0x11,
+        0x00,
+        0x0c,
+        198,
+        51,
+        100 + (i / 250) as u8,
+        1 + (i % 250) as u8,
+    ]);
+    if let std::net::IpAddr::V4(d) = dst.ip() {
+        h.extend(d.octets());
+    }
+    h.extend((10_000 + i as u16).to_be_bytes());
+    h.extend(dst.port().to_be_bytes());
+    h
+}
+
+/// Kernel bytes per connection with `n` held open from the LB's address:
+/// kind 0 to a plain port, 1 to a PROXY port with its header pending, 2
+/// with the header through.
+fn held_bytes(n: usize, kind: usize) -> Result<f64> {
+    use std::io::Write as _;
+    let to = rs_at(if kind == 0 { 8094 } else { 8093 });
+    let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
+    let connections: Vec<serde_json::Value> = (0..n)
+        .map(|i| {
+            let header = v2_header(i, to);
+            let chunks = match kind {
+                0 => vec![hex(b"plain ")],
+                1 => vec![hex(&header[..10])],
+                _ => vec![hex(&header), hex(b"after ")],
+            };
+            serde_json::json!({"to": to.to_string(), "bind": lab::LB_IP, "chunks": chunks, "line": "x"})
+        })
+        .collect();
+    let plan = serde_json::json!({"connections": connections, "hold": true});
+    std::thread::sleep(Duration::from_millis(500));
+    let before = slab_unreclaimable()?;
+    let mut sender = Command::new("ip")
+        .args(["netns", "exec", lab::LB_NS, "python3"])
+        .arg(ttm_lab::proxies::sender_script())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .context("starting the scripted sender")?;
+    let mut stdin = sender.stdin.take().context("sender stdin")?;
+    stdin.write_all(format!("{plan}\n").as_bytes())?;
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(sender.stdout.take().context("sender stdout")?),
+        &mut line,
+    )?;
+    let v: serde_json::Value =
+        serde_json::from_str(&line).with_context(|| format!("sender said {line:?}"))?;
+    if v["open_at_once"].as_u64() != Some(n as u64) {
+        bail!("only {} of {n} connections opened", v["open_at_once"]);
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let during = slab_unreclaimable()?;
+    drop(stdin);
+    sender.wait()?;
+    Ok(during.saturating_sub(before) as f64 / n as f64)
 }
