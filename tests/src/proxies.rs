@@ -5,6 +5,7 @@
 //! from the trusted LB address.
 
 use std::fs;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -147,4 +148,52 @@ pub fn sender_script() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("apps")
         .join("proxy_sender.py")
+}
+
+/// `bytes` as hex, as the scripted sender takes its chunks.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A v2 header from `src` to `dst`, command `command` (0 LOCAL, 1 PROXY),
+/// with `tlvs` appended: the lab's own writer of test headers.
+pub fn v2(command: u8, src: SocketAddr, dst: SocketAddr, tlvs: &[u8]) -> Vec<u8> {
+    let mut out = ttm_common::proxy::V2_SIGNATURE.to_vec();
+    out.push(0x20 | command);
+    let six = |a: std::net::IpAddr| match a {
+        std::net::IpAddr::V4(v) => v.to_ipv6_mapped().octets().to_vec(),
+        std::net::IpAddr::V6(v) => v.octets().to_vec(),
+    };
+    let mut body = Vec::new();
+    if src.is_ipv4() && dst.is_ipv4() {
+        out.push(0x11);
+        for a in [src.ip(), dst.ip()] {
+            if let std::net::IpAddr::V4(v) = a {
+                body.extend(v.octets());
+            }
+        }
+    } else {
+        out.push(0x21);
+        body.extend(six(src.ip()));
+        body.extend(six(dst.ip()));
+    }
+    body.extend(src.port().to_be_bytes());
+    body.extend(dst.port().to_be_bytes());
+    body.extend(tlvs);
+    out.extend((body.len() as u16).to_be_bytes());
+    out.extend(body);
+    out
+}
+
+/// The v1 line naming `src` → `dst`.
+pub fn v1(src: SocketAddr, dst: SocketAddr) -> Vec<u8> {
+    let proto = if src.is_ipv4() { "TCP4" } else { "TCP6" };
+    format!(
+        "PROXY {proto} {} {} {} {}\r\n",
+        src.ip(),
+        dst.ip(),
+        src.port(),
+        dst.port()
+    )
+    .into_bytes()
 }

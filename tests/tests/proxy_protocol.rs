@@ -14,7 +14,7 @@ use serde_json::{json, Value};
 use ttm_common::Counter;
 use ttm_lab::lab;
 use ttm_lab::process::{spawn_in, Guarded};
-use ttm_lab::proxies::{sender_script, Proxy, Sender};
+use ttm_lab::proxies::{hex, sender_script, v1, v2, Proxy, Sender};
 
 const PORT: &str = "8080";
 
@@ -159,70 +159,7 @@ fn wait_deferred(server: &Guarded, port: u16) {
 
 /// Runs the scripted sender in `ns` with `plan`; one report per connection.
 fn send(ns: &str, plan: &Value) -> Vec<Value> {
-    let mut child = Command::new("ip")
-        .args(["netns", "exec", ns, "python3"])
-        .arg(sender_script())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("run the scripted sender");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(plan.to_string().as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().expect("sender output");
-    assert!(out.status.success(), "sender failed");
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("sender JSON"))
-        .collect()
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// A v2 header from `src` to `dst` (the lab's own writer of test headers).
-fn v2(command: u8, src: SocketAddr, dst: SocketAddr, tlvs: &[u8]) -> Vec<u8> {
-    let mut out = ttm_common::proxy::V2_SIGNATURE.to_vec();
-    out.push(0x20 | command);
-    let six = |a: std::net::IpAddr| match a {
-        std::net::IpAddr::V4(v) => v.to_ipv6_mapped().octets().to_vec(),
-        std::net::IpAddr::V6(v) => v.octets().to_vec(),
-    };
-    let mut body = Vec::new();
-    if src.is_ipv4() && dst.is_ipv4() {
-        out.push(0x11);
-        for a in [src.ip(), dst.ip()] {
-            if let std::net::IpAddr::V4(v) = a {
-                body.extend(v.octets());
-            }
-        }
-    } else {
-        out.push(0x21);
-        body.extend(six(src.ip()));
-        body.extend(six(dst.ip()));
-    }
-    body.extend(src.port().to_be_bytes());
-    body.extend(dst.port().to_be_bytes());
-    body.extend(tlvs);
-    out.extend((body.len() as u16).to_be_bytes());
-    out.extend(body);
-    out
-}
-
-fn v1(src: SocketAddr, dst: SocketAddr) -> Vec<u8> {
-    let proto = if src.is_ipv4() { "TCP4" } else { "TCP6" };
-    format!(
-        "PROXY {proto} {} {} {} {}\r\n",
-        src.ip(),
-        dst.ip(),
-        src.port(),
-        dst.port()
-    )
-    .into_bytes()
+    finish(send_async(ns, plan))
 }
 
 fn rs() -> SocketAddr {

@@ -4,7 +4,7 @@
 
 use super::*;
 
-use ttm_lab::proxies::{Proxy, Sender};
+use ttm_lab::proxies::{hex, v2, Proxy, Sender};
 
 /// nginx on the real server with a plain port (ttm's PROXY port) and a
 /// `proxy_protocol` one (nginx parses the header itself).
@@ -250,37 +250,18 @@ fn slab_unreclaimable() -> Result<u64> {
         .context("SUnreclaim in /proc/meminfo")
 }
 
-/// A v2 header naming a client for connection `i`.
-fn v2_header(i: usize, dst: SocketAddr) -> Vec<u8> {
-    let mut h = ttm_common::proxy::V2_SIGNATURE.to_vec();
-    h.extend([
-        0x21,
-        0x11,
-        0x00,
-        0x0c,
-        198,
-        51,
-        100 + (i / 250) as u8,
-        1 + (i % 250) as u8,
-    ]);
-    if let std::net::IpAddr::V4(d) = dst.ip() {
-        h.extend(d.octets());
-    }
-    h.extend((10_000 + i as u16).to_be_bytes());
-    h.extend(dst.port().to_be_bytes());
-    h
-}
-
 /// Kernel bytes per connection with `n` held open from the LB's address:
 /// kind 0 to a plain port, 1 to a PROXY port with its header pending, 2
 /// with the header through.
 fn held_bytes(n: usize, kind: usize) -> Result<f64> {
     use std::io::Write as _;
     let to = rs_at(if kind == 0 { 8094 } else { 8093 });
-    let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
     let connections: Vec<serde_json::Value> = (0..n)
         .map(|i| {
-            let header = v2_header(i, to);
+            let client: SocketAddr = format!("198.51.{}.{}:{}", 100 + i / 250, 1 + i % 250, 10_000 + i)
+                .parse()
+                .expect("address");
+            let header = v2(1, client, to, &[]);
             let chunks = match kind {
                 0 => vec![hex(b"plain ")],
                 1 => vec![hex(&header[..10])],
