@@ -97,61 +97,59 @@ impl Lab {
         Ok(lab)
     }
 
+    /// Builds the namespaces, veths, addresses, routes and NAT rules in a
+    /// handful of processes (`ip -batch` per namespace, one shell in the LB):
+    /// under QEMU's emulation every process costs about a second, and the
+    /// lab is built once per test.
     fn build(&self) -> Result<writer::Writer> {
-        for ns in [CLIENT_NS, LB_NS, RS_NS] {
-            ip(&["netns", "add", ns])?;
-            in_ns(ns, &["ip", "link", "set", "lo", "up"])?;
-        }
-        ip(&[
-            "link", "add", "ttm-c0", "netns", CLIENT_NS, "type", "veth", "peer", "ttm-l0", "netns",
-            LB_NS,
-        ])?;
-        ip(&[
-            "link", "add", "ttm-l1", "netns", LB_NS, "type", "veth", "peer", "ttm-r0", "netns",
-            RS_NS,
-        ])?;
-        in_ns(
-            CLIENT_NS,
-            &[
-                "ip",
-                "addr",
-                "add",
-                &format!("{CLIENT_IP}/24"),
-                "dev",
-                "ttm-c0",
-            ],
+        ip_batch(
+            None,
+            &format!(
+                "netns add {CLIENT_NS}\nnetns add {LB_NS}\nnetns add {RS_NS}\n\
+                 link add ttm-c0 netns {CLIENT_NS} type veth peer ttm-l0 netns {LB_NS}\n\
+                 link add ttm-l1 netns {LB_NS} type veth peer ttm-r0 netns {RS_NS}\n"
+            ),
         )?;
-        in_ns(CLIENT_NS, &["ip", "link", "set", "ttm-c0", "up"])?;
-        in_ns(CLIENT_NS, &["ip", "route", "add", "default", "via", VIP])?;
-        in_ns(
-            LB_NS,
-            &["ip", "addr", "add", &format!("{VIP}/24"), "dev", "ttm-l0"],
+        // IPv6 beside IPv4 on the same veths, without duplicate address
+        // detection so the addresses work at once.
+        ip_batch(
+            Some(CLIENT_NS),
+            &format!(
+                "link set lo up\n\
+                 addr add {CLIENT_IP}/24 dev ttm-c0\n\
+                 addr add {CLIENT_IP6}/64 dev ttm-c0 nodad\n\
+                 link set ttm-c0 up\n\
+                 route add default via {VIP}\n\
+                 route add ::/0 via {VIP6}\n"
+            ),
         )?;
-        in_ns(
-            LB_NS,
-            &["ip", "addr", "add", &format!("{LB_IP}/24"), "dev", "ttm-l1"],
+        ip_batch(
+            Some(LB_NS),
+            &format!(
+                "link set lo up\n\
+                 addr add {VIP}/24 dev ttm-l0\n\
+                 addr add {PROXY_IP}/24 dev ttm-l0\n\
+                 addr add {LB_IP}/24 dev ttm-l1\n\
+                 addr add {VIP6}/64 dev ttm-l0 nodad\n\
+                 addr add {PROXY_IP6}/64 dev ttm-l0 nodad\n\
+                 addr add {LB_IP6}/64 dev ttm-l1 nodad\n\
+                 link set ttm-l0 up\n\
+                 link set ttm-l1 up\n"
+            ),
         )?;
-        in_ns(
-            LB_NS,
-            &[
-                "ip",
-                "addr",
-                "add",
-                &format!("{PROXY_IP}/24"),
-                "dev",
-                "ttm-l0",
-            ],
+        ip_batch(
+            Some(RS_NS),
+            &format!(
+                "link set lo up\n\
+                 addr add {RS_IP}/24 dev ttm-r0\n\
+                 addr add {RS_IP6}/64 dev ttm-r0 nodad\n\
+                 link set ttm-r0 up\n\
+                 route add default via {LB_IP}\n\
+                 route add ::/0 via {LB_IP6}\n"
+            ),
         )?;
-        in_ns(LB_NS, &["ip", "link", "set", "ttm-l0", "up"])?;
-        in_ns(LB_NS, &["ip", "link", "set", "ttm-l1", "up"])?;
-        in_ns(LB_NS, &["sysctl", "-qw", "net.ipv4.ip_forward=1"])?;
-        in_ns(
-            RS_NS,
-            &["ip", "addr", "add", &format!("{RS_IP}/24"), "dev", "ttm-r0"],
-        )?;
-        in_ns(RS_NS, &["ip", "link", "set", "ttm-r0", "up"])?;
-        in_ns(RS_NS, &["ip", "route", "add", "default", "via", LB_IP])?;
-        // Full-NAT: the VIP goes to the real server, and the source becomes the LB.
+        // Full-NAT: the VIP goes to the real server, and the source becomes
+        // the LB, for IPv4 and IPv6; forwarding on in the same process.
         let rules = format!(
             "table ip ttm_lab {{
                chain pre {{
@@ -162,10 +160,28 @@ impl Lab {
                  type nat hook postrouting priority srcnat; policy accept;
                  ct status dnat ip daddr {RS_IP} snat to {LB_IP}
                }}
+             }}
+             table ip6 ttm_lab6 {{
+               chain pre {{
+                 type nat hook prerouting priority dstnat; policy accept;
+                 ip6 daddr {VIP6} tcp dport != 22 dnat to {RS_IP6}
+               }}
+               chain post {{
+                 type nat hook postrouting priority srcnat; policy accept;
+                 ct status dnat ip6 daddr {RS_IP6} snat to {LB_IP6}
+               }}
              }}\n"
         );
-        nft_in_lb(&rules)?;
-        self.build_ipv6()?;
+        in_ns_with_stdin(
+            LB_NS,
+            &[
+                "sh",
+                "-c",
+                "sysctl -qw net.ipv4.ip_forward=1 net.ipv6.conf.all.forwarding=1 && nft -f -",
+            ],
+            &rules,
+        )
+        .context("forwarding and NAT in the LB (install nftables)")?;
         for cg in [self.client_cgroup(), self.rs_cgroup(), self.plain_cgroup()] {
             fs::create_dir_all(&cg).with_context(|| format!("creating cgroup {}", cg.display()))?;
         }
@@ -180,55 +196,6 @@ impl Lab {
             .as_ref()
             .context("the writer is not held by this process")?
             .detach(&self.client_cgroup())
-    }
-
-    /// The IPv6 path beside the IPv4 one: ULA addresses on the same veths
-    /// (without duplicate address detection, so they work at once) and the
-    /// same full-NAT on the LB, `ip6`: the IPv6 VIP to the real server, the
-    /// source to the LB's IPv6 address.
-    fn build_ipv6(&self) -> Result<()> {
-        for (ns, addr, dev) in [
-            (CLIENT_NS, CLIENT_IP6, "ttm-c0"),
-            (LB_NS, VIP6, "ttm-l0"),
-            (LB_NS, PROXY_IP6, "ttm-l0"),
-            (LB_NS, LB_IP6, "ttm-l1"),
-            (RS_NS, RS_IP6, "ttm-r0"),
-        ] {
-            in_ns(
-                ns,
-                &[
-                    "ip",
-                    "-6",
-                    "addr",
-                    "add",
-                    &format!("{addr}/64"),
-                    "dev",
-                    dev,
-                    "nodad",
-                ],
-            )?;
-        }
-        in_ns(
-            CLIENT_NS,
-            &["ip", "-6", "route", "add", "default", "via", VIP6],
-        )?;
-        in_ns(
-            RS_NS,
-            &["ip", "-6", "route", "add", "default", "via", LB_IP6],
-        )?;
-        in_ns(LB_NS, &["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"])?;
-        nft_in_lb(&format!(
-            "table ip6 ttm_lab6 {{
-               chain pre {{
-                 type nat hook prerouting priority dstnat; policy accept;
-                 ip6 daddr {VIP6} tcp dport != 22 dnat to {RS_IP6}
-               }}
-               chain post {{
-                 type nat hook postrouting priority srcnat; policy accept;
-                 ct status dnat ip6 daddr {RS_IP6} snat to {LB_IP6}
-               }}
-             }}\n"
-        ))
     }
 
     /// Changes what the option writer in the client cgroup writes.
@@ -371,12 +338,10 @@ impl Lab {
 
     /// Removes everything the lab creates; missing pieces are fine.
     pub fn down_quietly() {
-        for ns in [CLIENT_NS, LB_NS, RS_NS] {
-            let _ = Command::new("ip")
-                .args(["netns", "del", ns])
-                .stderr(Stdio::null())
-                .status();
-        }
+        // `-force`: a missing namespace does not stop the others' removal.
+        let _ = ip_batch_quiet(&format!(
+            "netns del {CLIENT_NS}\nnetns del {LB_NS}\nnetns del {RS_NS}\n"
+        ));
         if let Ok(root) = cgroup2_root() {
             let dir = root.join(CGROUP_DIR);
             for sub in ["client", "plain", "rs"] {
@@ -444,23 +409,79 @@ fn lb_counter(name: &str) -> Result<Option<u64>> {
 
 /// Runs an nft script in the LB namespace.
 fn nft_in_lb(rules: &str) -> Result<()> {
-    let mut nft = Command::new("ip")
-        .args(["netns", "exec", LB_NS, "nft", "-f", "-"])
+    in_ns_with_stdin(LB_NS, &["nft", "-f", "-"], rules).context("running nft (install nftables)")
+}
+
+/// Runs `args` inside namespace `ns` with `input` on its stdin, failing
+/// with its stderr and the input.
+fn in_ns_with_stdin(ns: &str, args: &[&str], input: &str) -> Result<()> {
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", ns])
+        .args(args)
         .stdin(Stdio::piped())
+        .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
-        .context("running nft (install nftables)")?;
-    nft.stdin
+        .with_context(|| format!("running {args:?} in {ns}"))?;
+    child
+        .stdin
         .take()
-        .context("nft stdin")?
-        .write_all(rules.as_bytes())?;
-    let out = nft.wait_with_output()?;
+        .context("child stdin")?
+        .write_all(input.as_bytes())?;
+    let out = child.wait_with_output()?;
     if !out.status.success() {
         bail!(
-            "nft failed: {}\n{rules}",
-            String::from_utf8_lossy(&out.stderr)
+            "{args:?} in {ns} failed: {}\n{input}",
+            String::from_utf8_lossy(&out.stderr).trim()
         );
     }
+    Ok(())
+}
+
+/// Runs `commands` (one `ip` command per line) in one `ip -batch` process,
+/// inside namespace `ns` if given; the first failing line fails it.
+fn ip_batch(ns: Option<&str>, commands: &str) -> Result<()> {
+    let mut cmd = Command::new("ip");
+    if let Some(ns) = ns {
+        cmd.args(["-n", ns]);
+    }
+    let mut child = cmd
+        .args(["-batch", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("running ip -batch")?;
+    child
+        .stdin
+        .take()
+        .context("ip stdin")?
+        .write_all(commands.as_bytes())?;
+    let out = child.wait_with_output()?;
+    if !out.status.success() {
+        bail!(
+            "ip -batch in {} failed: {}\n{commands}",
+            ns.unwrap_or("the root namespace"),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+/// [`ip_batch`] in the root namespace, going on past failing lines.
+fn ip_batch_quiet(commands: &str) -> Result<()> {
+    let mut child = Command::new("ip")
+        .args(["-force", "-batch", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    child
+        .stdin
+        .take()
+        .context("ip stdin")?
+        .write_all(commands.as_bytes())?;
+    child.wait()?;
     Ok(())
 }
 
