@@ -63,10 +63,6 @@ pub fn run(cmd: &mut Command) -> Result<()> {
     Ok(())
 }
 
-fn ip(args: &[&str]) -> Result<()> {
-    run(Command::new("ip").args(args))
-}
-
 /// Runs `args` inside network namespace `ns`.
 pub fn in_ns(ns: &str, args: &[&str]) -> Result<()> {
     run(Command::new("ip").args(["netns", "exec", ns]).args(args))
