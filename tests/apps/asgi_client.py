@@ -17,7 +17,8 @@ with socket.create_connection((host, port)) as s:
     while chunk := s.recv(65536):
         data += chunk
 body = json.loads(data.split(b"\r\n\r\n", 1)[1])
-with connect(f"ws://{host}:{port}/ws") as ws:
+url_host = f"[{host}]" if ":" in host else host
+with connect(f"ws://{url_host}:{port}/ws") as ws:
     ws_own = ws.socket.getsockname()
     answer = ws.recv()
     ws.send("bye")

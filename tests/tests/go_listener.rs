@@ -6,61 +6,14 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 use std::time::Duration;
 
+use common::receivers::{go_example_server as example_server, go_ok, repo};
 use common::{http_get, World};
 use ttm_lab::lab;
 use ttm_lab::process::{spawn_in, Guarded};
 use ttm_lab::writer::WriterConfig;
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-/// `go` with its caches under target/ (nothing written to $HOME).
-fn go(dir: &Path, args: &[&str]) -> std::process::Output {
-    let target = repo().join("target");
-    Command::new("go")
-        .args(args)
-        .current_dir(dir)
-        .env("GOCACHE", target.join("go-cache"))
-        .env("GOPATH", target.join("go-path"))
-        .env("GOFLAGS", "-mod=mod")
-        .env("GOTOOLCHAIN", "local")
-        .output()
-        .expect("run go (the bootstrap installs golang-go)")
-}
-
-fn go_ok(dir: &Path, args: &[&str]) {
-    let out = go(dir, args);
-    assert!(
-        out.status.success(),
-        "go {args:?}: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// Builds the module's example server.
-fn example_server() -> PathBuf {
-    let out = repo()
-        .join("target")
-        .join("go-bin")
-        .join("ttm-example-server");
-    let module = repo().join("go/ttm");
-    go_ok(
-        &module,
-        &[
-            "build",
-            "-o",
-            out.to_str().expect("path"),
-            "./example/server",
-        ],
-    );
-    out
-}
 
 fn start(world: &World, binary: &Path, args: &[&str]) -> Guarded {
     let server = spawn_in(binary, &world.lab.rs_cgroup(), lab::RS_NS, args).expect("go server");

@@ -777,3 +777,115 @@ fn v2_tlvs_reach_the_lookups_and_go_with_the_connection() {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// HAProxy `send-proxy-v2` in front of `port` on the real server, twice: on
+/// the IPv4 proxy address (`9000 + i`) and on the IPv6 one (`9100 + i`),
+/// whose IPv6 clients reach the IPv4 real server as 6to4 headers.
+fn haproxy_pair(i: u16, port: u16) -> ([SocketAddr; 2], [Proxy; 2]) {
+    let backend: SocketAddr = format!("{}:{port}", lab::RS_IP).parse().unwrap();
+    let v4: SocketAddr = format!("{}:{}", lab::PROXY_IP, 9000 + i).parse().unwrap();
+    let v6: SocketAddr = format!("[{}]:{}", lab::PROXY_IP6, 9100 + i)
+        .parse()
+        .unwrap();
+    let proxies = [
+        Proxy::start(Sender::HaproxyV2, v4, backend).expect("haproxy on IPv4"),
+        Proxy::start(Sender::HaproxyV2, v6, backend).expect("haproxy on IPv6"),
+    ];
+    ([v4, v6], proxies)
+}
+
+/// Receivers that never heard of PROXY protocol, each behind HAProxy v2,
+/// each with an IPv4 client and an IPv6 client carried over the IPv4 path:
+/// the C server (accept() and getsockopt 1345; an `AF_INET` socket), Go
+/// net/http (the plain listener and the module's `ttm.Listen`), FastAPI behind uvicorn with the
+/// package's middleware (HTTP and WebSocket). No IPv6 client ever appears on
+/// an `AF_INET` socket; the APIs that can carry it give it.
+#[test]
+fn unmodified_receivers_behind_haproxy_see_the_client() {
+    require_proxy_support!();
+    let world = World::with_daemon_args(lab::LB_NET, &["--proxy-protocol", "8080,8000,8090,8091"]);
+    let client = world.lab.client_cgroup();
+
+    // The C server: accept() names the IPv4 client; for the IPv6 one it
+    // keeps the LB, and getsockopt(SOL_IP, 1345) gives AF_INET6 and the client.
+    let c_binary = common::c_server();
+    let c = common::start_app(&world, c_binary.to_str().unwrap(), &["8080", "2"]);
+    wait_deferred(&c, 8080);
+    let ([v4, v6], _c_proxies) = haproxy_pair(0, 8080);
+    for (to, family) in [(v4, 2), (v6, 10)] {
+        let own = world.connect_to(&client, &to.to_string(), 1, 0)[0];
+        let r = common::report(&c);
+        assert_eq!(r["rc"], 0, "{r}");
+        assert_eq!(r["af"], family, "{r}");
+        assert_eq!(r["client"], format!("{}:{}", own.ip(), own.port()), "{r}");
+        let accepted = r["accept"].as_str().unwrap();
+        if family == 2 {
+            assert_eq!(accepted, own.to_string(), "{r}");
+        } else {
+            assert!(accepted.starts_with(lab::LB_IP), "{r}");
+        }
+    }
+    drop(c);
+    let _ = std::fs::remove_file(c_binary);
+
+    // Go net/http: the plain listener through the accept() rewrite alone;
+    // the module's listener also for the IPv6 client.
+    let go = common::receivers::go_example_server();
+    let plain = common::start_app(&world, go.to_str().unwrap(), &["0.0.0.0:8090", "plain"]);
+    let module = common::start_app(&world, go.to_str().unwrap(), &["0.0.0.0:8091"]);
+    wait_deferred(&plain, 8090);
+    wait_deferred(&module, 8091);
+    let ([plain_v4, plain_v6], _plain_proxies) = haproxy_pair(1, 8090);
+    let ([module_v4, module_v6], _module_proxies) = haproxy_pair(2, 8091);
+    let remote = |server: &Guarded, to: SocketAddr| {
+        let own = common::http_get(&client, &to.to_string());
+        (
+            own,
+            server.line(Duration::from_secs(10)).expect("RemoteAddr"),
+        )
+    };
+    // Go listens on "0.0.0.0" with a dual-stack AF_INET6 socket, so the
+    // rewrite alone can give the plain server the IPv6 client too.
+    for (server, to) in [
+        (&plain, plain_v4),
+        (&plain, plain_v6),
+        (&module, module_v4),
+        (&module, module_v6),
+    ] {
+        let (own, seen) = remote(server, to);
+        assert_eq!(seen, own.to_string(), "Go net/http via {to}");
+    }
+    drop((plain, module));
+
+    // FastAPI behind uvicorn, HTTP and WebSocket, with the middleware.
+    let python = common::receivers::venv_python();
+    let mut cmd = Command::new(&python);
+    cmd.arg(common::app("asgi_app.py"))
+        .args(["0.0.0.0", "8000"])
+        .env("TTM_SOCKET", &world.daemon.socket);
+    ttm_lab::process::place(&mut cmd, &world.lab.rs_cgroup(), lab::RS_NS);
+    let uvicorn = Guarded::spawn(cmd).expect("uvicorn");
+    uvicorn
+        .wait_for(Duration::from_secs(30), |l| l == "listening")
+        .expect("uvicorn listening");
+    wait_deferred(&uvicorn, 8000);
+    let ([app_v4, app_v6], _app_proxies) = haproxy_pair(3, 8000);
+    for to in [app_v4, app_v6] {
+        let ask = spawn_in(
+            &python,
+            &client,
+            lab::CLIENT_NS,
+            &[
+                common::app("asgi_client.py").to_str().unwrap(),
+                &to.ip().to_string(),
+                &to.port().to_string(),
+            ],
+        )
+        .expect("asgi client");
+        let line = ask.line(Duration::from_secs(20)).expect("client report");
+        let r: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{line}: {e}"));
+        for kind in ["http", "ws"] {
+            assert_eq!(r[kind][1], r[kind][0], "FastAPI {kind} via {to}: {r}");
+        }
+    }
+}

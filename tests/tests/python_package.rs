@@ -6,41 +6,15 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
+use common::receivers::{repo, venv_python};
 use common::{app, World};
 use ttm_lab::lab;
 use ttm_lab::process::spawn_in;
 use ttm_lab::writer::WriterConfig;
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-/// The virtualenv the bootstrap prepares (fastapi, uvicorn, websockets),
-/// with this package installed into it from the path.
-fn venv_python() -> PathBuf {
-    let venv = repo().join("target/pyenv");
-    let pip = venv.join("bin/pip");
-    assert!(
-        pip.exists(),
-        "{} missing: `cargo xtask bootstrap` prepares it",
-        venv.display()
-    );
-    let out = Command::new(&pip)
-        .args(["install", "-q", "--no-deps", "--force-reinstall"])
-        .arg(repo().join("python"))
-        .output()
-        .expect("pip");
-    assert!(
-        out.status.success(),
-        "pip install ./python: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    venv.join("bin/python")
-}
 
 #[test]
 fn the_package_unit_tests_pass() {

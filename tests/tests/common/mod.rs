@@ -1,6 +1,8 @@
 //! The world each lab test builds: lab, ttm daemon, server and clients.
 #![allow(dead_code)]
 
+pub mod receivers;
+
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::MutexGuard;
