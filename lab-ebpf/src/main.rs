@@ -390,3 +390,44 @@ fn panic(_info: &core::panic::PanicInfo) -> ! {
 #[unsafe(link_section = "license")]
 #[unsafe(no_mangle)]
 static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";
+
+// Bench-only: the floor of a socket kept in a sockhash with a stream-verdict
+// program, the kernel's own cost of the mechanism ttm's PROXY protocol path
+// uses (`cargo xtask bench --only proxy-protocol`).
+
+/// Slot 0: the local port whose passive connections `floor_sockhash` puts
+/// into `FLOOR_SOCKS`. Written by the bench; read here.
+#[btf_map]
+static FLOOR_PORT: Array<u32, 1> = Array::new();
+
+/// Socket cookie → socket, for `pass_verdict`. Added by `floor_sockhash`,
+/// removed by the kernel at close.
+#[btf_map]
+static FLOOR_SOCKS: aya_ebpf::btf_maps::SockHash<u64, 65536> = aya_ebpf::btf_maps::SockHash::new();
+
+/// Bench-only: puts each passive connection to `FLOOR_PORT` into
+/// `FLOOR_SOCKS`; does nothing else.
+#[sock_ops]
+pub fn floor_sockhash(ctx: SockOpsContext) -> u32 {
+    if ctx.op() != aya_ebpf::bindings::BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB {
+        return 1;
+    }
+    let Some(port) = FLOOR_PORT.get(0) else {
+        return 1;
+    };
+    if ctx.local_port() != *port {
+        return 1;
+    }
+    // SAFETY: helper valid in sockops.
+    let mut cookie = unsafe { aya_ebpf::helpers::bpf_get_socket_cookie(ctx.ops.cast()) };
+    // SAFETY: `ops` is the context's own socket-ops pointer.
+    let ops: &mut bpf_sock_ops = unsafe { &mut *ctx.ops };
+    let _ = FLOOR_SOCKS.update(&mut cookie, ops, 0);
+    1
+}
+
+/// Bench-only: a stream verdict that passes every segment untouched.
+#[aya_ebpf::macros::stream_verdict]
+pub fn pass_verdict(_ctx: aya_ebpf::programs::SkBuffContext) -> u32 {
+    aya_ebpf::bindings::sk_action::SK_PASS
+}

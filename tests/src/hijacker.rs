@@ -76,6 +76,38 @@ impl Foreign {
         Ok(Foreign { _ebpf: ebpf })
     }
 
+    /// The bench's sockhash floor: passive connections to `port` under
+    /// `cgroup` kept in a sockhash whose stream verdict passes every segment
+    /// (`floor_sockhash`, `pass_verdict`): what the kernel's sockmap receive
+    /// path costs with no work in the program.
+    pub fn sockhash_floor(cgroup: &Path, port: u16) -> Result<Foreign> {
+        use aya::maps::{Array, SockHash};
+        use aya::programs::{SkSkb, SockOps};
+        let mut ebpf = Ebpf::load(OBJECT).context("loading the lab object")?;
+        let mut ports: Array<_, u32> =
+            Array::try_from(ebpf.map_mut("FLOOR_PORT").context("FLOOR_PORT missing")?)?;
+        ports.set(0, u32::from(port), 0)?;
+        let socks: SockHash<_, u64> =
+            SockHash::try_from(ebpf.map("FLOOR_SOCKS").context("FLOOR_SOCKS missing")?)?;
+        let map_fd = socks.fd().try_clone()?;
+        let verdict: &mut SkSkb = ebpf
+            .program_mut("pass_verdict")
+            .context("pass_verdict missing")?
+            .try_into()?;
+        verdict.load().context("loading pass_verdict")?;
+        verdict.attach(&map_fd).context("attaching pass_verdict")?;
+        let sockops: &mut SockOps = ebpf
+            .program_mut("floor_sockhash")
+            .context("floor_sockhash missing")?
+            .try_into()?;
+        sockops.load().context("loading floor_sockhash")?;
+        let cg = File::open(cgroup).with_context(|| format!("opening {}", cgroup.display()))?;
+        sockops
+            .attach(&cg, CgroupAttachMode::AllowMultiple)
+            .context("attaching floor_sockhash")?;
+        Ok(Foreign { _ebpf: ebpf })
+    }
+
     /// Attaches TC classifier `name` to the ingress of `iface` (in this
     /// process's network namespace).
     pub fn on_tc(name: &str, iface: &str) -> Result<Foreign> {
