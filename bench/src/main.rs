@@ -73,6 +73,14 @@ enum Cmd {
         #[arg(long)]
         bytes: u64,
     },
+    /// Helper: accepts connections and holds them open unread, in one
+    /// thread (no per-connection kernel state but the socket's own), until
+    /// killed: the kernel-bytes measures.
+    #[command(hide = true)]
+    HoldServer {
+        #[arg(long)]
+        listen: SocketAddr,
+    },
     /// Helper: a server that counts what each connection sent.
     #[command(hide = true)]
     SinkServer {
@@ -140,6 +148,7 @@ fn main() -> ExitCode {
         } => proxy_helpers::http_rate(to, count, parallel),
         Cmd::Bulk { to, bytes } => proxy_helpers::bulk(to, bytes),
         Cmd::SinkServer { listen } => proxy_helpers::sink_server(listen),
+        Cmd::HoldServer { listen } => proxy_helpers::hold_server(listen),
         Cmd::Calls { listen, iterations } => helpers::calls(listen, iterations),
         Cmd::LookupLoad {
             listen,

@@ -102,3 +102,18 @@ pub fn sink_server(listen: SocketAddr) -> Result<()> {
     }
     Ok(())
 }
+
+/// `hold-server`: accepts on `listen` and keeps every connection open,
+/// unread, in one thread.
+pub fn hold_server(listen: SocketAddr) -> Result<()> {
+    let listener = TcpListener::bind(listen).with_context(|| format!("binding {listen}"))?;
+    println!("listening");
+    std::io::stdout().flush()?;
+    let mut held = Vec::new();
+    // A failed accept (out of files) is skipped: the sender then reports
+    // fewer connections open at once and the measure fails.
+    for conn in listener.incoming().flatten() {
+        held.push(conn);
+    }
+    Ok(())
+}

@@ -65,7 +65,8 @@ fn rs_at(port: u16) -> SocketAddr {
 pub(super) fn proxy_protocol(lab: &Lab, sizes: &Sizes) -> Result<Section> {
     // ttm is told about 8091 (nginx plain) and 8093 (the sink); nginx parses
     // the header itself on 8092; 8094 is a sink behind a proxy with no header.
-    let _daemon = daemon(lab, &["--proxy-protocol", "8091,8093"])?;
+    // 8096 and 8097 hold connections for the kernel-bytes measures.
+    let _daemon = daemon(lab, &["--proxy-protocol", "8091,8093,8097"])?;
     let _nginx = Nginx::start(lab, 8091, 8092)?;
     let sink_ttm = in_rs(lab, &["sink-server", "--listen", "0.0.0.0:8093"])?;
     listening(&sink_ttm)?;
@@ -215,7 +216,12 @@ pub(super) fn proxy_protocol(lab: &Lab, sizes: &Sizes) -> Result<Section> {
         floor_ratio >= 0.98,
         "ttm's own part of the cost: the verdict program's work on each segment",
     ));
-    let held = if sizes.rounds == 1 { 200 } else { 2000 };
+    let hold_plain = in_rs(lab, &["hold-server", "--listen", "0.0.0.0:8096"])?;
+    listening(&hold_plain)?;
+    let hold_proxy = in_rs(lab, &["hold-server", "--listen", "0.0.0.0:8097"])?;
+    listening(&hold_proxy)?;
+    std::thread::sleep(Duration::from_millis(300));
+    let held = if sizes.rounds == 1 { 200 } else { 5000 };
     let mut per_conn = [Vec::new(), Vec::new(), Vec::new()];
     for round in 0..sizes.rounds.min(3) {
         for k in 0..3 {
@@ -243,7 +249,7 @@ pub(super) fn proxy_protocol(lab: &Lab, sizes: &Sizes) -> Result<Section> {
             },
         ));
     }
-    drop((sink_ttm, sink_plain, sink_floor));
+    drop((sink_ttm, sink_plain, sink_floor, hold_plain, hold_proxy));
     Ok(Section {
         title: "PROXY protocol".into(),
         method: format!(
@@ -254,7 +260,7 @@ pub(super) fn proxy_protocol(lab: &Lab, sizes: &Sizes) -> Result<Section> {
              through HAProxy to a counting sink, after a header ttm removed against a proxy \
              sending none, and against the same with the sink's sockets in a sockhash whose stream \
              verdict passes everything (a lab program: the floor of the mechanism). Orders rotate each round; medians. Kernel bytes: {held} connections \
-             held open at once from the LB's address, `SUnreclaim` (unreclaimable slab) while \
+             held open at once from the LB's address by a one-thread server that never reads, `SUnreclaim` (unreclaimable slab) while \
              they are open minus before, per connection; to a port ttm does not watch, to a \
              PROXY port with 10 bytes of a v2 header sent (pending), and with the whole header \
              and a line sent (after); {} rounds, rotating.",
@@ -282,7 +288,7 @@ fn slab_unreclaimable() -> Result<u64> {
 /// with the header through.
 fn held_bytes(n: usize, kind: usize) -> Result<f64> {
     use std::io::Write as _;
-    let to = rs_at(if kind == 0 { 8094 } else { 8093 });
+    let to = rs_at(if kind == 0 { 8096 } else { 8097 });
     let connections: Vec<serde_json::Value> = (0..n)
         .map(|i| {
             let client: SocketAddr = format!("198.51.{}.{}:{}", 100 + i / 250, 1 + i % 250, 10_000 + i)
