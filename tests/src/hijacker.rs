@@ -103,7 +103,8 @@ impl Foreign {
         sockops.load().context("loading floor_sockhash")?;
         let cg = File::open(cgroup).with_context(|| format!("opening {}", cgroup.display()))?;
         sockops
-            .attach(&cg, CgroupAttachMode::AllowMultiple)
+            // Through a link (aya's default here), which never excludes ttm's.
+            .attach(&cg, CgroupAttachMode::Single)
             .context("attaching floor_sockhash")?;
         Ok(Foreign { _ebpf: ebpf })
     }
