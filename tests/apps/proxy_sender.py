@@ -2,7 +2,8 @@
 """A scripted PROXY protocol sender for the lab: opens each connection of a
 plan (JSON on stdin), writes its chunks (a header, split as told) with a pause
 between them so each lands in its own segment, then a line, and reports
-what came back. The lab server echoes the first line it reads, so `echo`
+what came back (with "read_to_end": no line; everything the server sends
+after the client half-closes). The lab server echoes the first line it reads, so `echo`
 shows exactly what the app read first."""
 import json
 import socket
@@ -37,6 +38,22 @@ def run(conn):
         time.sleep(conn["hold_ms"] / 1000.0)
         s.close()
         out["held"] = True
+        return out
+    if conn.get("read_to_end"):
+        # The chunks were whole requests: half-close, keep everything the
+        # server sends until it closes.
+        s.shutdown(socket.SHUT_WR)
+        reply = b""
+        while True:
+            try:
+                data = s.recv(65536)
+            except socket.timeout:
+                break
+            if not data:
+                break
+            reply += data
+        out["reply"] = reply.decode("latin-1")
+        s.close()
         return out
     if line:
         time.sleep(gap)

@@ -144,9 +144,14 @@ fn python_server(world: &World, host: &str, count: usize) -> Guarded {
 
 /// Waits until ttm has set `TCP_DEFER_ACCEPT` on `server`'s listener.
 fn wait_deferred(server: &Guarded, port: u16) {
+    wait_deferred_pid(server.pid(), port)
+}
+
+/// Waits until ttm has set `TCP_DEFER_ACCEPT` on the listener of `pid`.
+fn wait_deferred_pid(pid: u32, port: u16) {
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
-        match ttm::proxy_listeners::listener_deferral(server.pid(), port) {
+        match ttm::proxy_listeners::listener_deferral(pid, port) {
             Some(v) if v > 0 => return,
             other => assert!(
                 Instant::now() < deadline,
@@ -661,6 +666,37 @@ fn stock_nginx_sees_the_client_and_its_own_proxy_protocol_port_is_left_alone() {
         format!("{} {}", lab::LB_IP, own),
         "nginx parsed its own header: {pp:?}"
     );
+}
+
+/// Three HTTP requests pipelined into the header's own segment reach stock
+/// nginx as the client sent them: three answers, each logged with the
+/// header's client.
+#[test]
+fn requests_pipelined_into_the_headers_segment_are_all_answered() {
+    require_proxy_support!();
+    let world = world();
+    let nginx = common::Nginx::start(&world);
+    wait_deferred_pid(nginx.pid(), 8080);
+    let client: SocketAddr = "198.51.100.7:40007".parse().unwrap();
+    let mut segment = v2(1, client, rs(), &[]);
+    for path in ["/a", "/b", "/c"] {
+        segment.extend_from_slice(format!("GET {path} HTTP/1.1\r\nHost: lab\r\n\r\n").as_bytes());
+    }
+    let plan = json!([{
+        "to": rs().to_string(), "bind": lab::LB_IP,
+        "chunks": [hex(&segment)], "read_to_end": true,
+    }]);
+    let sent = send(lab::LB_NS, &plan);
+    let reply = sent[0]["reply"].as_str().unwrap();
+    assert_eq!(reply.matches("HTTP/1.1 200 OK").count(), 3, "{reply}");
+    let log = nginx.access_log(3);
+    for line in &log[..3] {
+        assert_eq!(
+            line,
+            &format!("{} {} 8080", client.ip(), client.port()),
+            "{log:?}"
+        );
+    }
 }
 
 #[test]

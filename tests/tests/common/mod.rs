@@ -437,7 +437,7 @@ pub fn ttm_programs_loaded() -> usize {
 /// Stock nginx with `listen 8080;`, a dual-stack `listen [::]:8081` and an
 /// IPv6-only `listen [::]:8082`.
 pub struct Nginx {
-    _process: Guarded,
+    process: Guarded,
     dir: PathBuf,
 }
 
@@ -476,9 +476,14 @@ impl Nginx {
             std::thread::sleep(Duration::from_millis(20));
         }
         Nginx {
-            _process: process,
+            process,
             dir,
         }
+    }
+
+    /// nginx's process id.
+    pub fn pid(&self) -> u32 {
+        self.process.pid()
     }
 
     /// Access-log lines "remote_addr remote_port server_port", waiting for `n`.
