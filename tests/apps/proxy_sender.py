@@ -11,6 +11,21 @@ import sys
 import time
 
 
+def receive(s, until_line):
+    """What the server sends: up to the end of a line (`until_line`), else
+    until it closes; a timeout ends it too."""
+    buf = b""
+    while not (until_line and buf.endswith(b"\n")):
+        try:
+            data = s.recv(65536)
+        except socket.timeout:
+            break
+        if not data:
+            break
+        buf += data
+    return buf.decode("latin-1")
+
+
 def run(conn):
     host, port = conn["to"].rsplit(":", 1)
     host = host.strip("[]")
@@ -43,43 +58,20 @@ def run(conn):
         # The chunks were whole requests: half-close, keep everything the
         # server sends until it closes.
         s.shutdown(socket.SHUT_WR)
-        reply = b""
-        while True:
-            try:
-                data = s.recv(65536)
-            except socket.timeout:
-                break
-            if not data:
-                break
-            reply += data
-        out["reply"] = reply.decode("latin-1")
+        out["reply"] = receive(s, until_line=False)
         s.close()
         return out
     if line:
         time.sleep(gap)
         s.sendall(line)
-    buf = b""
-    while not buf.endswith(b"\n"):
-        try:
-            data = s.recv(65536)
-        except socket.timeout:
-            break
-        if not data:
-            break
-        buf += data
-    out["echo"] = buf.decode("latin-1").rstrip("\n")
+    out["echo"] = receive(s, until_line=True).rstrip("\n")
     # Later lines, each after a pause, each echoed (the connection outlives
     # whatever the test does meanwhile, e.g. a daemon restart).
     for later in conn.get("later", []):
         time.sleep(later.get("after_ms", 0) / 1000.0)
         s.sendall(later["line"].encode() + b"\n")
-        back = b""
-        while not back.endswith(b"\n"):
-            data = s.recv(65536)
-            if not data:
-                break
-            back += data
-        out.setdefault("later_echo", []).append(back.decode("latin-1").rstrip("\n"))
+        back = receive(s, until_line=True)
+        out.setdefault("later_echo", []).append(back.rstrip("\n"))
     time.sleep(conn.get("linger_ms", 0) / 1000.0)
     s.close()
     return out

@@ -107,18 +107,24 @@ impl Lab {
             ),
         )?;
         // IPv6 beside IPv4 on the same veths, without duplicate address
-        // detection so the addresses work at once.
-        ip_batch(
-            Some(CLIENT_NS),
-            &format!(
-                "link set lo up\n\
-                 addr add {CLIENT_IP}/24 dev ttm-c0\n\
-                 addr add {CLIENT_IP6}/64 dev ttm-c0 nodad\n\
-                 link set ttm-c0 up\n\
-                 route add default via {VIP}\n\
-                 route add ::/0 via {VIP6}\n"
-            ),
-        )?;
+        // detection so the addresses work at once. The client and the real
+        // server: one veth each and default routes through the LB.
+        for (ns, dev, v4, v6, via4, via6) in [
+            (CLIENT_NS, "ttm-c0", CLIENT_IP, CLIENT_IP6, VIP, VIP6),
+            (RS_NS, "ttm-r0", RS_IP, RS_IP6, LB_IP, LB_IP6),
+        ] {
+            ip_batch(
+                Some(ns),
+                &format!(
+                    "link set lo up\n\
+                     addr add {v4}/24 dev {dev}\n\
+                     addr add {v6}/64 dev {dev} nodad\n\
+                     link set {dev} up\n\
+                     route add default via {via4}\n\
+                     route add ::/0 via {via6}\n"
+                ),
+            )?;
+        }
         ip_batch(
             Some(LB_NS),
             &format!(
@@ -133,41 +139,24 @@ impl Lab {
                  link set ttm-l1 up\n"
             ),
         )?;
-        ip_batch(
-            Some(RS_NS),
-            &format!(
-                "link set lo up\n\
-                 addr add {RS_IP}/24 dev ttm-r0\n\
-                 addr add {RS_IP6}/64 dev ttm-r0 nodad\n\
-                 link set ttm-r0 up\n\
-                 route add default via {LB_IP}\n\
-                 route add ::/0 via {LB_IP6}\n"
-            ),
-        )?;
         // Full-NAT: the VIP goes to the real server, and the source becomes
         // the LB, for IPv4 and IPv6; forwarding on in the same process.
-        let rules = format!(
-            "table ip ttm_lab {{
-               chain pre {{
-                 type nat hook prerouting priority dstnat; policy accept;
-                 ip daddr {VIP} tcp dport != 22 dnat to {RS_IP}
-               }}
-               chain post {{
-                 type nat hook postrouting priority srcnat; policy accept;
-                 ct status dnat ip daddr {RS_IP} snat to {LB_IP}
-               }}
-             }}
-             table ip6 ttm_lab6 {{
-               chain pre {{
-                 type nat hook prerouting priority dstnat; policy accept;
-                 ip6 daddr {VIP6} tcp dport != 22 dnat to {RS_IP6}
-               }}
-               chain post {{
-                 type nat hook postrouting priority srcnat; policy accept;
-                 ct status dnat ip6 daddr {RS_IP6} snat to {LB_IP6}
-               }}
-             }}\n"
-        );
+        let nat = |family: &str, table: &str, vip: &str, rs: &str, lb: &str| {
+            format!(
+                "table {family} {table} {{
+                   chain pre {{
+                     type nat hook prerouting priority dstnat; policy accept;
+                     {family} daddr {vip} tcp dport != 22 dnat to {rs}
+                   }}
+                   chain post {{
+                     type nat hook postrouting priority srcnat; policy accept;
+                     ct status dnat {family} daddr {rs} snat to {lb}
+                   }}
+                 }}\n"
+            )
+        };
+        let rules =
+            nat("ip", "ttm_lab", VIP, RS_IP, LB_IP) + &nat("ip6", "ttm_lab6", VIP6, RS_IP6, LB_IP6);
         in_ns_with_stdin(
             LB_NS,
             &[
@@ -411,27 +400,9 @@ fn nft_in_lb(rules: &str) -> Result<()> {
 /// Runs `args` inside namespace `ns` with `input` on its stdin, failing
 /// with its stderr and the input.
 fn in_ns_with_stdin(ns: &str, args: &[&str], input: &str) -> Result<()> {
-    let mut child = Command::new("ip")
-        .args(["netns", "exec", ns])
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .with_context(|| format!("running {args:?} in {ns}"))?;
-    child
-        .stdin
-        .take()
-        .context("child stdin")?
-        .write_all(input.as_bytes())?;
-    let out = child.wait_with_output()?;
-    if !out.status.success() {
-        bail!(
-            "{args:?} in {ns} failed: {}\n{input}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(())
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", ns]).args(args);
+    with_stdin(&mut cmd, input).with_context(|| format!("{args:?} in {ns}"))
 }
 
 /// Runs `commands` (one `ip` command per line) in one `ip -batch` process,
@@ -441,43 +412,38 @@ fn ip_batch(ns: Option<&str>, commands: &str) -> Result<()> {
     if let Some(ns) = ns {
         cmd.args(["-n", ns]);
     }
+    cmd.args(["-batch", "-"]);
+    with_stdin(&mut cmd, commands)
+        .with_context(|| format!("ip -batch in {}", ns.unwrap_or("the root namespace")))
+}
+
+/// [`ip_batch`] in the root namespace, going on past failing lines, whose
+/// errors are not wanted.
+fn ip_batch_quiet(commands: &str) -> Result<()> {
+    let _ = with_stdin(Command::new("ip").args(["-force", "-batch", "-"]), commands);
+    Ok(())
+}
+
+/// Runs `cmd` with `input` on its stdin; fails with its stderr and the input.
+fn with_stdin(cmd: &mut Command, input: &str) -> Result<()> {
     let mut child = cmd
-        .args(["-batch", "-"])
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
-        .context("running ip -batch")?;
+        .with_context(|| format!("running {cmd:?}"))?;
     child
         .stdin
         .take()
-        .context("ip stdin")?
-        .write_all(commands.as_bytes())?;
+        .context("child stdin")?
+        .write_all(input.as_bytes())?;
     let out = child.wait_with_output()?;
     if !out.status.success() {
         bail!(
-            "ip -batch in {} failed: {}\n{commands}",
-            ns.unwrap_or("the root namespace"),
+            "failed: {}\n{input}",
             String::from_utf8_lossy(&out.stderr).trim()
         );
     }
-    Ok(())
-}
-
-/// [`ip_batch`] in the root namespace, going on past failing lines.
-fn ip_batch_quiet(commands: &str) -> Result<()> {
-    let mut child = Command::new("ip")
-        .args(["-force", "-batch", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()?;
-    child
-        .stdin
-        .take()
-        .context("ip stdin")?
-        .write_all(commands.as_bytes())?;
-    child.wait()?;
     Ok(())
 }
 

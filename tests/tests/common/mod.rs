@@ -475,10 +475,7 @@ impl Nginx {
             assert!(Instant::now() < deadline, "nginx did not start");
             std::thread::sleep(Duration::from_millis(20));
         }
-        Nginx {
-            process,
-            dir,
-        }
+        Nginx { process, dir }
     }
 
     /// nginx's process id.
