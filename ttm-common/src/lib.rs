@@ -3,8 +3,9 @@
 //! Everything here is `no_std` and host-testable: the TOA option formats
 //! ([`format`]), the TCP option walker that finds the client address
 //! ([`parser`]), the per-connection record ([`record`]) and the layout of the
-//! maps both sides share ([`maps`]), and what applications are shown
-//! ([`compat`]).
+//! maps both sides share ([`maps`]), what applications are shown
+//! ([`compat`]), the PROXY protocol header ([`proxy`]) and DPVS's UDP
+//! marking of the client ([`uoa`]).
 #![cfg_attr(not(test), no_std)]
 
 pub mod addr;
@@ -14,6 +15,7 @@ pub mod maps;
 pub mod parser;
 pub mod proxy;
 pub mod record;
+pub mod uoa;
 
 pub use addr::Addr16;
 pub use format::{AddrFamily, FormatTable, OptionFormat, OptionPosition};

@@ -1,0 +1,227 @@
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+use proptest::prelude::*;
+
+use super::*;
+
+/// The marking DPVS writes for `client`: `[0x9f][8|20][port][address]`.
+fn marking(client: SocketAddr) -> Vec<u8> {
+    let mut out = vec![IPOPT_UOA, 0];
+    out.extend_from_slice(&client.port().to_be_bytes());
+    match client.ip() {
+        IpAddr::V4(a) => out.extend_from_slice(&a.octets()),
+        IpAddr::V6(a) => out.extend_from_slice(&a.octets()),
+    }
+    out[1] = out.len() as u8;
+    out
+}
+
+/// An opp header (version by the client's family) wrapping `options`.
+fn opp(version: u8, options: &[u8]) -> Vec<u8> {
+    let len = (OPP_FIXED_LEN + options.len()) as u16;
+    let mut out = vec![version << 4, 17];
+    out.extend_from_slice(&len.to_be_bytes());
+    out.extend_from_slice(options);
+    out
+}
+
+fn found(scan: Scan) -> Option<SocketAddr> {
+    match scan {
+        Scan::Found(c) => {
+            let v6 = Ipv6Addr::from(c.addr);
+            let ip = match (c.family, v6.to_ipv4_mapped()) {
+                (AddrFamily::Ipv4, Some(v4)) => IpAddr::V4(v4),
+                _ => IpAddr::V6(v6),
+            };
+            Some(SocketAddr::new(ip, c.port))
+        }
+        _ => None,
+    }
+}
+
+fn v4(s: &str) -> SocketAddr {
+    s.parse().unwrap()
+}
+
+#[test]
+fn the_ipv4_and_ipv6_markings_name_their_client() {
+    for client in [v4("198.51.100.7:4242"), v4("[2001:db8::7]:53")] {
+        assert_eq!(found(find_in_ip_options(&marking(client))), Some(client));
+    }
+}
+
+#[test]
+fn other_options_nops_and_an_end_around_the_marking_are_walked_past() {
+    let client = v4("198.51.100.7:4242");
+    // Router alert (0x94, 4 bytes), two NOPs, the marking, EOL, padding.
+    let mut area = vec![0x94, 4, 0, 0, 1, 1];
+    area.extend_from_slice(&marking(client));
+    area.extend_from_slice(&[0, 0, 0, 0]);
+    assert_eq!(found(find_in_ip_options(&area)), Some(client));
+    // After an EOL nothing is an option.
+    let mut after_end = vec![0, 0, 0, 0];
+    after_end.extend_from_slice(&marking(client));
+    assert_eq!(find_in_ip_options(&after_end), Scan::NotFound);
+}
+
+#[test]
+fn broken_or_odd_markings_give_no_client() {
+    let good = marking(v4("198.51.100.7:4242"));
+    // Running past the area.
+    assert!(matches!(
+        find_in_ip_options(&good[..5]),
+        Scan::Malformed(Malformed::PastEnd)
+    ));
+    // A length byte under 2.
+    assert!(matches!(
+        find_in_ip_options(&[IPOPT_UOA, 1, 0, 0]),
+        Scan::Malformed(_)
+    ));
+    // The kind with a length of neither layout.
+    let mut odd = good.clone();
+    odd[1] = 12;
+    odd.extend_from_slice(&[0, 0, 0, 0]);
+    assert_eq!(found(find_in_ip_options(&odd)), None);
+    // Implausible clients.
+    for bad in ["127.0.0.1:1", "0.0.0.0:1", "[::1]:1", "[ff02::1]:1"] {
+        assert!(matches!(
+            find_in_ip_options(&marking(v4(bad))),
+            Scan::Implausible(_)
+        ));
+    }
+}
+
+#[test]
+fn two_markings_naming_different_clients_give_none() {
+    let mut area = marking(v4("198.51.100.7:4242"));
+    area.extend_from_slice(&marking(v4("203.0.113.9:4444")));
+    assert_eq!(find_in_ip_options(&area), Scan::Conflicting);
+    let mut same = marking(v4("198.51.100.7:4242"));
+    same.extend_from_slice(&marking(v4("198.51.100.7:4242")));
+    assert_eq!(
+        found(find_in_ip_options(&same)),
+        Some(v4("198.51.100.7:4242"))
+    );
+}
+
+#[test]
+fn opp_headers_dpvs_writes_parse_with_their_client_and_length() {
+    for (version, client) in [
+        (OPP_VERSION_V4, v4("198.51.100.7:4242")),
+        (OPP_VERSION_V6, v4("[2001:db8::7]:53")),
+    ] {
+        let mut datagram = opp(version, &marking(client));
+        let header_len = datagram.len();
+        // The UDP header and payload follow.
+        datagram.extend_from_slice(&[0x12, 0x34, 0x00, 0x35, 0, 12, 0, 0, b'a', b'b', b'c', b'd']);
+        let parsed = parse_opp(&datagram).unwrap();
+        assert_eq!(parsed.len, header_len);
+        assert_eq!(found(parsed.scan), Some(client));
+    }
+    // No option at all: a well-formed header with no client.
+    assert_eq!(
+        parse_opp(&opp(OPP_VERSION_V4, &[])),
+        Ok(Opp {
+            len: 4,
+            scan: Scan::NotFound
+        })
+    );
+}
+
+#[test]
+fn malformed_opp_headers_are_refused_each_for_its_reason() {
+    let good = opp(OPP_VERSION_V4, &marking(v4("198.51.100.7:4242")));
+    let with = |f: &dyn Fn(&mut Vec<u8>)| {
+        let mut h = good.clone();
+        f(&mut h);
+        parse_opp(&h)
+    };
+    assert_eq!(parse_opp(&good[..3]), Err(OppRefusal::Truncated));
+    assert_eq!(with(&|h| h[0] |= 0x01), Err(OppRefusal::BadVersion));
+    assert_eq!(with(&|h| h[0] = 3 << 4), Err(OppRefusal::BadVersion));
+    assert_eq!(with(&|h| h[0] = 0), Err(OppRefusal::BadVersion));
+    assert_eq!(with(&|h| h[1] = 6), Err(OppRefusal::NotUdp));
+    assert_eq!(with(&|h| h[3] = 3), Err(OppRefusal::Truncated));
+    assert_eq!(with(&|h| h[3] = 13), Err(OppRefusal::Truncated));
+    assert_eq!(
+        with(&|h| h[2..4].copy_from_slice(&200u16.to_be_bytes())),
+        Err(OppRefusal::TooLong)
+    );
+    assert_eq!(
+        with(&|h| h[0] = OPP_VERSION_V6 << 4),
+        Err(OppRefusal::FamilyMismatch)
+    );
+    assert_eq!(
+        with(&|h| h[5] = 9),
+        Err(OppRefusal::Malformed(Malformed::PastEnd))
+    );
+}
+
+#[test]
+fn the_lookup_struct_has_uoa_kos_layout() {
+    use core::mem::offset_of;
+    assert_eq!(offset_of!(UoaParamMap, af), 0);
+    assert_eq!(offset_of!(UoaParamMap, saddr), 2);
+    assert_eq!(offset_of!(UoaParamMap, daddr), 18);
+    assert_eq!(offset_of!(UoaParamMap, sport), 34);
+    assert_eq!(offset_of!(UoaParamMap, dport), 36);
+    assert_eq!(offset_of!(UoaParamMap, real_af), 38);
+    assert_eq!(offset_of!(UoaParamMap, real_saddr), 40);
+    assert_eq!(offset_of!(UoaParamMap, real_sport), 56);
+}
+
+fn any_client() -> impl Strategy<Value = SocketAddr> {
+    prop_oneof![
+        (any::<[u8; 4]>(), 1u16..).prop_map(|(a, p)| SocketAddr::new(Ipv4Addr::from(a).into(), p)),
+        (any::<[u8; 16]>(), 1u16..).prop_map(|(a, p)| SocketAddr::new(Ipv6Addr::from(a).into(), p)),
+    ]
+}
+
+fn plausible(client: &SocketAddr) -> bool {
+    let mut addr = [0u8; 16];
+    match client.ip() {
+        IpAddr::V4(a) => addr = a.to_ipv6_mapped().octets(),
+        IpAddr::V6(a) => addr.copy_from_slice(&a.octets()),
+    }
+    crate::plausible_client(&addr)
+}
+
+proptest! {
+    /// Whatever the bytes, parsing returns; it never reads past them.
+    #[test]
+    fn any_bytes_parse_without_panicking(bytes in proptest::collection::vec(any::<u8>(), 0..64)) {
+        let _ = find_in_ip_options(&bytes[..bytes.len().min(40)]);
+        let _ = parse_opp(&bytes);
+    }
+
+    /// A marking among NOPs and other options, in the option area and in
+    /// an opp header of the right version, names its client (or is
+    /// refused as implausible, never another client).
+    #[test]
+    fn generated_markings_name_their_client(
+        client in any_client(),
+        nops in 0usize..8,
+        before in proptest::collection::vec(2u8..8, 0..2),
+    ) {
+        let mut area = vec![1u8; nops];
+        for len in &before {
+            area.push(0x94);
+            area.push(*len);
+            area.extend(std::iter::repeat(0).take(usize::from(*len) - 2));
+        }
+        area.extend_from_slice(&marking(client));
+        prop_assume!(area.len() <= 40);
+        let ip_mapped_v4 = matches!(client.ip(), IpAddr::V6(a) if a.to_ipv4_mapped().is_some());
+        prop_assume!(!ip_mapped_v4);
+        let scan = find_in_ip_options(&area);
+        let version = if client.is_ipv4() { OPP_VERSION_V4 } else { OPP_VERSION_V6 };
+        let wrapped = parse_opp(&opp(version, &area)).unwrap().scan;
+        for s in [scan, wrapped] {
+            if plausible(&client) {
+                prop_assert_eq!(found(s), Some(client));
+            } else {
+                prop_assert!(matches!(s, Scan::Implausible(_)));
+            }
+        }
+    }
+}
