@@ -207,7 +207,7 @@ proptest! {
         for len in &before {
             area.push(0x94);
             area.push(*len);
-            area.extend(std::iter::repeat(0).take(usize::from(*len) - 2));
+            area.extend(std::iter::repeat_n(0, usize::from(*len) - 2));
         }
         area.extend_from_slice(&marking(client));
         prop_assume!(area.len() <= 40);
