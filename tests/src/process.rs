@@ -90,8 +90,10 @@ impl Guarded {
         self.child.id()
     }
 
-    /// The next stdout line, waiting at most `timeout`.
+    /// The next stdout line, waiting at most `timeout` (scaled, see
+    /// [`scaled`]).
     pub fn line(&self, timeout: Duration) -> Result<String> {
+        let timeout = scaled(timeout);
         self.lines
             .recv_timeout(timeout)
             .with_context(|| format!("no output from pid {} within {timeout:?}", self.child.id()))
@@ -99,6 +101,7 @@ impl Guarded {
 
     /// Reads lines until one satisfies `pred`, within `timeout` overall.
     pub fn wait_for(&self, timeout: Duration, pred: impl Fn(&str) -> bool) -> Result<String> {
+        let timeout = scaled(timeout);
         let deadline = Instant::now() + timeout;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -138,6 +141,7 @@ impl Guarded {
 
     /// Waits for exit, at most `timeout`; kills it after that.
     pub fn wait(&mut self, timeout: Duration) -> Result<std::process::ExitStatus> {
+        let timeout = scaled(timeout);
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(status) = self.child.try_wait()? {
@@ -167,4 +171,19 @@ impl Drop for Guarded {
             let _ = self.child.wait();
         }
     }
+}
+
+/// `timeout` times `$TTM_TIMEOUT_SCALE` (default 1): the kernel matrix sets
+/// it inside QEMU, where processes start and run many times slower than on
+/// the host, so a wait that is ample here is not cut short there.
+pub fn scaled(timeout: Duration) -> Duration {
+    static SCALE: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    let scale = *SCALE.get_or_init(|| {
+        std::env::var("TTM_TIMEOUT_SCALE")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .filter(|&s| s >= 1)
+            .unwrap_or(1)
+    });
+    timeout * scale
 }

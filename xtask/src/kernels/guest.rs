@@ -46,10 +46,12 @@ pub(super) fn guest_script(runs: &[Run], out: &Path, emulated: bool) -> String {
     } else {
         String::new()
     };
+    // Waits for a process's output take this many times longer in QEMU.
+    let scale = if emulated { 4 } else { 1 };
     for run in runs {
         let log = run.label.replace('/', "-");
         let test = format!(
-            "TTM_LAB_MODE={mode} timeout -k 10 {RUN_LIMIT_SECS} '{bin}' --test-threads=1{skips} > '{out}/{log}.log' 2>&1",
+            "TTM_LAB_MODE={mode} TTM_TIMEOUT_SCALE={scale} timeout -k 10 {RUN_LIMIT_SECS} '{bin}' --test-threads=1{skips} > '{out}/{log}.log' 2>&1",
             mode = run.mode,
             bin = run.binary.display(),
         );
