@@ -371,4 +371,4 @@ pub fn plausible_client(addr: &Addr16) -> bool {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -259,7 +259,7 @@ fn format_index_names_the_layout() {
     }
 }
 
-mod reference;
+pub(crate) mod reference;
 
 mod properties {
     use super::*;

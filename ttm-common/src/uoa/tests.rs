@@ -225,3 +225,120 @@ proptest! {
         }
     }
 }
+
+mod reference {
+    //! The UOA marking and the opp header against references written apart
+    //! from them: the option walk's reference parser (`parser::tests`) with
+    //! the UOA layouts, and a plain statement of the opp header's rules.
+
+    use crate::parser::tests::reference::{generate, reference, walker, Rng, Verdict};
+
+    use super::super::*;
+
+    // The marking twice: areas holding it are the interesting ones.
+    const KINDS: [u8; 5] = [IPOPT_UOA, IPOPT_UOA, 0x94, 0x07, 0x44];
+
+    #[test]
+    fn generated_ipv4_option_areas_agree_with_the_reference_parser() {
+        let mut rng = Rng(0x756f_615f_6970_6f00);
+        let formats = [UOA_V4, UOA_V6];
+        let mut clients = 0;
+        for case in 0..200_000u32 {
+            let area = generate(&mut rng, &KINDS);
+            let expected = reference(&area, &formats);
+            assert_eq!(
+                walker(&area, &UOA_FORMATS),
+                expected,
+                "case {case}: {area:?}"
+            );
+            assert_eq!(
+                find_in_ip_options(&area[..area.len().min(40)]),
+                crate::find_client(&area[..area.len().min(40)], &UOA_FORMATS)
+            );
+            clients += u32::from(matches!(expected, Verdict::Client { .. }));
+        }
+        assert!(clients > 40_000, "only {clients} areas held a client");
+    }
+
+    /// The opp header's rules, stated plainly: the answer is the header's
+    /// length and what the reference parser says of its option area.
+    fn opp_reference(b: &[u8]) -> Result<(usize, Verdict), &'static str> {
+        if b.len() < 4 {
+            return Err("truncated");
+        }
+        let (version, reserved) = (b[0] / 16, b[0] % 16);
+        if reserved != 0 || version == 0 || version > 2 {
+            return Err("version");
+        }
+        if b[1] != 17 {
+            return Err("udp");
+        }
+        let len = usize::from(b[2]) * 256 + usize::from(b[3]);
+        if len > 44 {
+            return Err("long");
+        }
+        if len < 4 || len > b.len() {
+            return Err("truncated");
+        }
+        match reference(&b[4..len], &[UOA_V4, UOA_V6]) {
+            Verdict::Bad(_) => Err("malformed"),
+            Verdict::Client { format, .. } if (format == 1) != (version == 2) => Err("family"),
+            v => Ok((len, v)),
+        }
+    }
+
+    fn name(r: OppRefusal) -> &'static str {
+        match r {
+            OppRefusal::Truncated => "truncated",
+            OppRefusal::TooLong => "long",
+            OppRefusal::BadVersion => "version",
+            OppRefusal::NotUdp => "udp",
+            OppRefusal::Malformed(_) => "malformed",
+            OppRefusal::FamilyMismatch => "family",
+        }
+    }
+
+    #[test]
+    fn generated_opp_headers_agree_with_the_reference() {
+        let mut rng = Rng(0x6f70_705f_6864_7200);
+        let (mut accepted, mut clients) = (0, 0);
+        for case in 0..200_000u32 {
+            let area = generate(&mut rng, &KINDS);
+            let area = &area[..area.len().min(40)];
+            let version = match rng.below(16) {
+                0 => rng.byte(),
+                n => (1 + (n % 2) as u8) << 4,
+            };
+            let protocol = if rng.below(16) == 0 { rng.byte() } else { 17 };
+            let mut len = (4 + area.len()) as u16;
+            if rng.below(8) == 0 {
+                len = rng.below(64) as u16;
+            }
+            let mut b = vec![version, protocol];
+            b.extend_from_slice(&len.to_be_bytes());
+            b.extend_from_slice(area);
+            // The UDP header and some payload after it.
+            for _ in 0..rng.below(16) {
+                b.push(rng.byte());
+            }
+            if rng.below(8) == 0 {
+                b.truncate(rng.below(b.len() as u64 + 1) as usize);
+            }
+            let expected = opp_reference(&b);
+            let got = parse_opp(&b).map_err(name).map(|o| {
+                (o.len, {
+                    let mut bytes = b[OPP_FIXED_LEN..o.len].to_vec();
+                    bytes.truncate(40);
+                    walker(&bytes, &UOA_FORMATS)
+                })
+            });
+            assert_eq!(got, expected, "case {case}: {b:?}");
+            if let Ok((_, v)) = &expected {
+                accepted += 1;
+                clients += u32::from(matches!(v, Verdict::Client { .. }));
+            }
+        }
+        assert!(accepted > 40_000, "only {accepted} headers accepted");
+        assert!(clients > 12_000, "only {clients} headers held a client");
+    }
+}

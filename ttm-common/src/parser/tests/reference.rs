@@ -9,7 +9,7 @@ use crate::format::{AddrFamily, OptionFormat, OptionPosition};
 
 /// What the reference parser concludes about one area.
 #[derive(Debug, PartialEq, Eq)]
-enum Verdict {
+pub(crate) enum Verdict {
     Client {
         ip: IpAddr,
         port: u16,
@@ -41,7 +41,7 @@ fn claim(area: &[u8], at: usize, format: &OptionFormat) -> (IpAddr, u16) {
     (ip, port)
 }
 
-fn reference(area: &[u8], formats: &[OptionFormat]) -> Verdict {
+pub(crate) fn reference(area: &[u8], formats: &[OptionFormat]) -> Verdict {
     let area = &area[..area.len().min(40)];
     // Every configured option, in order.
     let mut found: Vec<(usize, usize)> = Vec::new();
@@ -113,7 +113,7 @@ fn reference(area: &[u8], formats: &[OptionFormat]) -> Verdict {
     }
 }
 
-fn walker(area: &[u8], table: &FormatTable) -> Verdict {
+pub(crate) fn walker(area: &[u8], table: &FormatTable) -> Verdict {
     let repeated = match find_option(area, table) {
         Walk::Found(at) => at.repeated,
         _ => false,
@@ -138,19 +138,19 @@ fn walker(area: &[u8], table: &FormatTable) -> Verdict {
 }
 
 /// xorshift64*: deterministic, so a failure names a reproducible case.
-struct Rng(u64);
+pub(crate) struct Rng(pub(crate) u64);
 
 impl Rng {
-    fn next(&mut self) -> u64 {
+    pub(crate) fn next(&mut self) -> u64 {
         self.0 ^= self.0 >> 12;
         self.0 ^= self.0 << 25;
         self.0 ^= self.0 >> 27;
         self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
     }
-    fn below(&mut self, n: u64) -> u64 {
+    pub(crate) fn below(&mut self, n: u64) -> u64 {
         self.next() % n
     }
-    fn byte(&mut self) -> u8 {
+    pub(crate) fn byte(&mut self) -> u8 {
         self.next() as u8
     }
 }
@@ -158,7 +158,7 @@ impl Rng {
 /// An option area built from plausible pieces (padding, TOA options of both
 /// families, other options, broken lengths), then cut at a random length:
 /// far more interesting than uniform noise, which is nearly always malformed.
-fn generate(rng: &mut Rng, kinds: &[u8]) -> Vec<u8> {
+pub(crate) fn generate(rng: &mut Rng, kinds: &[u8]) -> Vec<u8> {
     let mut area = Vec::with_capacity(64);
     let target = rng.below(41) as usize;
     while area.len() < target {
