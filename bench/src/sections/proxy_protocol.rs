@@ -215,17 +215,12 @@ pub(super) fn proxy_protocol(lab: &Lab, sizes: &Sizes) -> Result<Section> {
         "ttm's own part: the verdict program's work on each segment after the header (one \
          failed hash lookup)",
     ));
-    let hold_plain = in_rs(lab, &["hold-server", "--listen", "0.0.0.0:8096"])?;
-    listening(&hold_plain)?;
-    let hold_proxy = in_rs(lab, &["hold-server", "--listen", "0.0.0.0:8097"])?;
-    listening(&hold_proxy)?;
-    std::thread::sleep(Duration::from_millis(300));
     let held = if sizes.rounds == 1 { 200 } else { 5000 };
     let mut per_conn = [Vec::new(), Vec::new(), Vec::new()];
     for round in 0..sizes.rounds.min(3) {
         for k in 0..3 {
             let i = (k + round) % 3;
-            per_conn[i].push(held_bytes(held, i)?);
+            per_conn[i].push(held_bytes(lab, held, i)?);
         }
     }
     let (_, plain) = min_median(&per_conn[0]);
@@ -248,7 +243,7 @@ pub(super) fn proxy_protocol(lab: &Lab, sizes: &Sizes) -> Result<Section> {
             },
         ));
     }
-    drop((sink_ttm, sink_plain, sink_floor, hold_plain, hold_proxy));
+    drop((sink_ttm, sink_plain, sink_floor));
     Ok(Section {
         title: "PROXY protocol".into(),
         method: format!(
@@ -285,9 +280,19 @@ fn slab_unreclaimable() -> Result<u64> {
 /// Kernel bytes per connection with `n` held open from the LB's address:
 /// kind 0 to a plain port, 1 to a PROXY port with its header pending, 2
 /// with the header through.
-fn held_bytes(n: usize, kind: usize) -> Result<f64> {
+fn held_bytes(lab: &Lab, n: usize, kind: usize) -> Result<f64> {
     use std::io::Write as _;
-    let to = rs_at(if kind == 0 { 8096 } else { 8097 });
+    let port = if kind == 0 { 8096 } else { 8097 };
+    let to = rs_at(port);
+    // A server of its own for each measure: it never reads, so it would
+    // hold the closed connections of earlier ones too.
+    let server = in_rs(
+        lab,
+        &["hold-server", "--listen", &format!("0.0.0.0:{port}")],
+    )?;
+    listening(&server)?;
+    // The daemon defers a PROXY port's new listener within a tick.
+    std::thread::sleep(Duration::from_millis(300));
     let connections: Vec<serde_json::Value> = (0..n)
         .map(|i| {
             let client: SocketAddr = format!("198.51.{}.{}:{}", 100 + i / 250, 1 + i % 250, 10_000 + i)
@@ -326,6 +331,10 @@ fn held_bytes(n: usize, kind: usize) -> Result<f64> {
     }
     std::thread::sleep(Duration::from_millis(500));
     let during = slab_unreclaimable()?;
+    // The server closes first: TIME_WAIT then stays on the real server's
+    // side, not on the LB ports the next measure needs.
+    drop(server);
+    std::thread::sleep(Duration::from_millis(200));
     drop(stdin);
     sender.wait()?;
     Ok(during.saturating_sub(before) as f64 / n as f64)
