@@ -65,13 +65,16 @@ enum Cmd {
         #[arg(long)]
         parallel: usize,
     },
-    /// Helper: one bulk transfer to a sink server.
+    /// Helper: one bulk transfer to a sink server, after a PROXY header if given.
     #[command(hide = true)]
     Bulk {
         #[arg(long)]
         to: SocketAddr,
         #[arg(long)]
         bytes: u64,
+        /// Bytes sent first, in hex.
+        #[arg(long, default_value = "")]
+        header: String,
     },
     /// Helper: accepts connections and holds them open unread, in one
     /// thread (no per-connection kernel state but the socket's own), until
@@ -146,7 +149,8 @@ fn main() -> ExitCode {
             count,
             parallel,
         } => proxy_helpers::http_rate(to, count, parallel),
-        Cmd::Bulk { to, bytes } => proxy_helpers::bulk(to, bytes),
+        Cmd::Bulk { to, bytes, header } => proxy_helpers::from_hex(&header)
+            .and_then(|header| proxy_helpers::bulk(to, bytes, &header)),
         Cmd::SinkServer { listen } => proxy_helpers::sink_server(listen),
         Cmd::HoldServer { listen } => proxy_helpers::hold_server(listen),
         Cmd::Calls { listen, iterations } => helpers::calls(listen, iterations),

@@ -54,34 +54,52 @@ pub fn http_rate(to: SocketAddr, count: usize, parallel: usize) -> Result<()> {
     Ok(())
 }
 
-/// Sends `bytes` to `to` in 64 KiB writes, then reads the sink's count;
-/// prints {"seconds","bytes","counted"}.
-pub fn bulk(to: SocketAddr, bytes: u64) -> Result<()> {
+/// The bytes of a hex string (`--header`).
+pub fn from_hex(text: &str) -> Result<Vec<u8>> {
+    if text.len() % 2 != 0 {
+        anyhow::bail!("odd number of hex digits");
+    }
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&text[i..i + 2], 16).context("not hex"))
+        .collect()
+}
+
+/// Sends `header` (a PROXY header, or nothing) and then `bytes` to `to` in
+/// 64 KiB writes, then reads the sink's count; prints
+/// {"seconds","bytes","counted"} (the header not counted in either).
+pub fn bulk(to: SocketAddr, bytes: u64, header: &[u8]) -> Result<()> {
     let chunk = vec![0x5au8; 65536];
     let mut s = TcpStream::connect_timeout(&to, Duration::from_secs(5))
         .with_context(|| format!("connecting to {to}"))?;
     s.set_read_timeout(Some(Duration::from_secs(120)))?;
     let started = Instant::now();
+    s.write_all(header)
+        .with_context(|| format!("sending the header to {to}"))?;
     let mut sent = 0u64;
     while sent < bytes {
         let n = (bytes - sent).min(chunk.len() as u64) as usize;
-        s.write_all(&chunk[..n])?;
+        s.write_all(&chunk[..n])
+            .with_context(|| format!("sending to {to} after {sent} bytes"))?;
         sent += n as u64;
     }
     s.shutdown(std::net::Shutdown::Write)?;
     let mut answer = String::new();
     s.read_to_string(&mut answer)?;
     let seconds = started.elapsed().as_secs_f64();
-    let counted: u64 = answer.trim().parse().unwrap_or(0);
+    let mut words = answer
+        .split_whitespace()
+        .map(|w| w.parse::<u64>().unwrap_or(0));
+    let (counted, eagain) = (words.next().unwrap_or(0), words.next().unwrap_or(0));
     println!(
         "{}",
-        serde_json::json!({"seconds": seconds, "bytes": sent, "counted": counted})
+        serde_json::json!({"seconds": seconds, "bytes": sent, "counted": counted, "eagain": eagain})
     );
     Ok(())
 }
 
-/// Accepts forever: reads each connection to its end, answers how many
-/// bytes it read, closes.
+/// Accepts forever: reads each connection to its end with blocking reads,
+/// answers how many bytes it read and how many reads returned EAGAIN, closes.
 pub fn sink_server(listen: SocketAddr) -> Result<()> {
     let listener = TcpListener::bind(listen).with_context(|| format!("binding {listen}"))?;
     println!("listening");
@@ -91,13 +109,22 @@ pub fn sink_server(listen: SocketAddr) -> Result<()> {
         std::thread::spawn(move || {
             let mut buf = vec![0u8; 1 << 18];
             let mut total = 0u64;
-            while let Ok(n) = conn.read(&mut buf) {
-                if n == 0 {
-                    break;
+            // A blocking read that returns EAGAIN is retried and counted:
+            // the kernel's sockmap receive path can wake a blocked reader
+            // with nothing to read (see the bench's PROXY section).
+            let mut eagain = 0u64;
+            loop {
+                match conn.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => total += n as u64,
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => eagain += 1,
+                    Err(e) => {
+                        eprintln!("sink: read failed after {total} bytes: {e}");
+                        break;
+                    }
                 }
-                total += n as u64;
             }
-            let _ = conn.write_all(format!("{total}\n").as_bytes());
+            let _ = conn.write_all(format!("{total} {eagain}\n").as_bytes());
         });
     }
     Ok(())

@@ -136,6 +136,12 @@ fn in_rs(lab: &Lab, args: &[&str]) -> Result<Guarded> {
     spawn_in(&me()?, &lab.rs_cgroup(), lab::RS_NS, args)
 }
 
+/// Runs a helper in the LB's namespace (its connections to the real server
+/// come from the LB's address, which ttm trusts).
+fn in_lb(lab: &Lab, args: &[&str]) -> Result<Guarded> {
+    spawn_in(&me()?, &lab.plain_cgroup(), lab::LB_NS, args)
+}
+
 fn in_client(lab: &Lab, args: &[&str]) -> Result<Guarded> {
     spawn_in(&me()?, &lab.client_cgroup(), lab::CLIENT_NS, args)
 }
