@@ -56,7 +56,7 @@ pub fn http_rate(to: SocketAddr, count: usize, parallel: usize) -> Result<()> {
 
 /// The bytes of a hex string (`--header`).
 pub fn from_hex(text: &str) -> Result<Vec<u8>> {
-    if text.len() % 2 != 0 {
+    if !text.len().is_multiple_of(2) {
         anyhow::bail!("odd number of hex digits");
     }
     (0..text.len())
