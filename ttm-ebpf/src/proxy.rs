@@ -47,6 +47,26 @@ pub fn byte_bound(v: usize) -> usize {
     v
 }
 
+/// `v`, known by an earlier check to be in 1..=255, as a value the verifier
+/// sees in 1..=256: the length of a helper that refuses a length that may be
+/// 0. Older verifiers (Linux 6.1) learn nothing from a `!= 0` test, so the
+/// check alone does not do.
+#[inline(always)]
+pub fn nonzero_len(v: usize) -> usize {
+    let mut v = v;
+    // SAFETY: register-only arithmetic; no memory is touched.
+    unsafe {
+        core::arch::asm!(
+            "{0} -= 1",
+            "{0} &= 255",
+            "{0} += 1",
+            inout(reg) v,
+            options(pure, nomem, nostack)
+        )
+    };
+    v
+}
+
 /// At the handshake: a connection to a PROXY port from a trusted peer goes
 /// into `PROXY_SOCKS`, with its pending state and a socket-storage slot
 /// marked as waiting (the app-facing hooks then look for the record by
@@ -162,14 +182,14 @@ fn on_segment(ctx: &SkBuffContext, cookie: u64, pending: &mut ProxyPending) -> u
     if take == 0 {
         return SK_PASS;
     }
-    // SAFETY: `held` ≤ 255 and `take` ≤ 255 (masked above): the copy stays
-    // inside the 512-byte buffer of a live map value.
+    // SAFETY: `held` ≤ 254 and the length ≤ 256 (masked above): the copy
+    // stays inside the 512-byte buffer of a live map value.
     let loaded = unsafe {
         bpf_skb_load_bytes(
             ctx.skb.skb.cast(),
             0,
             pending.head.bytes.as_mut_ptr().add(held).cast(),
-            take as u32,
+            nonzero_len(take) as u32,
         )
     };
     if loaded != 0 {
@@ -295,7 +315,7 @@ fn put_back(ctx: &SkBuffContext, pending: &ProxyPending, held: usize) -> u32 {
                 ctx.skb.skb.cast(),
                 0,
                 pending.head.bytes.as_ptr().cast(),
-                held as u32,
+                nonzero_len(held) as u32,
                 0,
             );
         }

@@ -91,7 +91,7 @@ fn early_header(ctx: &SkBuffContext) -> Option<()> {
             skb.cast(),
             payload as u32,
             buf.bytes.as_mut_ptr().cast(),
-            take as u32,
+            crate::proxy::nonzero_len(take) as u32,
         )
     };
     if loaded != 0 {
