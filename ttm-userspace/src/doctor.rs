@@ -100,7 +100,7 @@ pub fn run() -> Vec<Probe> {
                     Some(Program::SchedClassifier(p)) => ("TC ingress decoder", p.load()),
                     Some(Program::SkSkb(p)) => (
                         "--proxy-protocol: removing the PROXY header from the stream (stream \
-                         verdict with bpf_skb_adjust_room, Linux 5.12+)",
+                         verdict with bpf_skb_adjust_room, Linux 5.11+)",
                         p.load(),
                     ),
                     Some(Program::CgroupSkb(p)) => (
@@ -110,10 +110,18 @@ pub fn run() -> Vec<Probe> {
                     ),
                     _ => continue,
                 };
-                let ok = result.is_ok();
-                let detail = match result {
-                    Ok(()) => format!("{what}: the verifier accepts {name}"),
-                    Err(e) => format!("{what}: {name} refused: {}", brief(&e.to_string())),
+                let proxy =
+                    name == crate::PROXY_VERDICT_PROGRAM || name == crate::PROXY_INGRESS_PROGRAM;
+                let unsupported = proxy
+                    .then(crate::host::proxy_protocol_unsupported)
+                    .flatten();
+                let ok = result.is_ok() && unsupported.is_none();
+                let detail = match (result, unsupported) {
+                    (Ok(()), None) => format!("{what}: the verifier accepts {name}"),
+                    (Ok(()), Some(why)) => {
+                        format!("{what}: the verifier accepts {name}, but {why}")
+                    }
+                    (Err(e), _) => format!("{what}: {name} refused: {}", brief(&e.to_string())),
                 };
                 out.push(probe(name, ok, detail));
             }

@@ -165,9 +165,48 @@ pub fn monotonic_ns() -> u64 {
     (ts.tv_sec as u64) * 1_000_000_000 + ts.tv_nsec as u64
 }
 
+/// Why `--proxy-protocol` cannot work on the running kernel, if it cannot.
+/// Before Linux 5.11 a sockmap runs a stream-verdict program only beside a
+/// stream parser, so ttm's verdict (which has none) is never called and the
+/// header would reach the app, although the verifier accepts the program
+/// (seen on Debian's 5.10). The one capability ttm gates by version: its
+/// absence shows in no load or attach result.
+pub fn proxy_protocol_unsupported() -> Option<String> {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").ok()?;
+    let release = release.trim();
+    kernel_before(release, (5, 11)).then(|| {
+        format!(
+            "Linux {release} runs a sockmap's stream verdict only beside a stream parser \
+             (before 5.11), so the PROXY header would reach the app"
+        )
+    })
+}
+
+/// True if `release` (`uname -r`) names a kernel older than `major.minor`;
+/// false if it cannot be read.
+fn kernel_before(release: &str, (major, minor): (u32, u32)) -> bool {
+    let mut parts = release
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|p| p.parse::<u32>().ok());
+    match (parts.next(), parts.next()) {
+        (Some(a), Some(b)) => (a, b) < (major, minor),
+        _ => false,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn kernel_releases_compare_by_major_and_minor() {
+        assert!(kernel_before("5.10.0-46-amd64", (5, 11)));
+        assert!(kernel_before("4.19.0", (5, 11)));
+        assert!(!kernel_before("5.11.0", (5, 11)));
+        assert!(!kernel_before("6.1.0-57-amd64", (5, 11)));
+        assert!(!kernel_before("6.18.44-fc-v1045", (5, 11)));
+        assert!(!kernel_before("garbage", (5, 11)));
+    }
 
     #[test]
     fn finds_cgroup2_in_hybrid_mountinfo() {

@@ -383,6 +383,12 @@ pub(super) fn attach_proxy(ebpf: &mut Ebpf, config: &DaemonConfig) -> Result<()>
     if config.proxy_ports.is_empty() {
         return Ok(());
     }
+    if let Some(why) = crate::host::proxy_protocol_unsupported() {
+        anyhow::bail!(
+            "--proxy-protocol needs Linux 5.11+: {why} — see `ttm doctor`; drop --proxy-protocol \
+             to run without it"
+        );
+    }
     let socks = aya::maps::SockHash::<_, u64>::try_from(
         ebpf.map(maps::PROXY_SOCKS).context("PROXY_SOCKS missing")?,
     )?;
@@ -392,7 +398,9 @@ pub(super) fn attach_proxy(ebpf: &mut Ebpf, config: &DaemonConfig) -> Result<()>
         .context("the PROXY protocol program is missing from the object")?
         .try_into()?;
     program.load().context(
-        "--proxy-protocol needs Linux 5.11+ (a stream-verdict program that removes bytes from          the stream, bpf_skb_adjust_room on sk_skb): this kernel refused it — see `ttm doctor`;          drop --proxy-protocol to run without it",
+        "--proxy-protocol: this kernel's verifier refused the stream-verdict program that \
+         removes the header (bpf_skb_adjust_room on sk_skb) — see `ttm doctor`; drop \
+         --proxy-protocol to run without it",
     )?;
     let link = program
         .attach(&map_fd)
