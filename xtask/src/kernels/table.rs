@@ -106,8 +106,8 @@ fn verdict(capability: &str, probes: &[serde_json::Value]) -> String {
             if probe_ok(probes, "ttm_proxy_verdict") == Some(false)
                 || probe_ok(probes, "ttm_proxy_ingress") == Some(false) =>
         {
-            "not on this kernel: the verifier refuses ttm's PROXY programs; the daemon refuses \
-             --proxy-protocol at start (tested)"
+            "not on this kernel (`ttm doctor` says why: before 5.11, or the verifier refuses); \
+             the daemon refuses --proxy-protocol at start (tested)"
                 .into()
         }
         "getsockopt 1345 + accept()/getpeername() rewrite"
