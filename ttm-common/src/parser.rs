@@ -54,6 +54,26 @@ pub struct ClientAddr {
     pub format_index: u8,
 }
 
+#[cfg(test)]
+impl ClientAddr {
+    /// The client as std's socket address (IPv4 unmapped), for the tests.
+    pub fn socket_addr(&self) -> std::net::SocketAddr {
+        socket_addr(&self.addr, self.family, self.port)
+    }
+}
+
+/// `addr` (IPv4 v4-mapped) of `family` and `port` as std's socket address,
+/// IPv4 unmapped: how the tests compare decoded clients.
+#[cfg(test)]
+pub fn socket_addr(addr: &Addr16, family: AddrFamily, port: u16) -> std::net::SocketAddr {
+    let v6 = std::net::Ipv6Addr::from(*addr);
+    let ip = match (family, v6.to_ipv4_mapped()) {
+        (AddrFamily::Ipv4, Some(v4)) => std::net::IpAddr::V4(v4),
+        _ => std::net::IpAddr::V6(v6),
+    };
+    std::net::SocketAddr::new(ip, port)
+}
+
 /// Why an option area was rejected. Each reason has its own counter.
 #[repr(u8)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -27,14 +27,7 @@ fn opp(version: u8, options: &[u8]) -> Vec<u8> {
 
 fn found(scan: Scan) -> Option<SocketAddr> {
     match scan {
-        Scan::Found(c) => {
-            let v6 = Ipv6Addr::from(c.addr);
-            let ip = match (c.family, v6.to_ipv4_mapped()) {
-                (AddrFamily::Ipv4, Some(v4)) => IpAddr::V4(v4),
-                _ => IpAddr::V6(v6),
-            };
-            Some(SocketAddr::new(ip, c.port))
-        }
+        Scan::Found(c) => Some(c.socket_addr()),
         _ => None,
     }
 }

@@ -12,14 +12,7 @@ fn client_of(p: Parsed) -> Option<SocketAddr> {
     match p {
         Parsed::Header {
             client: Some(c), ..
-        } => {
-            let v6 = Ipv6Addr::from(c.addr);
-            let ip = match (c.family, v6.to_ipv4_mapped()) {
-                (AddrFamily::Ipv4, Some(v4)) => IpAddr::V4(v4),
-                _ => IpAddr::V6(v6),
-            };
-            Some(SocketAddr::new(ip, c.port))
-        }
+        } => Some(crate::parser::socket_addr(&c.addr, c.family, c.port)),
         _ => None,
     }
 }
