@@ -24,8 +24,6 @@ pub enum Sender {
     HaproxyV2,
     /// nginx stream `proxy_protocol on` (v1).
     NginxStream,
-    /// HAProxy without a header (the benchmarks' plain path).
-    HaproxyPlain,
 }
 
 impl Sender {
@@ -33,7 +31,6 @@ impl Sender {
     pub fn carrier(self) -> &'static str {
         match self {
             Sender::HaproxyV2 => "proxy-v2",
-            Sender::HaproxyPlain => "tcp-option",
             _ => "proxy-v1",
         }
     }
@@ -73,11 +70,11 @@ impl Proxy {
         let mut cmd = Command::new("ip");
         cmd.args(["netns", "exec", LB_NS]);
         match sender {
-            Sender::HaproxyV1 | Sender::HaproxyV2 | Sender::HaproxyPlain => {
-                let send = match sender {
-                    Sender::HaproxyV1 => "send-proxy",
-                    Sender::HaproxyV2 => "send-proxy-v2",
-                    _ => "",
+            Sender::HaproxyV1 | Sender::HaproxyV2 => {
+                let send = if sender == Sender::HaproxyV1 {
+                    "send-proxy"
+                } else {
+                    "send-proxy-v2"
                 };
                 let cfg = dir.join("haproxy.cfg");
                 fs::write(
