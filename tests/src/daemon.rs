@@ -91,7 +91,10 @@ impl TtmDaemon {
         if !mode.is_empty() {
             mode_args.extend(["--mode".into(), mode.clone()]);
         }
-        if !mode.is_empty() && mode != "sockops" {
+        // TC on the real server's interface: a mode with TC, or PROXY
+        // headers sent up alone there.
+        let tc = (!mode.is_empty() && mode != "sockops") || extra.contains(&"--proxy-interface");
+        if tc {
             // The TC classifier watches the real server's interface, so the
             // daemon joins the real server's network namespace (only that:
             // bpffs and cgroupfs stay the host's).
@@ -101,6 +104,8 @@ impl TtmDaemon {
             ];
             prefix.append(&mut wrapper);
             wrapper = prefix;
+        }
+        if !mode.is_empty() && mode != "sockops" {
             mode_args.extend(["--interface".into(), crate::lab::RS_IF.into()]);
         }
         let mut cmd = match wrapper.split_first() {

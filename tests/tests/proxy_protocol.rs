@@ -56,7 +56,7 @@ macro_rules! require_proxy_support {
 }
 
 fn world() -> World {
-    World::with_daemon_args(lab::LB_NET, &["--proxy-protocol", PORT])
+    World::with_daemon_args(lab::LB_NET, &proxy_args(PORT))
 }
 
 /// The lab server on 0.0.0.0:`port`, once ttm has deferred its listener.
@@ -147,8 +147,29 @@ fn wait_deferred(server: &Guarded, port: u16) {
     wait_deferred_pid(server.pid(), port)
 }
 
-/// Waits until ttm has set `TCP_DEFER_ACCEPT` on the listener of `pid`.
+/// Whether this run has ttm cut headers at the interface
+/// (`TTM_PROXY_CUT=1`, `--proxy-interface`) instead of removing them on the
+/// sockmap path.
+fn cutting() -> bool {
+    std::env::var("TTM_PROXY_CUT").is_ok_and(|v| v == "1")
+}
+
+/// The daemon's PROXY flags for `ports`, by [`cutting`].
+fn proxy_args(ports: &'static str) -> Vec<&'static str> {
+    let mut args = vec!["--proxy-protocol", ports];
+    if cutting() {
+        args.extend(["--proxy-interface", lab::RS_IF]);
+    }
+    args
+}
+
+/// Waits until ttm has set `TCP_DEFER_ACCEPT` on the listener of `pid`
+/// (when cutting at the interface, ttm holds the handshake itself and sets
+/// nothing: there is nothing to wait for).
 fn wait_deferred_pid(pid: u32, port: u16) {
+    if cutting() {
+        return;
+    }
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         match ttm::proxy_listeners::listener_deferral(pid, port) {
@@ -207,9 +228,16 @@ fn real_senders_reach_a_plain_server_with_the_client_and_the_exact_bytes() {
         }
         let after = world.stats();
         let delta = |c| after.get(c) - before.get(c);
-        assert_eq!(delta(Counter::ProxyWatched), n as u64, "{sender:?}");
         assert_eq!(delta(Counter::ProxyDecoded), n as u64, "{sender:?}");
         assert_eq!(delta(Counter::ProxyAbsent), 0, "{sender:?}");
+        if cutting() {
+            // Each header cut at the interface: never on the sockmap path.
+            assert_eq!(delta(Counter::ProxyCut), n as u64, "{sender:?}");
+            assert_eq!(delta(Counter::ProxyKept), 0, "{sender:?}");
+            assert_eq!(delta(Counter::ProxyWatched), 0, "{sender:?}");
+        } else {
+            assert_eq!(delta(Counter::ProxyWatched), n as u64, "{sender:?}");
+        }
         drop(server);
     }
 }
@@ -246,9 +274,16 @@ fn one_port_serves_proxied_trusted_plain_and_direct_clients_at_once() {
     }
     let after = world.stats();
     let delta = |c| after.get(c) - before.get(c);
-    assert_eq!(delta(Counter::ProxyWatched), 8);
     assert_eq!(delta(Counter::ProxyDecoded), 4);
     assert_eq!(delta(Counter::ProxyAbsent), 4);
+    if cutting() {
+        // Cut at the interface; the plain ones' first segment showed no
+        // header before their sockets existed: none was ever watched.
+        assert_eq!(delta(Counter::ProxyCut), 4);
+        assert_eq!(delta(Counter::ProxyWatched), 0);
+    } else {
+        assert_eq!(delta(Counter::ProxyWatched), 8);
+    }
 }
 
 #[test]
@@ -445,8 +480,10 @@ fn forged_headers_and_malformations_are_never_believed() {
     assert_eq!(delta(Counter::ProxyRefused), 5);
     assert_eq!(delta(Counter::ProxyNoClient), 1);
     assert_eq!(delta(Counter::ProxyUnframed), 2);
+    // The trusted ones: watched for the verdict program, or cut at the
+    // interface; direct clients are never either.
     assert_eq!(
-        delta(Counter::ProxyWatched),
+        delta(Counter::ProxyWatched) + delta(Counter::ProxyCut),
         8,
         "direct clients are never watched"
     );
@@ -530,7 +567,7 @@ fn an_ipv6_client_over_ipv4_reaches_getsockopt_and_lookups_but_never_an_af_inet_
 fn ipv6_real_server_path_through_haproxy_and_nginx() {
     require_proxy_support!();
     let trust = format!("{},{}", lab::LB_NET, lab::LB_NET6);
-    let world = World::with_daemon_args(&trust, &["--proxy-protocol", PORT]);
+    let world = World::with_daemon_args(&trust, &proxy_args(PORT));
     let backend: SocketAddr = format!("[{}]:{PORT}", lab::RS_IP6).parse().unwrap();
     for (i, sender) in [Sender::HaproxyV2, Sender::NginxStream]
         .into_iter()
@@ -571,7 +608,7 @@ fn a_daemon_restart_keeps_open_proxy_connections_and_watches_new_ones() {
     let got = reports(&server, 1);
     assert_eq!(got[0]["peer"], first.to_string());
     world.daemon.crash_in_place();
-    world.restart_daemon(&["--proxy-protocol", PORT]);
+    world.restart_daemon(&proxy_args(PORT));
     let sent = send(
         lab::LB_NS,
         &json!([{
@@ -595,13 +632,9 @@ fn a_kernel_without_the_programs_refuses_at_start() {
     let pins = std::path::Path::new(common::PIN_DIR);
     let Some(why) = kernel_lacks_proxy() else {
         // The kernel has what it needs: the daemon starts with the flag.
-        let daemon = ttm_lab::TtmDaemon::start(
-            lab::LB_NET,
-            &lab.rs_cgroup(),
-            pins,
-            &["--proxy-protocol", PORT],
-        )
-        .expect("the daemon starts with --proxy-protocol");
+        let daemon =
+            ttm_lab::TtmDaemon::start(lab::LB_NET, &lab.rs_cgroup(), pins, &proxy_args(PORT))
+                .expect("the daemon starts with --proxy-protocol");
         drop(daemon);
         return;
     };
@@ -710,7 +743,7 @@ fn ten_thousand_concurrent_connections_each_get_their_own_client() {
     require_proxy_support!();
     // Two servers of 5,000 connections each: a process may hold at most
     // 20,000 files here, and the lab server holds three per connection.
-    let world = World::with_daemon_args(lab::LB_NET, &["--proxy-protocol", "8080,8081"]);
+    let world = World::with_daemon_args(lab::LB_NET, &proxy_args("8080,8081"));
     let n = 10_000usize;
     let client = |i: usize| -> SocketAddr {
         format!("198.51.{}.{}:{}", 100 + i / 250, 1 + i % 250, 10_000 + i)
@@ -754,11 +787,17 @@ fn a_gibibyte_through_haproxy_arrives_unchanged() {
     let listen: SocketAddr = format!("{}:9000", lab::PROXY_IP).parse().unwrap();
     let _proxy = Proxy::start(Sender::HaproxyV2, listen, rs()).expect("start haproxy");
     let server = serve(&world, "0.0.0.0:8080", 1);
+    let before = world.stats();
     // The lab client checks every echoed byte against what it sent.
     let clients = world.connect_to(&world.lab.client_cgroup(), &listen.to_string(), 1, 1 << 30);
     let a = &world.accepted(&server, 1)[0];
     assert_eq!(a.claimed, clients[0]);
     assert_eq!(a.peer, a.claimed);
+    if cutting() {
+        // The gibibyte took the kernel's own path, not the sockmap's.
+        let cut = world.stats().get(Counter::ProxyCut) - before.get(Counter::ProxyCut);
+        assert_eq!(cut, 1);
+    }
 }
 
 #[test]
@@ -845,7 +884,7 @@ fn haproxy_pair(i: u16, port: u16) -> ([SocketAddr; 2], [Proxy; 2]) {
 #[test]
 fn unmodified_receivers_behind_haproxy_see_the_client() {
     require_proxy_support!();
-    let world = World::with_daemon_args(lab::LB_NET, &["--proxy-protocol", "8080,8000,8090,8091"]);
+    let world = World::with_daemon_args(lab::LB_NET, &proxy_args("8080,8000,8090,8091"));
     let client = world.lab.client_cgroup();
 
     // The C server: accept() names the IPv4 client; for the IPv6 one it

@@ -306,7 +306,7 @@ fn loaded() -> (aya::Ebpf, std::os::fd::OwnedFd) {
                 getsockopt_name: 1345,
                 nat64_getsockopt_name: 0,
                 short_buffer_retval: -22,
-                proxy_ports: 0,
+                proxy_flags: 0,
             },
             0,
         )

@@ -15,6 +15,7 @@ pub mod maps;
 pub mod parser;
 pub mod proxy;
 pub mod record;
+pub mod shift;
 pub mod uoa;
 
 pub use addr::Addr16;
@@ -35,4 +36,5 @@ mod pod {
     unsafe impl aya::Pod for crate::maps::TcKey {}
     unsafe impl aya::Pod for crate::maps::ProxyPending {}
     unsafe impl aya::Pod for crate::proxy::HeaderBuf {}
+    unsafe impl aya::Pod for crate::shift::SeqShift {}
 }

@@ -50,6 +50,27 @@ pub const PROXY_PENDING: &str = "PROXY_PENDING";
 /// flight at once (each entry lives from the handshake to the header's end).
 pub const PROXY_PENDING_CAPACITY: u32 = 65_536;
 
+/// LRU hash: [`TcKey`] → [`ProxySyn`], the handshakes on
+/// `--proxy-protocol` ports from trusted peers that the TC program follows
+/// until their first data segment (`--proxy-interface`). Preallocated, not
+/// pinned: an entry lost to eviction or a restart only sends that
+/// connection the sockmap's way.
+pub const PROXY_SYNS: &str = "PROXY_SYNS";
+/// Capacity of `PROXY_SYNS`: handshakes in flight at once.
+pub const PROXY_SYNS_CAPACITY: u32 = 8_192;
+/// LRU hash: [`TcKey`] → [`crate::proxy::HeaderBuf`], v2 headers with TLVs
+/// the TC program cut out, until sockops files them in `PROXY_TLVS` under
+/// the new socket's cookie (at once: entries live for a handshake).
+pub const PROXY_TLV_STASH: &str = "PROXY_TLV_STASH";
+/// Capacity of `PROXY_TLV_STASH`.
+pub const PROXY_TLV_STASH_CAPACITY: u32 = 1_024;
+/// Hash: [`TcKey`] → [`crate::shift::SeqShift`], the PROXY connections whose
+/// header the TC program cut out at the interface, renumbered in both
+/// directions for their whole life. Written by the TC program, removed by
+/// sockops at close; pinned (a restart must keep renumbering them). Not
+/// preallocated; capacity `--max-records`.
+pub const PROXY_FLOWS: &str = "PROXY_FLOWS";
+
 /// Hash: socket cookie → [`crate::proxy::HeaderBuf`], the v2 header of a
 /// PROXY connection whose header carried TLVs (ALPN, authority, unique id,
 /// cloud endpoint ids), for the lookups; bytes past the header are zeroed.
@@ -73,6 +94,45 @@ pub struct ProxyPending {
     pub skip: u32,
     /// Non-zero once the header was seen over more than one segment.
     pub split: u32,
+}
+
+/// Program array: the TC ingress program's tail, `ttm_tc_cut`.
+pub const PROXY_TAIL: &str = "PROXY_TAIL";
+
+/// What the TC ingress program asks of its tail `ttm_tc_cut`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CutJob {
+    /// Non-zero: the connection's first data segment (read its header,
+    /// then cut it); zero: cut `cut` bytes and renumber to `seq`.
+    pub first: u32,
+    /// The client's initial sequence number.
+    pub isn: u32,
+    /// Payload bytes to cut (`first` zero).
+    pub cut: u32,
+    /// Sequence number after the cut (`first` zero).
+    pub seq: u32,
+}
+
+/// Where a [`ProxySyn`] stands.
+pub mod syn_phase {
+    /// The SYN came through TC; the first data segment has not.
+    pub const SYN_SEEN: u32 = 1;
+    /// The first data segment had no PROXY header: sockops leaves the
+    /// connection unwatched.
+    pub const ABSENT: u32 = 2;
+}
+
+/// A handshake on a PROXY port from a trusted peer, as the TC program
+/// follows it until its first data segment. Written by TC; read and
+/// removed by sockops when the socket is made.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ProxySyn {
+    /// The client's initial sequence number.
+    pub isn: u32,
+    /// A [`syn_phase`] value.
+    pub phase: u32,
 }
 
 /// A connection as the real server sees it, for the TC path's records.
@@ -131,6 +191,15 @@ pub const TRUSTED_LBS_CAPACITY: u32 = 1_024;
 /// networks are stored v4-mapped, with their prefix length plus 96).
 pub type TrustKey = Addr16;
 
+/// Bits of [`Config::proxy_flags`].
+pub mod proxy_flags {
+    /// `PROXY_PORTS` holds ports: sockops watches them.
+    pub const WATCHING: u32 = 1;
+    /// The TC program is attached only to follow PROXY handshakes
+    /// (`--proxy-interface` without TC mode): it reads no TCP option.
+    pub const TC_NO_OPTIONS: u32 = 2;
+}
+
 /// Decoder settings, written by the daemon before it attaches the programs.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -149,9 +218,10 @@ pub struct Config {
     /// where the kernel lets cgroup programs choose the errno (5.18+), else
     /// -EFAULT, the only error older kernels give for a changed return value.
     pub short_buffer_retval: i32,
-    /// Non-zero when `PROXY_PORTS` holds ports (`--proxy-protocol`): only
-    /// then does sockops look there.
-    pub proxy_ports: u32,
+    /// [`proxy_flags`] bits: whether `PROXY_PORTS` holds ports
+    /// (`--proxy-protocol`; only then does sockops look there) and whether
+    /// the TC program reads TCP options or only follows PROXY handshakes.
+    pub proxy_flags: u32,
 }
 
 impl Config {
@@ -162,7 +232,7 @@ impl Config {
         getsockopt_name: 0,
         nat64_getsockopt_name: 0,
         short_buffer_retval: 0,
-        proxy_ports: 0,
+        proxy_flags: 0,
     };
 }
 
@@ -264,11 +334,21 @@ pub enum Counter {
     /// `listen()` calls on a `--proxy-protocol` port (the daemon then sets
     /// `TCP_DEFER_ACCEPT` on the new listener).
     ProxyListening = 35,
+    /// A PROXY header cut out at the interface (`--proxy-interface`): the
+    /// connection never takes the sockmap path; its data path is the
+    /// kernel's own, renumbered by the TC programs.
+    ProxyCut = 36,
+    /// A PROXY connection the TC program could not take (its header came in
+    /// pieces, or `PROXY_FLOWS` was full): it takes the sockmap path.
+    ProxyKept = 37,
+    /// Handshake-completing bare ACKs of PROXY connections held back at the
+    /// interface, so that `accept()` waits for the header's segment.
+    ProxyAckHeld = 38,
 }
 
 impl Counter {
     /// Number of counters; the size of `STATS`.
-    pub const COUNT: u32 = 36;
+    pub const COUNT: u32 = 39;
 
     /// Every counter, in index order.
     pub const ALL: [Counter; Counter::COUNT as usize] = [
@@ -308,6 +388,9 @@ impl Counter {
         Counter::ProxySplit,
         Counter::ProxyWatchFailed,
         Counter::ProxyListening,
+        Counter::ProxyCut,
+        Counter::ProxyKept,
+        Counter::ProxyAckHeld,
     ];
 
     /// The counter for a malformed-option reason.
@@ -360,6 +443,9 @@ impl Counter {
             Counter::ProxySplit => "proxy_split",
             Counter::ProxyWatchFailed => "proxy_watch_failed",
             Counter::ProxyListening => "proxy_listening",
+            Counter::ProxyCut => "proxy_cut",
+            Counter::ProxyKept => "proxy_kept",
+            Counter::ProxyAckHeld => "proxy_ack_held",
         }
     }
 }

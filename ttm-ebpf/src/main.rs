@@ -11,6 +11,7 @@ mod maps;
 mod packet;
 mod peer_storage;
 mod proxy;
+mod proxy_cut;
 mod proxy_ingress;
 mod sockops;
 mod tc;

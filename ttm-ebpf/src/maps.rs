@@ -2,15 +2,18 @@
 
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
-    btf_maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, SkStorage, SockHash},
+    btf_maps::{
+        Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, ProgramArray, SkStorage, SockHash,
+    },
     macros::btf_map,
 };
 use ttm_common::{
     maps::{
-        tuples_capacity, Mismatch, ProxyPending, TcKey, DEFAULT_RECORDS_CAPACITY,
+        tuples_capacity, Mismatch, ProxyPending, ProxySyn, TcKey, DEFAULT_RECORDS_CAPACITY,
         DEFAULT_TC_CAPACITY, MISMATCHES_CAPACITY, PROXY_PENDING_CAPACITY, PROXY_PORTS_CAPACITY,
-        PROXY_TLVS_CAPACITY, TRUSTED_LBS_CAPACITY,
+        PROXY_SYNS_CAPACITY, PROXY_TLVS_CAPACITY, PROXY_TLV_STASH_CAPACITY, TRUSTED_LBS_CAPACITY,
     },
+    shift::SeqShift,
     Config, Counter, PeerRecord, TrustKey, WalkState,
 };
 
@@ -133,15 +136,54 @@ pub static PROXY_PENDING: HashMap<
 pub static PROXY_SCRATCH: PerCpuArray<ProxyPending, 1> = PerCpuArray::new();
 
 /// Per-CPU home of the v1 line's walk between steps (see
-/// `proxy::walk_v1_in`): slot 0 the verdict program's, slot 1 the ingress
-/// program's.
+/// `proxy::walk_v1_in`): one slot per program that walks, [`crate::proxy::WalkSlot`].
 #[btf_map]
-pub static V1_WALK: PerCpuArray<ttm_common::proxy::V1State, 2> = PerCpuArray::new();
+pub static V1_WALK: PerCpuArray<ttm_common::proxy::V1State, 3> = PerCpuArray::new();
 
-/// Per-CPU copy of a segment's first bytes, read by the PROXY ingress
-/// program. Owned by it.
+/// Per-CPU copy of a segment's first bytes: slot 0 the PROXY ingress
+/// program's, slot 1 the TC program's (which also sums a checksum there).
 #[btf_map]
-pub static PROXY_INGRESS_BUF: PerCpuArray<ttm_common::proxy::HeaderBuf, 1> = PerCpuArray::new();
+pub static PROXY_INGRESS_BUF: PerCpuArray<ttm_common::proxy::HeaderBuf, 2> = PerCpuArray::new();
+
+/// 4-tuple → the handshake the TC program follows on a PROXY port until
+/// its first data segment (`proxy_cut`). Written by the TC program; read and
+/// removed by sockops when the socket is made.
+#[btf_map]
+pub static PROXY_SYNS: LruHashMap<TcKey, ProxySyn, { PROXY_SYNS_CAPACITY as usize }> =
+    LruHashMap::new();
+
+/// The TC ingress program's tails, each a program verified apart: slot 0
+/// `ttm_tc_cut` (cuts header bytes out of a segment), slot 1
+/// `ttm_tc_first` (reads a connection's first header, then tails into the
+/// cut). Filled by the daemon before the ingress program is attached.
+#[btf_map]
+pub static PROXY_TAIL: ProgramArray<2> = ProgramArray::new();
+
+/// Per-CPU: what the TC ingress program asks of `ttm_tc_cut` (its tail).
+#[btf_map]
+pub static CUT_JOB: PerCpuArray<ttm_common::maps::CutJob, 1> = PerCpuArray::new();
+
+/// 4-tuple → a v2 header with TLVs that the TC program cut out, until
+/// sockops files it under the new socket's cookie in `PROXY_TLVS`.
+/// Capacity 1 without `--proxy-protocol` (set by the daemon).
+#[btf_map]
+pub static PROXY_TLV_STASH: LruHashMap<
+    TcKey,
+    ttm_common::proxy::HeaderBuf,
+    { PROXY_TLV_STASH_CAPACITY as usize },
+> = LruHashMap::new();
+
+/// 4-tuple → the renumbering of a connection whose PROXY header the TC
+/// program cut out. Written by the TC ingress program, read by both TC
+/// programs, removed by sockops at close. Capacity set by the daemon
+/// (`--max-records`, 1 without `--proxy-protocol`).
+#[btf_map]
+pub static PROXY_FLOWS: HashMap<
+    TcKey,
+    SeqShift,
+    { DEFAULT_RECORDS_CAPACITY as usize },
+    NO_PREALLOC,
+> = HashMap::new();
 
 /// Socket cookie → the v2 header of a PROXY connection whose header carried
 /// TLVs (bytes past it zeroed), for the lookups. Written by the verdict

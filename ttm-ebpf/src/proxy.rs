@@ -24,15 +24,18 @@ use aya_ebpf::{
     programs::{SkBuffContext, SockOpsContext},
 };
 use ttm_common::{
-    maps::ProxyPending,
+    maps::{syn_phase, ProxyPending, TcKey},
     proxy::{parse_with, HeaderBuf, Parsed, Refusal, V1State, MAX_HEADER_LEN, V1_MAX_LEN},
     record::PROXY_PENDING_FORMAT,
-    Counter, PeerRecord,
+    Addr16, Counter, PeerRecord,
 };
 
 use crate::{
     counters::bump,
-    maps::{PROXY_PENDING, PROXY_PORTS, PROXY_SCRATCH, PROXY_SOCKS, V1_WALK},
+    maps::{
+        PROXY_FLOWS, PROXY_PENDING, PROXY_PORTS, PROXY_SCRATCH, PROXY_SOCKS, PROXY_SYNS,
+        PROXY_TLV_STASH, V1_WALK,
+    },
     peer_storage::record_or_insert,
     sockops::{four_tuple, index_tuples, is_trusted},
 };
@@ -80,6 +83,9 @@ pub fn watch(ctx: &SockOpsContext, trust_any: bool) {
     if !trust_any && !is_trusted(&peer) {
         return;
     }
+    if cut_at_interface(ctx, peer, peer_port, local, local_port) {
+        return;
+    }
     let Some(pending) = PROXY_SCRATCH.get_ptr_mut(0) else {
         return;
     };
@@ -122,13 +128,53 @@ pub fn watch(ctx: &SockOpsContext, trust_any: bool) {
     bump(Counter::ProxyWatched);
 }
 
+/// Whether the TC program took this connection (`--proxy-interface`): its
+/// header was cut at the interface (the record came with it, through
+/// `TC_RECORDS`), or its first segment showed there was none. Either way
+/// it needs no watching. Clears the handshake's entry.
+#[inline(always)]
+fn cut_at_interface(
+    ctx: &SockOpsContext,
+    peer: Addr16,
+    peer_port: u16,
+    local: Addr16,
+    local_port: u16,
+) -> bool {
+    let key = TcKey {
+        local_addr: local,
+        peer_addr: peer,
+        local_port,
+        peer_port,
+    };
+    let absent = PROXY_SYNS
+        .get_ptr(&key)
+        // SAFETY: a live map value.
+        .is_some_and(|s| unsafe { (*s).phase } == syn_phase::ABSENT);
+    let _ = PROXY_SYNS.remove(&key);
+    if absent {
+        bump(Counter::ProxyAbsent);
+        return true;
+    }
+    if PROXY_FLOWS.get_ptr(&key).is_none() {
+        return false;
+    }
+    if let Some(head) = PROXY_TLV_STASH.get_ptr(&key) {
+        // SAFETY: helper valid in sockops.
+        let cookie = unsafe { bpf_get_socket_cookie(ctx.ops.cast()) };
+        // SAFETY: a live map value, copied into the other map.
+        let _ = crate::maps::PROXY_TLVS.insert(&cookie, unsafe { &*head }, BPF_NOEXIST as u64);
+        let _ = PROXY_TLV_STASH.remove(&key);
+    }
+    true
+}
+
 /// A `listen()` on a PROXY port: counted, which tells the daemon to set
 /// `TCP_DEFER_ACCEPT` on the new listener.
 #[inline(always)]
 pub fn on_listen(ctx: &SockOpsContext) {
     let watching = crate::maps::CONFIG
         .get(0)
-        .is_some_and(|c| c.proxy_ports != 0);
+        .is_some_and(|c| c.proxy_flags & ttm_common::maps::proxy_flags::WATCHING != 0);
     let port = ctx.local_port() as u16;
     if watching && PROXY_PORTS.get_ptr(&port).is_some() {
         bump(Counter::ProxyListening);
@@ -197,7 +243,7 @@ fn on_segment(ctx: &SkBuffContext, cookie: u64, pending: &mut ProxyPending) -> u
         return SK_PASS;
     }
     pending.head.len = (held + take) as u32;
-    match parse_with(&pending.head, |b| walk_v1_in(b, false)) {
+    match parse_with(&pending.head, |b| walk_v1_in(b, WalkSlot::Verdict)) {
         Parsed::NeedMore if take == skb_len => {
             // The whole segment is a header's prefix: hold it.
             if pending.split == 0 {
@@ -347,16 +393,28 @@ pub fn forget(cookie: u64) {
     let _ = PROXY_PENDING.remove(&cookie);
 }
 
+/// Which program's slot of `V1_WALK` a walk uses. Each program its own: the
+/// verdict program may run in process context and be interrupted on the
+/// same CPU by the softirq programs.
+#[derive(Clone, Copy)]
+#[repr(u32)]
+pub enum WalkSlot {
+    /// The stream-verdict program.
+    Verdict = 0,
+    /// The cgroup ingress program.
+    Ingress = 1,
+    /// The TC program (`proxy_cut`).
+    Tc = 2,
+}
+
 /// The v1 line, one byte per iteration from offset 6 (after `PROXY `) to
 /// 106, with the state in `V1_WALK` between iterations: every iteration
 /// then starts from the same unknown state, so the verifier's work is the
 /// paths of one step times the iterations, not their product (and the stack
 /// holds no copy of the state).
 #[inline(always)]
-pub fn walk_v1_in(buf: &HeaderBuf, ingress: bool) -> Parsed {
-    // Each program its own slot: the verdict program may run in process
-    // context and be interrupted by the ingress program on the same CPU.
-    let Some(slot) = V1_WALK.get_ptr_mut(u32::from(ingress)) else {
+pub fn walk_v1_in(buf: &HeaderBuf, slot: WalkSlot) -> Parsed {
+    let Some(slot) = V1_WALK.get_ptr_mut(slot as u32) else {
         return Parsed::Unframed(Refusal::V1BadField);
     };
     let n = buf.len as usize;

@@ -16,15 +16,15 @@ use aya_ebpf::{
 };
 use ttm_common::{
     addr::v4_mapped,
-    maps::TcKey,
-    proxy::{parse_with, Parsed, MAX_HEADER_LEN},
+    maps::{proxy_flags, TcKey},
+    proxy::{parse_with, Parsed, ProxyClient, ProxyVersion, MAX_HEADER_LEN},
     record::PROXY_PENDING_FORMAT,
     Addr16, PeerRecord,
 };
 
 use crate::{
     maps::{CONFIG, PROXY_INGRESS_BUF, PROXY_PORTS, SCRATCH, TC_RECORDS},
-    proxy::{byte_bound, walk_v1_in},
+    proxy::{byte_bound, walk_v1_in, WalkSlot},
     sockops::is_trusted,
 };
 
@@ -40,7 +40,7 @@ pub fn ttm_proxy_ingress(ctx: SkBuffContext) -> i32 {
 
 #[inline(always)]
 fn early_header(ctx: &SkBuffContext) -> Option<()> {
-    if CONFIG.get(0)?.proxy_ports == 0 {
+    if CONFIG.get(0)?.proxy_flags & proxy_flags::WATCHING == 0 {
         return None;
     }
     let skb: *mut __sk_buff = ctx.skb.skb;
@@ -102,27 +102,41 @@ fn early_header(ctx: &SkBuffContext) -> Option<()> {
         version,
         client: Some(client),
         ..
-    } = parse_with(buf, |b| walk_v1_in(b, true))
+    } = parse_with(buf, |b| walk_v1_in(b, WalkSlot::Ingress))
     else {
         // Anything else is the verdict program's to handle, on the stream.
         return None;
     };
+    file_early(
+        &TcKey {
+            local_addr: local,
+            peer_addr: peer,
+            local_port,
+            peer_port,
+        },
+        &client,
+        version,
+    )
+}
+
+/// Files `client`, read off a connection's first data segment before its
+/// socket exists, under the 4-tuple in `TC_RECORDS`; sockops takes it into
+/// the new socket right after. Also used by the TC program (`proxy_cut`).
+#[inline(always)]
+pub fn file_early(key: &TcKey, client: &ProxyClient, version: ProxyVersion) -> Option<()> {
     let record = SCRATCH.get_ptr_mut(0)?;
     // SAFETY: the per-CPU scratch slot is ours until the program returns.
     let record = unsafe { &mut *record };
     *record = PeerRecord::ZERO;
-    record.set_tuple((peer, peer_port), (local, local_port));
+    record.set_tuple(
+        (key.peer_addr, key.peer_port),
+        (key.local_addr, key.local_port),
+    );
     record.format_index = PROXY_PENDING_FORMAT;
     // SAFETY: helper without preconditions.
-    record.fill_proxy(&client, version, unsafe { bpf_ktime_get_ns() });
-    let key = TcKey {
-        local_addr: local,
-        peer_addr: peer,
-        local_port,
-        peer_port,
-    };
+    record.fill_proxy(client, version, unsafe { bpf_ktime_get_ns() });
     // The newest handshake of a tuple wins; sockops takes it at once.
-    let _ = TC_RECORDS.insert(&key, &*record, BPF_ANY as u64);
+    let _ = TC_RECORDS.insert(key, &*record, BPF_ANY as u64);
     Some(())
 }
 

@@ -57,7 +57,7 @@ fn dispatch<const READ_HEADER: bool>(ctx: &SockOpsContext) {
         BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB => {
             on_passive_established::<READ_HEADER>(ctx);
             if let Some(config) = CONFIG.get(0) {
-                if config.proxy_ports != 0 {
+                if config.proxy_flags & ttm_common::maps::proxy_flags::WATCHING != 0 {
                     crate::proxy::watch(ctx, config.trust_any != 0);
                     // The close callback clears what the watch made.
                     let _ = ctx.set_cb_flags((ctx.cb_flags() | BPF_SOCK_OPS_STATE_CB_FLAG) as i32);
@@ -380,8 +380,10 @@ fn on_close(ctx: &SockOpsContext) {
             bump(Counter::RecordsRemoved);
         }
     }
-    // The TC path's entry for this 4-tuple, if it made one, goes too.
-    let _ = TC_RECORDS.remove(&tc_key(ctx));
+    // The TC path's entries for this 4-tuple, if it made any, go too.
+    let key = tc_key(ctx);
+    let _ = TC_RECORDS.remove(&key);
+    let _ = crate::maps::PROXY_FLOWS.remove(&key);
     if had_tlvs {
         let _ = crate::maps::PROXY_TLVS.remove(&cookie);
     }

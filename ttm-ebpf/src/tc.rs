@@ -1,23 +1,30 @@
 //! The TC ingress path: for kernels or sockets the sockops decoder cannot
 //! reach, decode the option from TCP segments of trusted LBs at the
-//! interface and file the client under the connection's 4-tuple. Always
-//! returns "continue" (TC_ACT_UNSPEC): ttm never drops or delays a packet.
+//! interface and file the client under the connection's 4-tuple; and, for
+//! PROXY ports, cut each header out at the interface (`proxy_cut`). Returns
+//! "continue" (TC_ACT_UNSPEC) for every packet but one kind: the bare ACK
+//! that would complete a trusted PROXY handshake before its header came,
+//! held back as `TCP_DEFER_ACCEPT` would hold it.
 
 use aya_ebpf::{
-    bindings::{__sk_buff, BPF_ANY, BPF_NOEXIST, TC_ACT_UNSPEC},
+    bindings::{__sk_buff, BPF_ANY, BPF_NOEXIST, TC_ACT_SHOT, TC_ACT_UNSPEC},
     helpers::bpf_ktime_get_ns,
     macros::classifier,
     programs::TcContext,
     EbpfContext,
 };
 use ttm_common::{
-    addr::v4_mapped, arbitrate, maps::TcKey, plausible_client, Addr16, Claim, Counter, Walk,
+    addr::v4_mapped,
+    arbitrate,
+    maps::{proxy_flags, TcKey},
+    plausible_client, Addr16, Claim, Counter, Walk,
 };
 
 use crate::{
     counters::bump,
-    maps::{CONFIG, SCRATCH, TC_PARSED, TC_PENDING, TC_RECORDS},
+    maps::{CONFIG, PROXY_TAIL, SCRATCH, TC_PARSED, TC_PENDING, TC_RECORDS},
     packet::TcpOptions,
+    proxy_cut::Step,
     sockops::is_trusted,
     walk::walk_options,
 };
@@ -37,6 +44,31 @@ const TCP_FLAG_ACK: u8 = 0x10;
 
 #[classifier]
 pub fn ttm_tc_ingress(ctx: TcContext) -> i32 {
+    let reads_options = CONFIG
+        .get(0)
+        .is_some_and(|c| c.proxy_flags & proxy_flags::TC_NO_OPTIONS == 0);
+    if reads_options {
+        options(&ctx);
+    }
+    // Last: it may change the packet, which the decoder reads in place.
+    match crate::proxy_cut::inbound(&ctx) {
+        Step::Pass => TC_ACT_UNSPEC,
+        Step::Hold => TC_ACT_SHOT,
+        Step::Tail(slot) => {
+            // From the program's own frame (a tail call from a function
+            // would leave its frames' stack limited); on failure the segment
+            // goes up as it came.
+            // SAFETY: the context is this program's; the slots hold
+            // classifiers of the same type.
+            unsafe { PROXY_TAIL.tail_call(&ctx, slot) };
+            TC_ACT_UNSPEC
+        }
+    }
+}
+
+/// The option decoder, in a frame of its own.
+#[inline(never)]
+fn options(ctx: &TcContext) {
     // Volatile loads stay here: hoisted into the caller as u32 arguments,
     // their widening becomes a shift the verifier refuses on pkt_end.
     let skb = ctx.as_ptr().cast::<__sk_buff>();
@@ -48,7 +80,6 @@ pub fn ttm_tc_ingress(ctx: TcContext) -> i32 {
         )
     };
     decode(data, end);
-    TC_ACT_UNSPEC
 }
 
 /// `N` bytes at `at` if they are inside the packet: one bounds check, then

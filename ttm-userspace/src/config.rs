@@ -113,6 +113,12 @@ pub struct DaemonArgs {
     /// reads (comma lists and repeats allowed). Needs Linux 5.11+.
     #[arg(long = "proxy-protocol", value_name = "PORT", value_delimiter = ',')]
     pub proxy_protocol: Vec<u16>,
+    /// Interface the proxies' packets arrive on (repeatable; default: the
+    /// --interface list in a mode with TC). There ttm's TC program sends each
+    /// PROXY header up alone, so the connection leaves the kernel's sockmap
+    /// path right after it; without one, connections stay on that path.
+    #[arg(long = "proxy-interface", value_name = "IFACE")]
+    pub proxy_interfaces: Vec<String>,
     /// Take over from the daemon running on this pin directory: it exits
     /// leaving its programs attached, and this one swaps in its programs
     /// atomically (no connection goes unrecorded).
@@ -147,6 +153,7 @@ struct FileConfig {
     tc_max_age: Option<f64>,
     audit_interval: Option<f64>,
     proxy_protocol: Option<Vec<u16>>,
+    proxy_interfaces: Option<Vec<String>>,
 }
 
 /// The effective settings, printed by `ttm config check` (valid as a file).
@@ -204,6 +211,9 @@ pub struct Settings {
     /// Local ports whose connections may begin with a PROXY header.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub proxy_protocol: Vec<u16>,
+    /// Interfaces where PROXY headers are sent up alone.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub proxy_interfaces: Vec<String>,
 }
 
 impl Settings {
@@ -276,6 +286,7 @@ impl Settings {
             metrics: args.metrics.or(file.metrics),
             mode: args.mode.or(file.mode).unwrap_or_default(),
             interfaces: list(&args.interfaces, file.interfaces),
+            proxy_interfaces: list(&args.proxy_interfaces, file.proxy_interfaces),
             tc_attach: args.tc_attach.or(file.tc_attach).unwrap_or_default(),
             tc_max_age: args
                 .tc_max_age
@@ -324,9 +335,14 @@ impl Settings {
                     self.tc_max_age
                 )
             })?;
-        for name in &self.interfaces {
-            if name.is_empty() || name.len() > 15 || name.contains(['/', ' ']) {
-                bail!("key `interfaces`: {name:?} is not an interface name");
+        for (key, names) in [
+            ("interfaces", &self.interfaces),
+            ("proxy_interfaces", &self.proxy_interfaces),
+        ] {
+            for name in names {
+                if name.is_empty() || name.len() > 15 || name.contains(['/', ' ']) {
+                    bail!("key `{key}`: {name:?} is not an interface name");
+                }
             }
         }
         if self.max_records == 0 {
@@ -381,6 +397,7 @@ impl Settings {
             tc_max_age,
             audit_interval,
             proxy_ports,
+            proxy_interfaces: self.proxy_interfaces.clone(),
         };
         config.validate()?;
         Ok(config)

@@ -186,12 +186,12 @@ pub fn translated_instructions(id: u32) -> io::Result<Vec<[u8; 8]>> {
 /// `BPF_TCX_INGRESS`: TC ingress through a bpf_link (Linux 6.6+).
 pub const TCX_INGRESS: u32 = 46;
 
-/// Attaches `prog` at the ingress of interface `ifindex` with a new tcx
-/// link, after the programs already there.
-pub fn create_tcx(prog: BorrowedFd<'_>, ifindex: u32) -> io::Result<OwnedFd> {
+/// Attaches `prog` at the ingress (or egress) of interface `ifindex` with a
+/// new tcx link, after the programs already there.
+pub fn create_tcx(prog: BorrowedFd<'_>, ifindex: u32, egress: bool) -> io::Result<OwnedFd> {
     let mut attr = [0u64; 8];
     attr[0] = u32s(prog.as_raw_fd() as u32, ifindex);
-    attr[1] = u32s(TCX_INGRESS, 0);
+    attr[1] = u32s(if egress { TCX_EGRESS } else { TCX_INGRESS }, 0);
     bpf(BPF_LINK_CREATE, &mut attr).map(owned)
 }
 

@@ -9,7 +9,7 @@ pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/ttm";
 
 /// The maps ttm pins, by name (the pin file has the map's name). A new
 /// daemon reuses them, so records and counters survive restarts.
-pub const PINNED_MAPS: [&str; 13] = [
+pub const PINNED_MAPS: [&str; 14] = [
     maps::RECORDS,
     maps::TUPLES,
     maps::PEER_STORAGE,
@@ -23,6 +23,7 @@ pub const PINNED_MAPS: [&str; 13] = [
     maps::PROXY_SOCKS,
     maps::PROXY_PENDING,
     maps::PROXY_TLVS,
+    maps::PROXY_FLOWS,
 ];
 
 /// The programs ttm attaches, by name, in attach order (the witnesses after

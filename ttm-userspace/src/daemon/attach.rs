@@ -304,7 +304,14 @@ pub(super) fn choose_plan(ebpf: &mut Ebpf, config: &DaemonConfig) -> Result<Plan
     Ok(plan)
 }
 
-pub(super) fn write_config(ebpf: &mut Ebpf, config: &DaemonConfig) -> Result<()> {
+/// Writes the trusted networks and the [`Config`]; `tc_reads_options`: the
+/// TC program, if attached, decodes options (else it only follows PROXY
+/// handshakes).
+pub(super) fn write_config(
+    ebpf: &mut Ebpf,
+    config: &DaemonConfig,
+    tc_reads_options: bool,
+) -> Result<()> {
     let mut trie: LpmTrie<_, TrustKey, u8> = LpmTrie::try_from(
         ebpf.map_mut(maps::TRUSTED_LBS)
             .context("TRUSTED_LBS missing")?,
@@ -342,7 +349,15 @@ pub(super) fn write_config(ebpf: &mut Ebpf, config: &DaemonConfig) -> Result<()>
             getsockopt_name: config.getsockopt_name,
             nat64_getsockopt_name: config.nat64_getsockopt_name.unwrap_or(0),
             short_buffer_retval: short_buffer_retval(),
-            proxy_ports: config.proxy_ports.len() as u32,
+            proxy_flags: if config.proxy_ports.is_empty() {
+                0
+            } else {
+                maps::proxy_flags::WATCHING
+            } | if tc_reads_options {
+                0
+            } else {
+                maps::proxy_flags::TC_NO_OPTIONS
+            },
         },
         0,
     )

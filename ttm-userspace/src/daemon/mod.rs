@@ -30,7 +30,6 @@ use crate::host;
 use crate::mode::Plan;
 use crate::pins::{PinDir, LINKED_PROGRAMS, PINNED_MAPS};
 use crate::service::{Limits, LookupService, PinnedDirectory};
-use crate::tc::TC_PROGRAM;
 use crate::trust::TrustedLbs;
 use crate::EBPF_OBJECT;
 
@@ -82,6 +81,9 @@ pub struct DaemonConfig {
     /// Local ports whose connections may begin with a PROXY header
     /// (`--proxy-protocol`), sorted, no repeats.
     pub proxy_ports: Vec<u16>,
+    /// Interfaces where the TC program sends PROXY headers up alone
+    /// (`--proxy-interface`); empty: those of `--interface` in a mode with TC.
+    pub proxy_interfaces: Vec<String>,
 }
 
 impl DaemonConfig {
@@ -110,6 +112,33 @@ impl DaemonConfig {
         }
         Ok(())
     }
+}
+
+/// Interfaces of the TC program: `--interface` when the mode reads options
+/// at TC, and those where PROXY headers are sent up alone
+/// (`--proxy-interface`, else the same `--interface`s), each once.
+fn tc_interfaces(config: &DaemonConfig, plan: &Plan) -> Vec<String> {
+    let mut out: Vec<String> = if plan.tc {
+        config.interfaces.clone()
+    } else {
+        Vec::new()
+    };
+    if !config.proxy_ports.is_empty() {
+        for iface in &config.proxy_interfaces {
+            if !out.contains(iface) {
+                out.push(iface.clone());
+            }
+        }
+        if out.is_empty() {
+            warn!(
+                "--proxy-protocol without --proxy-interface: PROXY connections stay on the \
+                 kernel's sockmap receive path for their whole life, where blocking reads can \
+                 fail with EAGAIN and, under bulk load, a segment can arrive twice (Linux 6.18) \
+                 — give --proxy-interface IFACE, the interface the proxies' packets arrive on"
+            );
+        }
+    }
+    out
 }
 
 /// `PROXY_SOCKS`'s capacity: every live PROXY connection is in it, so
@@ -144,6 +173,65 @@ fn proxy_socks_capacity(config: &DaemonConfig) -> u32 {
         }
     }
     config.max_records
+}
+
+/// Loads the ingress program's tails into `PROXY_TAIL`: `ttm_tc_cut` (slot
+/// 0) and `ttm_tc_first` (slot 1), the parts that cut PROXY headers out of
+/// segments, each verified on its own.
+fn load_cut_tail(ebpf: &mut Ebpf) -> Result<()> {
+    let mut fds = Vec::new();
+    for name in [crate::tc::TC_CUT_PROGRAM, crate::tc::TC_FIRST_PROGRAM] {
+        let program: &mut aya::programs::SchedClassifier = ebpf
+            .program_mut(name)
+            .with_context(|| format!("{name} is missing from the object"))?
+            .try_into()?;
+        program
+            .load()
+            .with_context(|| format!("the kernel rejected {name} (see the verifier log above)"))?;
+        fds.push(program.fd()?.try_clone()?);
+    }
+    let mut tail: aya::maps::ProgramArray<_> = aya::maps::ProgramArray::try_from(
+        ebpf.map_mut(maps::PROXY_TAIL)
+            .context("PROXY_TAIL missing")?,
+    )?;
+    for (slot, fd) in fds.iter().enumerate() {
+        tail.set(slot as u32, fd, 0).context("filling PROXY_TAIL")?;
+    }
+    Ok(())
+}
+
+/// Drops a pinned `PROXY_FLOWS` smaller than this config wants if it holds
+/// no connection (the load then makes it anew); one that holds connections
+/// is kept, with a warning (dropping it would break their renumbering).
+fn resize_proxy_flows(config: &DaemonConfig) {
+    if config.proxy_ports.is_empty() {
+        return;
+    }
+    let pin = config.pins.map(maps::PROXY_FLOWS);
+    let Ok(map) = aya::maps::MapData::from_pin(&pin) else {
+        return;
+    };
+    if !map
+        .info()
+        .map(|i| i.max_entries() < config.max_records)
+        .unwrap_or(false)
+    {
+        return;
+    }
+    let empty = aya::maps::HashMap::<_, maps::TcKey, ttm_common::shift::SeqShift>::try_from(
+        aya::maps::Map::HashMap(map),
+    )
+    .map(|m| m.keys().next().is_none())
+    .unwrap_or(false);
+    if empty {
+        let _ = fs::remove_file(&pin);
+    } else {
+        warn!(
+            "{} holds PROXY connections and is smaller than --max-records: kept; restart ttm \
+             once they are gone to get the larger map",
+            pin.display()
+        );
+    }
 }
 
 /// A running decoder. Dropping it detaches the program and removes the pins.
@@ -193,7 +281,7 @@ impl Daemon {
         for compat in &config.compat_cgroups {
             host::check_cgroup2(compat).context("--compat-cgroup")?;
         }
-        for iface in &config.interfaces {
+        for iface in config.interfaces.iter().chain(&config.proxy_interfaces) {
             crate::tc::ifindex(iface)?;
         }
         host::raise_open_files_limit();
@@ -229,6 +317,16 @@ impl Daemon {
         loader.map_max_entries(maps::TC_RECORDS, tc_capacity);
         loader.map_max_entries(maps::TC_PENDING, tc_capacity);
         loader.map_max_entries(maps::PROXY_SOCKS, proxy_socks_capacity(config));
+        resize_proxy_flows(config);
+        // The PROXY maps cost nothing without --proxy-protocol.
+        let proxy = !config.proxy_ports.is_empty();
+        for (name, capacity) in [
+            (maps::PROXY_FLOWS, config.max_records),
+            (maps::PROXY_SYNS, maps::PROXY_SYNS_CAPACITY),
+            (maps::PROXY_TLV_STASH, maps::PROXY_TLV_STASH_CAPACITY),
+        ] {
+            loader.map_max_entries(name, if proxy { capacity } else { 1 });
+        }
         for name in PINNED_MAPS {
             loader.map_pin_path(name, config.pins.map(name));
         }
@@ -248,19 +346,45 @@ impl Daemon {
         // The verdict program first: sockops watches PROXY ports only once
         // the config says so, and then the program is there.
         attach_proxy(&mut ebpf, config)?;
-        write_config(&mut ebpf, config)?;
         let plan = choose_plan(&mut ebpf, config)?;
+        write_config(&mut ebpf, config, plan.tc)?;
         let (mut adopted, witnesses) = attach_all(&mut ebpf, config, &plan, &cgroup)?;
         let cgroup_attachments = planned_attachments(config, &plan, &cgroup)?.len();
         let mut tc_program_ids = std::collections::BTreeSet::new();
-        let tc_attachments = if plan.tc {
+        let ingress_interfaces = tc_interfaces(config, &plan);
+        // Where headers are cut, acknowledgments are renumbered on the way out.
+        let egress_interfaces = if config.proxy_ports.is_empty() {
+            Vec::new()
+        } else {
+            ingress_interfaces.clone()
+        };
+        let mut tc_attachments = Vec::new();
+        for (hook, interfaces) in [
+            (crate::tc::INGRESS, &ingress_interfaces),
+            (crate::tc::EGRESS, &egress_interfaces),
+        ] {
+            if interfaces.is_empty() {
+                // A previous daemon's links are no longer wanted.
+                for pin in crate::tc::pinned_tcx_links(&hook, &config.pins) {
+                    fs::remove_file(&pin)
+                        .with_context(|| format!("unpinning {}", pin.display()))?;
+                    info!("{} detached (not wanted by this config)", pin.display());
+                }
+                continue;
+            }
+            if hook == crate::tc::INGRESS {
+                load_cut_tail(&mut ebpf)?;
+            }
             let program: &mut aya::programs::SchedClassifier = ebpf
-                .program_mut(TC_PROGRAM)
-                .context("the TC program is missing from the object")?
+                .program_mut(hook.program)
+                .with_context(|| format!("{} is missing from the object", hook.program))?
                 .try_into()?;
-            program.load().context(
-                "the kernel rejected the TC ingress program (see the verifier log above)",
-            )?;
+            program.load().with_context(|| {
+                format!(
+                    "the kernel rejected the TC program {} (see the verifier log above)",
+                    hook.program
+                )
+            })?;
             if let Ok(id) = program
                 .fd()
                 .map_err(anyhow::Error::from)
@@ -269,18 +393,11 @@ impl Daemon {
                 tc_program_ids.insert(id);
             }
             let (attachments, taken_over) =
-                crate::tc::attach_all(program, &config.interfaces, &config.pins, config.tc_attach)?;
+                crate::tc::attach_all(&hook, program, interfaces, &config.pins, config.tc_attach)?;
             crate::tc::log_attachments(&attachments);
             adopted += taken_over;
-            attachments
-        } else {
-            // A previous daemon's TC links are no longer wanted.
-            for pin in crate::tc::pinned_tcx_links(&config.pins) {
-                fs::remove_file(&pin).with_context(|| format!("unpinning {}", pin.display()))?;
-                info!("{} detached (no TC in this mode)", pin.display());
-            }
-            Vec::new()
-        };
+            tc_attachments.extend(attachments);
+        }
 
         let audit = config.audit_interval.map(|interval| {
             crate::audit_watch::AuditWatch::start(
@@ -290,14 +407,18 @@ impl Daemon {
                 (cgroup_attachments + tc_attachments.len()) as u64,
             )
         });
-        let listeners = (!config.proxy_ports.is_empty()).then(|| {
-            let mut d = crate::proxy_listeners::ListenerDeferrer::new(
-                config.proxy_ports.clone(),
-                cgroup.clone(),
-            );
-            d.scan();
-            d
-        });
+        // Where headers are cut at the interface, the TC program holds the
+        // handshake back itself: a kernel deferral would also ignore a
+        // header-only first segment once it is cut to nothing.
+        let listeners =
+            (!config.proxy_ports.is_empty() && egress_interfaces.is_empty()).then(|| {
+                let mut d = crate::proxy_listeners::ListenerDeferrer::new(
+                    config.proxy_ports.clone(),
+                    cgroup.clone(),
+                );
+                d.scan();
+                d
+            });
         let mut daemon = Daemon {
             listeners,
             audit,
@@ -345,11 +466,11 @@ impl Daemon {
                 String::new()
             } else {
                 format!(
-                    ", TC ingress on {}",
+                    ", TC on {}",
                     daemon
                         .tc_attachments
                         .iter()
-                        .map(|a| format!("{} ({})", a.iface(), a.kind()))
+                        .map(|a| format!("{} {} ({})", a.iface(), a.side(), a.kind()))
                         .collect::<Vec<_>>()
                         .join(", ")
                 )
