@@ -70,6 +70,13 @@ fn serve(world: &World, listen: &str, count: usize) -> Guarded {
 }
 
 fn serve_port(world: &World, listen: &str, port: u16, count: usize) -> Guarded {
+    let server = serve_unwaited(world, listen, count);
+    wait_deferred(&server, port);
+    server
+}
+
+/// The lab server on `listen`, at once.
+fn serve_unwaited(world: &World, listen: &str, count: usize) -> Guarded {
     let count = count.to_string();
     let server = spawn_in(
         lab_bin(),
@@ -81,7 +88,6 @@ fn serve_port(world: &World, listen: &str, port: u16, count: usize) -> Guarded {
     server
         .wait_for(Duration::from_secs(10), |l| l.starts_with("listening"))
         .expect("server listening");
-    wait_deferred(&server, port);
     server
 }
 
@@ -969,4 +975,87 @@ fn unmodified_receivers_behind_haproxy_see_the_client() {
             assert_eq!(r[kind][1], r[kind][0], "FastAPI {kind} via {to}: {r}");
         }
     }
+}
+
+/// A checksum offload (`tx` or `rx`) turned off on an interface of a
+/// namespace, back on when dropped.
+struct NoOffload(&'static str, &'static str, &'static str);
+
+impl NoOffload {
+    fn set(ns: &'static str, iface: &'static str, what: &'static str, on: bool) {
+        let status = Command::new("ip")
+            .args(["netns", "exec", ns, "ethtool", "-K", iface, what])
+            .arg(if on { "on" } else { "off" })
+            .stdout(Stdio::null())
+            .status()
+            .expect("run ethtool");
+        assert!(status.success(), "ethtool -K {iface} {what} in {ns}");
+    }
+
+    fn off(ns: &'static str, iface: &'static str, what: &'static str) -> NoOffload {
+        NoOffload::set(ns, iface, what, false);
+        NoOffload(ns, iface, what)
+    }
+}
+
+impl Drop for NoOffload {
+    fn drop(&mut self) {
+        NoOffload::set(self.0, self.1, self.2, true);
+    }
+}
+
+#[test]
+fn headers_cut_at_the_interface_keep_checksums_right_without_offload() {
+    require_proxy_support!();
+    // Cut here whatever the run: this is the cut's checksum test.
+    let world = World::with_daemon_args(
+        lab::LB_NET,
+        &["--proxy-protocol", PORT, "--proxy-interface", lab::RS_IF],
+    );
+    // The LB computes every checksum itself and the real server's side
+    // vouches for none: segments arrive with a full checksum that TCP
+    // verifies, so a cut that sums wrong is dropped there (and the
+    // connection stalls).
+    let _tx = NoOffload::off(lab::LB_NS, "ttm-l1", "tx");
+    let _rx = NoOffload::off(lab::RS_NS, lab::RS_IF, "rx");
+    // v1 headers of odd and even lengths (the client port's digits), v2
+    // ones of even length: the bytes after the cut move by odd and even
+    // amounts.
+    let mut plan = Vec::new();
+    for port in [5u16, 50, 500, 5000, 50000] {
+        let client: SocketAddr = format!("198.51.100.7:{port}").parse().unwrap();
+        for (name, header) in [("v1", v1(client, rs())), ("v2", v2(1, client, rs(), &[]))] {
+            plan.push(json!({
+                "to": rs().to_string(), "bind": lab::LB_IP,
+                "chunks": [hex(&header)], "line": format!("{name}-{port}-{}", header.len()),
+                "line_with_last_chunk": true,
+            }));
+        }
+    }
+    let n = plan.len();
+    let listen: SocketAddr = format!("{}:9000", lab::PROXY_IP).parse().unwrap();
+    let _proxy = Proxy::start(Sender::HaproxyV1, listen, rs()).expect("start haproxy");
+    let server = serve_unwaited(&world, "0.0.0.0:8080", n + 4);
+    let before = world.stats();
+    let sent = send(lab::LB_NS, &Value::Array(plan));
+    let got = reports(&server, n);
+    for s in &sent {
+        let line = s["line"].as_str().unwrap();
+        assert_eq!(s["echo"], line, "{s}");
+        let r = by_claimed(&got, line);
+        assert!(
+            r["peer"].as_str().unwrap().starts_with("198.51.100.7:"),
+            "{r}"
+        );
+    }
+    // Through HAProxy too, with 200 kB echoed each way after the header.
+    let clients = world.connect_to(&world.lab.client_cgroup(), &listen.to_string(), 4, 200_000);
+    for a in world.accepted(&server, 4) {
+        assert!(clients.contains(&a.claimed), "{a:?}");
+        assert_eq!(a.peer, a.claimed);
+    }
+    let after = world.stats();
+    let delta = |c| after.get(c) - before.get(c);
+    assert_eq!(delta(Counter::ProxyCut), n as u64 + 4);
+    assert_eq!(delta(Counter::ProxyKept), 0);
 }

@@ -159,6 +159,11 @@ pub static PROXY_SYNS: LruHashMap<TcKey, ProxySyn, { PROXY_SYNS_CAPACITY as usiz
 #[btf_map]
 pub static PROXY_TAIL: ProgramArray<2> = ProgramArray::new();
 
+/// Per-CPU: where `ttm_tc_cut` moves a payload through when it cuts header
+/// bytes out of a segment. Owned by it.
+#[btf_map]
+pub static CUT_BUF: PerCpuArray<[u8; crate::proxy_cut::CHUNK], 1> = PerCpuArray::new();
+
 /// Per-CPU: what the TC ingress program asks of `ttm_tc_cut` (its tail).
 #[btf_map]
 pub static CUT_JOB: PerCpuArray<ttm_common::maps::CutJob, 1> = PerCpuArray::new();

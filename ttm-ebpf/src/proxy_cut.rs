@@ -39,8 +39,8 @@ use ttm_common::{
 use crate::{
     counters::bump,
     maps::{
-        CONFIG, CUT_JOB, PROXY_FLOWS, PROXY_INGRESS_BUF, PROXY_PORTS, PROXY_SYNS, PROXY_TAIL,
-        PROXY_TLV_STASH,
+        CONFIG, CUT_BUF, CUT_JOB, PROXY_FLOWS, PROXY_INGRESS_BUF, PROXY_PORTS, PROXY_SYNS,
+        PROXY_TAIL, PROXY_TLV_STASH,
     },
     proxy::{byte_bound, nonzero_len, walk_v1_in, WalkSlot},
     proxy_ingress::file_early,
@@ -62,8 +62,11 @@ const TCPOPT_SACK: u8 = 5;
 /// Slot of `PROXY_INGRESS_BUF` the TC programs use (the cgroup ingress
 /// program has slot 0; TC ingress and egress never nest on a CPU).
 const BUF_SLOT: u32 = 1;
-/// Chunks of 512 bytes summed for a checksum: segments up to 64 KiB.
-const MAX_CHUNKS: usize = 128;
+/// Bytes moved per step when a cut moves a payload up (`CUT_BUF`'s size).
+pub const CHUNK: usize = 16_384;
+/// Steps of a move: payloads up to 64 KiB (a GRO or GSO segment; larger
+/// ones, BIG TCP's, are not cut: their IP length field is 0).
+const MAX_CHUNKS: usize = 4;
 
 /// A TCP segment as these programs need it.
 struct Segment {
@@ -431,27 +434,35 @@ fn cut_inner(ctx: &TcContext, seg: &Segment, n: usize, seq: u32) -> Option<bool>
         pseudo_sum(seg, seg.tcp_hlen + seg.payload_len),
         pseudo_sum(seg, l4_len),
     );
-    // The payload after the cut moves up, 512 bytes at a time.
+    // The payload after the cut moves up, a chunk at a time.
     let rest = seg.payload_len - n;
+    if rest > CHUNK * MAX_CHUNKS {
+        return Some(false);
+    }
     let payload = seg.payload();
+    let chunk = CUT_BUF.get_ptr_mut(0)?;
     for i in 0..MAX_CHUNKS {
-        let off = i * 512;
+        let off = i * CHUNK;
         if off >= rest {
             break;
         }
-        let len = nine_bit_len(if rest - off < 512 { rest - off } else { 512 });
-        // SAFETY (both): 1..=512 bytes of the 512-byte buffer.
+        let len = chunk_len(if rest - off < CHUNK {
+            rest - off
+        } else {
+            CHUNK
+        });
+        // SAFETY (both): 1..=16,384 bytes of the 16 KiB per-CPU buffer.
         unsafe {
             if bpf_skb_load_bytes(
                 skb.cast(),
                 (payload + n + off) as u32,
-                buf.bytes.as_mut_ptr().cast(),
+                chunk.cast(),
                 len as u32,
             ) != 0
                 || bpf_skb_store_bytes(
                     skb,
                     (payload + off) as u32,
-                    buf.bytes.as_ptr().cast(),
+                    chunk.cast(),
                     len as u32,
                     u64::from(BPF_F_RECOMPUTE_CSUM),
                 ) != 0
@@ -559,15 +570,15 @@ fn fix_lengths(ctx: &TcContext, seg: &Segment, l4_len: usize) -> Option<()> {
     }
 }
 
-/// `v`, known to be in 1..=512, as a value the verifier sees in 1..=512.
+/// `v`, known to be in 1..=16,384, as a value the verifier sees so.
 #[inline(always)]
-fn nine_bit_len(v: usize) -> usize {
+fn chunk_len(v: usize) -> usize {
     let mut v = v;
     // SAFETY: register-only arithmetic; no memory is touched.
     unsafe {
         core::arch::asm!(
             "{0} -= 1",
-            "{0} &= 511",
+            "{0} &= 16383",
             "{0} += 1",
             inout(reg) v,
             options(pure, nomem, nostack)

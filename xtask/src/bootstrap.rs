@@ -10,7 +10,7 @@ use anyhow::{bail, Context as _, Result};
 /// The bpf-linker version known to build and work here (newer ones need a newer LLVM).
 const BPF_LINKER_VERSION: &str = "0.10.4";
 /// Commands the lab and the tests need, with the Debian package providing each.
-const APT_COMMANDS: [(&str, &str); 10] = [
+const APT_COMMANDS: [(&str, &str); 11] = [
     ("nft", "nftables"),
     ("ip", "iproute2"),
     ("sysctl", "procps"),
@@ -26,6 +26,8 @@ const APT_COMMANDS: [(&str, &str); 10] = [
     ("go", "golang-go"),
     // Real PROXY protocol senders of the lab (with nginx's stream module below).
     ("haproxy", "haproxy"),
+    // A PROXY test turns checksum offload off on the LB's side of the lab.
+    ("ethtool", "ethtool"),
 ];
 
 /// Files the lab needs that no command stands for, with the Debian package

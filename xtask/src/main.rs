@@ -110,6 +110,20 @@ fn run(cli: Cli) -> Result<()> {
             }
             args.extend(["--", "--test-threads=1"]);
             cargo_env(&args, &[("TTM_LAB_MODE", "tc")])?;
+            // The PROXY suite again with headers cut at the interface.
+            println!("xtask: the PROXY suite with --proxy-interface");
+            cargo_env(
+                &[
+                    "test",
+                    "-p",
+                    "ttm-tests",
+                    "--test",
+                    "proxy_protocol",
+                    "--",
+                    "--test-threads=1",
+                ],
+                &[("TTM_PROXY_CUT", "1")],
+            )?;
             // The benchmark code must keep working: a smoke run of every section.
             bench(true)
         }
