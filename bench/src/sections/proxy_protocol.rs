@@ -66,7 +66,17 @@ pub(super) fn proxy_protocol(lab: &Lab, sizes: &Sizes) -> Result<Section> {
     // ttm is told about 8091 (nginx plain) and 8093 (the sink); nginx parses
     // the header itself on 8092; 8094 is a sink behind a proxy with no header.
     // 8096 and 8097 hold connections for the kernel-bytes measures.
-    let _daemon = daemon(lab, &["--proxy-protocol", "8091,8093,8097"])?;
+    // First with headers cut at the interface (what the README tells
+    // operators to run), then, for the bulk measures only, without.
+    let daemon_cut = daemon(
+        lab,
+        &[
+            "--proxy-protocol",
+            "8091,8093,8097",
+            "--proxy-interface",
+            lab::RS_IF,
+        ],
+    )?;
     let _nginx = Nginx::start(lab, 8091, 8092)?;
     let sink_ttm = in_rs(lab, &["sink-server", "--listen", "0.0.0.0:8093"])?;
     listening(&sink_ttm)?;
@@ -87,22 +97,21 @@ pub(super) fn proxy_protocol(lab: &Lab, sizes: &Sizes) -> Result<Section> {
             "nginx parses the header itself (`listen proxy_protocol`)",
             9092u16,
         ),
-        ("ttm removes the header, plain nginx", 9091),
+        (
+            "ttm cuts the header out at the interface, plain nginx",
+            9091,
+        ),
     ];
     let mut rates = vec![Vec::new(); http.len()];
     let mut ttfb = vec![Vec::new(); http.len()];
     let bulk = [
         ("a plain connection, a port ttm does not watch", 8094u16),
-        ("after a PROXY header ttm removed", 8093),
+        ("after a PROXY header ttm cut at the interface", 8093),
         (
             "in a sockhash with an empty stream verdict (the floor), no header",
             8095,
         ),
     ];
-    let mut throughput = vec![Vec::new(); bulk.len()];
-    let mut eagains = vec![0u64; bulk.len()];
-    // Uploads whose sink did not read exactly the bytes sent.
-    let mut wrong = vec![0u32; bulk.len()];
     let bytes = if sizes.rounds == 1 {
         4u64 << 20
     } else {
@@ -142,40 +151,31 @@ pub(super) fn proxy_protocol(lab: &Lab, sizes: &Sizes) -> Result<Section> {
             rates[i].push(ok / v["seconds"].as_f64().unwrap_or(f64::MAX));
             ttfb[i].push(v["ttfb_us"].as_f64().unwrap_or(f64::MAX));
         }
-        for k in 0..bulk.len() {
-            let i = (k + round) % bulk.len();
-            let (to, n) = (rs_at(bulk[i].1), bytes.to_string());
-            // Straight from the LB's address: only the header differs.
-            let header = if bulk[i].1 == 8093 {
-                hex(&v2(1, "198.51.100.9:40009".parse()?, to, &[]))
-            } else {
-                String::new()
-            };
-            let client = in_lb(
-                lab,
-                &[
-                    "bulk",
-                    "--to",
-                    &to.to_string(),
-                    "--bytes",
-                    &n,
-                    "--header",
-                    &header,
-                ],
-            )?;
-            let v = json_line(&client, Duration::from_secs(300))?;
-            let counted = v["counted"].as_u64().unwrap_or(0);
-            if counted != bytes {
-                eprintln!(
-                    "bench: {}: the sink read {counted} bytes of {bytes} sent",
-                    bulk[i].0
-                );
-                wrong[i] += 1;
-            }
-            eagains[i] += v["eagain"].as_u64().unwrap_or(0);
-            throughput[i].push(bytes as f64 / v["seconds"].as_f64().unwrap_or(f64::MAX) / 1e6);
+    }
+    let cut = Uploads::run(lab, &bulk, rounds, bytes, 8093)?;
+    let held = if sizes.rounds == 1 { 200 } else { 5000 };
+    let mut per_conn = [Vec::new(), Vec::new(), Vec::new()];
+    for round in 0..sizes.rounds.min(3) {
+        for k in 0..3 {
+            let i = (k + round) % 3;
+            per_conn[i].push(held_bytes(lab, held, i)?);
         }
     }
+    // The sockmap path: the same daemon without --proxy-interface.
+    drop(daemon_cut);
+    let _daemon = daemon(lab, &["--proxy-protocol", "8091,8093,8097"])?;
+    // The daemon defers the listeners within a tick of its start.
+    std::thread::sleep(Duration::from_millis(500));
+    let sockmap_kinds = [
+        ("a plain connection, a port ttm does not watch", 8094u16),
+        (
+            "after a PROXY header the stream verdict removed (no --proxy-interface)",
+            8093,
+        ),
+    ];
+    let sockmap_rounds = if sizes.rounds == 1 { 1 } else { 5 };
+    let sockmap = Uploads::run(lab, &sockmap_kinds, sockmap_rounds, bytes, 8093)?;
+
     let mut figures = Vec::new();
     let (_, base_rate) = min_median(&rates[0]);
     let (_, base_ttfb) = min_median(&ttfb[0]);
@@ -195,7 +195,8 @@ pub(super) fn proxy_protocol(lab: &Lab, sizes: &Sizes) -> Result<Section> {
         format!("median {rate:.0}, ratio {ratio:.3}"),
         "ratio ≥ 0.95",
         ratio >= 0.95,
-        "per connection ttm adds the sockhash entry, the header's removal and TCP_DEFER_ACCEPT",
+        "per connection ttm holds the handshake's ACK back, cuts the header out at the \
+         interface and renumbers each segment",
     ));
     let ttfb_ratio = base_ttfb / first;
     figures.push(Figure::judged(
@@ -203,72 +204,95 @@ pub(super) fn proxy_protocol(lab: &Lab, sizes: &Sizes) -> Result<Section> {
         format!("median {first:.0} µs, ratio (baseline ÷ this) {ttfb_ratio:.3}"),
         "ratio ≥ 0.95",
         ttfb_ratio >= 0.95,
-        "the deferral holds the connection back from accept() until the header is in, which \
-         through a proxy is at once",
+        "the held ACK keeps the connection from accept() until the header is in, which through \
+         a proxy is at once",
     ));
-    let (_, base_bulk) = min_median(&throughput[0]);
+    let (_, base_bulk) = min_median(&cut.throughput[0]);
     figures.push(Figure::info(
         &format!("bulk MB/s from the LB's address, {}", bulk[0].0),
         format!("median {base_bulk:.0}"),
         "baseline: the kernel's own receive path",
     ));
-    let (_, after) = min_median(&throughput[1]);
-    let (_, floor) = min_median(&throughput[2]);
+    let (_, after) = min_median(&cut.throughput[1]);
+    let (_, floor) = min_median(&cut.throughput[2]);
+    let bulk_ratio = after / base_bulk;
+    figures.push(Figure::judged(
+        &format!("bulk MB/s, {}", bulk[1].0),
+        format!("median {after:.0}, ratio to plain {bulk_ratio:.3}"),
+        "ratio to plain ≥ 0.98",
+        bulk_ratio >= 0.98,
+        "the kernel's own receive path: each segment in pays one hash lookup and a sequence \
+         number rewritten, each acknowledgment out the same",
+    ));
     figures.push(Figure::info(
         &format!("bulk MB/s, {}", bulk[2].0),
         format!("median {floor:.0}, ratio to plain {:.3}", floor / base_bulk),
         "the kernel's sockmap receive path with no work in the program: every segment goes \
          through the psock's queue instead of the socket's own",
     ));
-    let bulk_ratio = after / base_bulk;
-    figures.push(Figure::judged(
-        &format!("bulk MB/s, {}", bulk[1].0),
-        format!(
-            "median {after:.0}, ratio to plain {bulk_ratio:.3}, to the floor {:.3}",
-            after / floor
-        ),
-        "ratio to plain ≥ 0.98",
-        bulk_ratio >= 0.98,
-        "the socket stays in the sockhash until it closes (removing it would drop bytes the app \
-         has not read): each segment takes the sockmap path and one failed hash lookup",
-    ));
-    let gib = (rounds as u64 * bytes) as f64 / f64::from(1u32 << 30);
+    let (_, sock_plain) = min_median(&sockmap.throughput[0]);
+    let (_, sock_after) = min_median(&sockmap.throughput[1]);
     figures.push(Figure::info(
-        "blocking reads that returned EAGAIN, per GiB: plain / after a header ttm removed / the floor",
+        &format!("bulk MB/s, {}", sockmap_kinds[1].0),
         format!(
-            "{:.2} / {:.2} / {:.2} ({gib:.0} GiB each)",
-            eagains[0] as f64 / gib,
-            eagains[1] as f64 / gib,
-            eagains[2] as f64 / gib
+            "median {sock_after:.0}, ratio to plain (same daemon, {sockmap_rounds} rounds) {:.3}",
+            sock_after / sock_plain
         ),
-        "a socket in a sockhash: the kernel's sockmap receive path wakes a blocked reader once \
-         and, finding its queue empty, returns EAGAIN; the sink retries. A blocking server that \
+        "the socket stays in the sockhash until it closes: each segment takes the sockmap path",
+    ));
+    let gib = |r: usize| (r as u64 * bytes) as f64 / f64::from(1u32 << 30);
+    figures.push(Figure::info(
+        "blocking reads that returned EAGAIN, per GiB: plain / after a header ttm cut / the floor",
+        format!(
+            "{:.2} / {:.2} / {:.2} ({:.0} GiB each)",
+            cut.eagains[0] as f64 / gib(rounds),
+            cut.eagains[1] as f64 / gib(rounds),
+            cut.eagains[2] as f64 / gib(rounds),
+            gib(rounds)
+        ),
+        "a socket in a sockhash: the kernel's sockmap receive path wakes a blocked reader and, \
+         finding its queue empty, returns EAGAIN; the sink retries. A blocking server that \
          treats EAGAIN as an error drops such a connection",
+    ));
+    figures.push(Figure::info(
+        "blocking reads that returned EAGAIN, per GiB, after a header the stream verdict removed",
+        format!(
+            "{:.2} ({:.0} GiB)",
+            sockmap.eagains[1] as f64 / gib(sockmap_rounds),
+            gib(sockmap_rounds)
+        ),
+        "why --proxy-interface: without it every PROXY connection reads through the sockmap path",
     ));
     for (k, (what, _)) in bulk.iter().enumerate() {
         figures.push(Figure::judged(
             &format!("uploads whose every byte the sink read exactly once, {what}"),
-            format!("{} of {rounds}", rounds as u32 - wrong[k]),
+            format!("{} of {rounds}", rounds as u32 - cut.wrong[k]),
             "all",
-            wrong[k] == 0,
+            cut.wrong[k] == 0,
             "the sink counts what its blocking reads return; the header is not counted",
         ));
     }
-    let held = if sizes.rounds == 1 { 200 } else { 5000 };
-    let mut per_conn = [Vec::new(), Vec::new(), Vec::new()];
-    for round in 0..sizes.rounds.min(3) {
-        for k in 0..3 {
-            let i = (k + round) % 3;
-            per_conn[i].push(held_bytes(lab, held, i)?);
-        }
-    }
+    figures.push(Figure::info(
+        &format!(
+            "uploads whose every byte the sink read exactly once, {}",
+            sockmap_kinds[1].0
+        ),
+        format!(
+            "{} of {sockmap_rounds}",
+            sockmap_rounds as u32 - sockmap.wrong[1]
+        ),
+        "the kernel's sockmap path under bulk load can deliver a segment twice (Linux 6.18)",
+    ));
     let (_, plain) = min_median(&per_conn[0]);
     figures.push(Figure::info(
         "kernel bytes per held connection, a port ttm does not watch",
         format!("median {plain:.0}"),
         "the baseline: the kernel's own socket, buffers and slab rounding",
     ));
-    for (i, what) in [(1, "header pending"), (2, "after the header")] {
+    for (i, what) in [
+        (1, "header pending (in pieces: the sockmap path)"),
+        (2, "after a header cut at the interface"),
+    ] {
         let (_, bytes) = min_median(&per_conn[i]);
         figures.push(Figure::info(
             &format!("kernel bytes ttm adds per PROXY connection, {what}"),
@@ -277,8 +301,8 @@ pub(super) fn proxy_protocol(lab: &Lab, sizes: &Sizes) -> Result<Section> {
                 "the pending state (255 held bytes and the record), the socket's sockmap state \
                  (psock) and its sockhash entry, and the socket-storage slot"
             } else {
-                "the record (cookie map, two tuple-index entries, socket storage), the psock \
-                 and the sockhash entry the socket keeps until it closes"
+                "the record (cookie map, two tuple-index entries, socket storage) and the \
+                 connection's renumbering (a PROXY_FLOWS entry); no psock, no sockhash entry"
             },
         ));
     }
@@ -288,13 +312,15 @@ pub(super) fn proxy_protocol(lab: &Lab, sizes: &Sizes) -> Result<Section> {
         method: format!(
             "HAProxy 2.6 `send-proxy-v2` in the LB namespace in front of the real server: nginx \
              parsing the header itself (`listen proxy_protocol`) against plain nginx on a port \
-             given to `--proxy-protocol`, both under the same daemon; {} rounds of {} HTTP/1.0 \
+             given to `--proxy-protocol`, both under the same daemon (with `--proxy-interface`: \
+             headers cut at the interface); {} rounds of {} HTTP/1.0 \
              requests, a new connection each, 4 in parallel. Bulk: one {} MiB upload per round \
              straight from the LB's address (no proxy between: only the header differs) to a \
              counting sink, after a v2 header ttm removed against a port ttm does not watch, and \
              against the same with the sink's sockets in a sockhash whose stream verdict passes \
-             everything (a lab program: the floor of the mechanism); the sink must count every \
-             byte after the header. Orders rotate each round; medians. Kernel bytes: {held} connections \
+             everything (a lab program: the floor of the sockmap mechanism); then {} rounds with \
+             the daemon restarted without `--proxy-interface` (headers removed by the stream \
+             verdict); the sink must count every byte after the header. Orders rotate each round; medians. Kernel bytes: {held} connections \
              held open at once from the LB's address by a one-thread server that never reads, `SUnreclaim` (unreclaimable slab) while \
              they are open minus before, per connection; to a port ttm does not watch, to a \
              PROXY port with 10 bytes of a v2 header sent (pending), and with the whole header \
@@ -302,10 +328,74 @@ pub(super) fn proxy_protocol(lab: &Lab, sizes: &Sizes) -> Result<Section> {
             rounds,
             sizes.connections,
             bytes >> 20,
+            sockmap_rounds,
             sizes.rounds.min(3)
         ),
         figures,
     })
+}
+
+/// Bulk uploads from the LB's address, per kind: MB/s, blocking reads that
+/// returned EAGAIN, uploads not read exactly once.
+struct Uploads {
+    throughput: Vec<Vec<f64>>,
+    eagains: Vec<u64>,
+    wrong: Vec<u32>,
+}
+
+impl Uploads {
+    /// `rounds` uploads of `bytes` to each of `kinds` (rotating), a v2
+    /// header first to `proxy_port`.
+    fn run(
+        lab: &Lab,
+        kinds: &[(&str, u16)],
+        rounds: usize,
+        bytes: u64,
+        proxy_port: u16,
+    ) -> Result<Uploads> {
+        let mut out = Uploads {
+            throughput: vec![Vec::new(); kinds.len()],
+            eagains: vec![0; kinds.len()],
+            wrong: vec![0; kinds.len()],
+        };
+        for round in 0..rounds {
+            for k in 0..kinds.len() {
+                let i = (k + round) % kinds.len();
+                let (to, n) = (rs_at(kinds[i].1), bytes.to_string());
+                // Straight from the LB's address: only the header differs.
+                let header = if kinds[i].1 == proxy_port {
+                    hex(&v2(1, "198.51.100.9:40009".parse()?, to, &[]))
+                } else {
+                    String::new()
+                };
+                let client = in_lb(
+                    lab,
+                    &[
+                        "bulk",
+                        "--to",
+                        &to.to_string(),
+                        "--bytes",
+                        &n,
+                        "--header",
+                        &header,
+                    ],
+                )?;
+                let v = json_line(&client, Duration::from_secs(300))?;
+                let counted = v["counted"].as_u64().unwrap_or(0);
+                if counted != bytes {
+                    eprintln!(
+                        "bench: {}: the sink read {counted} bytes of {bytes} sent",
+                        kinds[i].0
+                    );
+                    out.wrong[i] += 1;
+                }
+                out.eagains[i] += v["eagain"].as_u64().unwrap_or(0);
+                out.throughput[i]
+                    .push(bytes as f64 / v["seconds"].as_f64().unwrap_or(f64::MAX) / 1e6);
+            }
+        }
+        Ok(out)
+    }
 }
 
 /// `SUnreclaim` of /proc/meminfo, in bytes.

@@ -372,7 +372,7 @@ impl Daemon {
                 }
                 continue;
             }
-            if hook == crate::tc::INGRESS {
+            if hook == crate::tc::INGRESS && !config.proxy_ports.is_empty() {
                 load_cut_tail(&mut ebpf)?;
             }
             let program: &mut aya::programs::SchedClassifier = ebpf
