@@ -81,6 +81,9 @@ pub fn run() -> Vec<Probe> {
             names.push(crate::tc::TC_PROGRAM);
             names.push(crate::PROXY_VERDICT_PROGRAM);
             names.push(crate::PROXY_INGRESS_PROGRAM);
+            names.push(crate::tc::TC_FIRST_PROGRAM);
+            names.push(crate::tc::TC_CUT_PROGRAM);
+            names.push(crate::tc::TC_EGRESS_PROGRAM);
             let mut header_access = false;
             for name in names {
                 let (what, result) = match ebpf.program_mut(name) {
@@ -97,7 +100,14 @@ pub fn run() -> Vec<Probe> {
                     }
                     Some(Program::CgroupSockopt(p)) => ("getsockopt shim", p.load()),
                     Some(Program::CgroupSockAddr(p)) => ("getpeername hook", p.load()),
-                    Some(Program::SchedClassifier(p)) => ("TC ingress decoder", p.load()),
+                    Some(Program::SchedClassifier(p)) if name == crate::tc::TC_PROGRAM => {
+                        ("TC ingress decoder", p.load())
+                    }
+                    Some(Program::SchedClassifier(p)) => (
+                        "--proxy-interface: cutting PROXY headers out at the interface and \
+                         renumbering the connection (TC)",
+                        p.load(),
+                    ),
                     Some(Program::SkSkb(p)) => (
                         "--proxy-protocol: removing the PROXY header from the stream (stream \
                          verdict with bpf_skb_adjust_room, Linux 5.11+)",
@@ -110,8 +120,14 @@ pub fn run() -> Vec<Probe> {
                     ),
                     _ => continue,
                 };
-                let proxy =
-                    name == crate::PROXY_VERDICT_PROGRAM || name == crate::PROXY_INGRESS_PROGRAM;
+                let proxy = [
+                    crate::PROXY_VERDICT_PROGRAM,
+                    crate::PROXY_INGRESS_PROGRAM,
+                    crate::tc::TC_FIRST_PROGRAM,
+                    crate::tc::TC_CUT_PROGRAM,
+                    crate::tc::TC_EGRESS_PROGRAM,
+                ]
+                .contains(&name);
                 let unsupported = proxy
                     .then(crate::host::proxy_protocol_unsupported)
                     .flatten();
@@ -199,7 +215,7 @@ pub fn attachments(pins: &crate::pins::PinDir) -> Vec<Probe> {
         .filter_map(|pin| {
             let file = pin.file_name()?.to_string_lossy().into_owned();
             let program = file.strip_prefix("link_")?.split('@').next()?.to_string();
-            if program == crate::tc::TC_PROGRAM {
+            if program == crate::tc::TC_PROGRAM || program == crate::tc::TC_EGRESS_PROGRAM {
                 return None;
             }
             let link = crate::links::open_pinned(&pin).ok()?;

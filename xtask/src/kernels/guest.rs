@@ -50,9 +50,13 @@ pub(super) fn guest_script(runs: &[Run], out: &Path, emulated: bool) -> String {
     let scale = if emulated { 4 } else { 1 };
     for run in runs {
         let log = run.label.replace('/', "-");
+        // `cut`: the PROXY suite with headers cut at the interface.
+        let env = match run.mode {
+            "cut" => "TTM_LAB_MODE=sockops TTM_PROXY_CUT=1".to_string(),
+            mode => format!("TTM_LAB_MODE={mode}"),
+        };
         let test = format!(
-            "TTM_LAB_MODE={mode} TTM_TIMEOUT_SCALE={scale} timeout -k 10 {RUN_LIMIT_SECS} '{bin}' --test-threads=1{skips} > '{out}/{log}.log' 2>&1",
-            mode = run.mode,
+            "{env} TTM_TIMEOUT_SCALE={scale} timeout -k 10 {RUN_LIMIT_SECS} '{bin}' --test-threads=1{skips} > '{out}/{log}.log' 2>&1",
             bin = run.binary.display(),
         );
         // A failed run gets one more try (QEMU's timing is not the host's);

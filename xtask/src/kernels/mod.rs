@@ -66,8 +66,9 @@ pub struct Run {
 }
 
 /// What each kernel must pass: one test file per capability the README's
-/// table reports, in sockops mode, and the TC path's own tests.
-const MATRIX_TESTS: [(&str, &str); 10] = [
+/// table reports, in sockops mode, the TC path's own tests, and the PROXY
+/// suite with headers cut at the interface (`cut`).
+const MATRIX_TESTS: [(&str, &str); 11] = [
     ("sockops", "decode_4to4"),
     ("sockops", "formats_6to4"),
     ("sockops", "compat_shim"),
@@ -78,6 +79,7 @@ const MATRIX_TESTS: [(&str, &str); 10] = [
     ("sockops", "ipv6_path"),
     ("tc", "ipv6_path"),
     ("sockops", "proxy_protocol"),
+    ("cut", "proxy_protocol"),
 ];
 
 fn root() -> Result<PathBuf> {

@@ -30,7 +30,7 @@ const CAPABILITIES: [(&str, &[&str]); 8] = [
     ),
     (
         "PROXY protocol v1/v2 (--proxy-protocol)",
-        &["sockops/proxy_protocol"],
+        &["sockops/proxy_protocol", "cut/proxy_protocol"],
     ),
     ("kernel", &[]),
 ];
@@ -103,8 +103,14 @@ fn verdict(capability: &str, probes: &[serde_json::Value]) -> String {
         }
         "TC mode" => "works (tcx)".into(),
         "PROXY protocol v1/v2 (--proxy-protocol)"
-            if probe_ok(probes, "ttm_proxy_verdict") == Some(false)
-                || probe_ok(probes, "ttm_proxy_ingress") == Some(false) =>
+            if [
+                "ttm_proxy_verdict",
+                "ttm_proxy_ingress",
+                "ttm_tc_first",
+                "ttm_tc_cut",
+            ]
+            .iter()
+            .any(|p| probe_ok(probes, p) == Some(false)) =>
         {
             "not on this kernel (`ttm doctor` says why: before 5.11, or the verifier refuses); \
              the daemon refuses --proxy-protocol at start (tested)"
