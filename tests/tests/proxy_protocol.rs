@@ -1059,3 +1059,56 @@ fn headers_cut_at_the_interface_keep_checksums_right_without_offload() {
     assert_eq!(delta(Counter::ProxyCut), n as u64 + 4);
     assert_eq!(delta(Counter::ProxyKept), 0);
 }
+
+#[test]
+fn a_trusted_peer_that_sends_nothing_is_accepted_after_the_hold() {
+    require_proxy_support!();
+    let world = world();
+    // A server that speaks first (SMTP's banner), never reading.
+    let script = "import socket, sys\n\
+s = socket.socket()\n\
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n\
+s.bind(('0.0.0.0', 8080))\n\
+s.listen()\n\
+print('listening', flush=True)\n\
+c, a = s.accept()\n\
+c.sendall(b'220 banner\\r\\n')\n\
+print('accepted', a[0], flush=True)\n\
+c.recv(1)\n";
+    let server = spawn_in(
+        std::path::Path::new("/usr/bin/python3"),
+        &world.lab.rs_cgroup(),
+        lab::RS_NS,
+        &["-c", script],
+    )
+    .expect("spawn the banner server");
+    server
+        .wait_for(Duration::from_secs(10), |l| l.starts_with("listening"))
+        .expect("server listening");
+    wait_deferred(&server, 8080);
+    // From the trusted LB's address, sending nothing: held (or deferred) as
+    // long as a header could still come, then accepted.
+    let client = "import socket, time\n\
+t = time.time()\n\
+s = socket.create_connection(('10.0.2.2', 8080), timeout=10)\n\
+print(s.recv(100).decode().strip(), round(time.time() - t, 2))\n";
+    let out = Command::new("ip")
+        .args(["netns", "exec", lab::LB_NS, "python3", "-c", client])
+        .output()
+        .expect("run the client");
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "the client got no banner: {said} {:?}",
+        out.stderr
+    );
+    let (banner, secs) = said.trim().rsplit_once(' ').expect("banner and time");
+    assert_eq!(banner, "220 banner");
+    let secs: f64 = secs.parse().unwrap();
+    assert!(
+        (0.9..5.0).contains(&secs),
+        "accepted after {secs} s: the hold is about 1 s, then the next ACK goes through"
+    );
+    let line = server.line(Duration::from_secs(5)).expect("server report");
+    assert_eq!(line, format!("accepted {}", lab::LB_IP));
+}

@@ -133,7 +133,15 @@ pub struct ProxySyn {
     pub isn: u32,
     /// A [`syn_phase`] value.
     pub phase: u32,
+    /// `bpf_ktime_get_ns()` of the SYN.
+    pub syn_ns: u64,
 }
+
+/// How long the TC program holds a PROXY handshake's bare ACK back waiting
+/// for the header (as the daemon's `TCP_DEFER_ACCEPT` of 1 s): a trusted
+/// peer that sends nothing is then accepted with the next ACK, the one
+/// answering the real server's retransmitted SYN-ACK.
+pub const PROXY_HOLD_NS: u64 = 1_000_000_000;
 
 /// A connection as the real server sees it, for the TC path's records.
 #[repr(C)]

@@ -23,14 +23,17 @@
 
 use aya_ebpf::{
     bindings::{__sk_buff, BPF_ANY, BPF_F_RECOMPUTE_CSUM, BPF_NOEXIST, TC_ACT_UNSPEC},
-    helpers::{bpf_csum_diff, bpf_skb_change_tail, bpf_skb_load_bytes, bpf_skb_store_bytes},
+    helpers::{
+        bpf_csum_diff, bpf_ktime_get_ns, bpf_skb_change_tail, bpf_skb_load_bytes,
+        bpf_skb_store_bytes,
+    },
     macros::classifier,
     programs::TcContext,
     EbpfContext,
 };
 use ttm_common::{
     addr::v4_mapped,
-    maps::{proxy_flags, syn_phase, CutJob, ProxySyn, TcKey},
+    maps::{proxy_flags, syn_phase, CutJob, ProxySyn, TcKey, PROXY_HOLD_NS},
     proxy::{parse_with, HeaderBuf, Parsed, MAX_HEADER_LEN},
     shift::{csum, SeqShift},
     Addr16, Counter,
@@ -135,6 +138,8 @@ fn on_inbound(ctx: &TcContext) -> Option<Step> {
             let syn = ProxySyn {
                 isn: seg.seq,
                 phase: syn_phase::SYN_SEEN,
+                // SAFETY: helper without preconditions.
+                syn_ns: unsafe { bpf_ktime_get_ns() },
             };
             let _ = PROXY_SYNS.insert(&seg.key, &syn, BPF_ANY as u64);
         }
@@ -168,6 +173,11 @@ fn on_inbound(ctx: &TcContext) -> Option<Step> {
     if seg.payload_len == 0 {
         if seg.flags & (TCP_FIN | TCP_RST) != 0 {
             let _ = PROXY_SYNS.remove(&seg.key);
+            return None;
+        }
+        // SAFETY: helper without preconditions.
+        if unsafe { bpf_ktime_get_ns() }.wrapping_sub(syn.syn_ns) >= PROXY_HOLD_NS {
+            // Nothing came: a peer waiting for the server to speak first.
             return None;
         }
         bump(Counter::ProxyAckHeld);
