@@ -164,6 +164,11 @@ pub static PROXY_TAIL: ProgramArray<2> = ProgramArray::new();
 #[btf_map]
 pub static CUT_BUF: PerCpuArray<[u8; crate::proxy_cut::CHUNK], 1> = PerCpuArray::new();
 
+/// Per-CPU: the segment `ttm_tc_first` parsed, written and read back (see
+/// `proxy_cut::through_memory`). Owned by it.
+#[btf_map]
+pub static SEGMENT: PerCpuArray<crate::proxy_cut::Segment, 1> = PerCpuArray::new();
+
 /// Per-CPU: what the TC ingress program asks of `ttm_tc_cut` (its tail).
 #[btf_map]
 pub static CUT_JOB: PerCpuArray<ttm_common::maps::CutJob, 1> = PerCpuArray::new();

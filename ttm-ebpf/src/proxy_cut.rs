@@ -21,6 +21,8 @@
 //! is left as it is: sockops leaves the first unwatched, and the second to
 //! the stream-verdict program (the sockmap path, `proxy_kept`).
 
+use core::ffi::c_void;
+
 use aya_ebpf::{
     bindings::{__sk_buff, BPF_ANY, BPF_F_RECOMPUTE_CSUM, BPF_NOEXIST, TC_ACT_UNSPEC},
     helpers::{
@@ -34,27 +36,23 @@ use aya_ebpf::{
 use ttm_common::{
     addr::v4_mapped,
     maps::{proxy_flags, syn_phase, CutJob, ProxySyn, TcKey, PROXY_HOLD_NS},
-    proxy::{parse_with, HeaderBuf, Parsed, MAX_HEADER_LEN},
+    proxy::{parse_with, HeaderBuf, Parsed, ProxyClient, ProxyVersion, MAX_HEADER_LEN},
+    record::PROXY_PENDING_FORMAT,
     shift::{csum, SeqShift},
-    Addr16, Counter,
+    Addr16, Counter, PeerRecord,
 };
 
 use crate::{
     counters::bump,
     maps::{
         CONFIG, CUT_BUF, CUT_JOB, PROXY_FLOWS, PROXY_INGRESS_BUF, PROXY_PORTS, PROXY_SYNS,
-        PROXY_TAIL, PROXY_TLV_STASH,
+        PROXY_TAIL, PROXY_TLV_STASH, SCRATCH, SEGMENT, TC_RECORDS,
     },
     proxy::{byte_bound, nonzero_len, walk_v1_in, WalkSlot},
-    proxy_ingress::file_early,
     sockops::is_trusted,
+    tc::{ETH_HLEN, ETH_P_8021Q, ETH_P_IP, ETH_P_IPV6, IPPROTO_TCP},
 };
 
-const ETH_HLEN: usize = 14;
-const ETH_P_IP: u16 = 0x0800;
-const ETH_P_IPV6: u16 = 0x86dd;
-const ETH_P_8021Q: u16 = 0x8100;
-const IPPROTO_TCP: u8 = 6;
 const TCP_FIN: u8 = 0x01;
 const TCP_SYN: u8 = 0x02;
 const TCP_RST: u8 = 0x04;
@@ -72,7 +70,9 @@ pub const CHUNK: usize = 16_384;
 const MAX_CHUNKS: usize = 4;
 
 /// A TCP segment as these programs need it.
-struct Segment {
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Segment {
     /// Offset of the IP header.
     l3: usize,
     /// IPv4 (else IPv6 without extension headers).
@@ -212,7 +212,7 @@ pub fn ttm_tc_first(ctx: TcContext) -> i32 {
     let Some(job) = CUT_JOB.get_ptr_mut(0) else {
         return TC_ACT_UNSPEC;
     };
-    let Some(seg) = parse(&ctx, false) else {
+    let Some(seg) = parse(&ctx, false).and_then(through_memory) else {
         return TC_ACT_UNSPEC;
     };
     // SAFETY: the per-CPU slot is ours until the tail returns.
@@ -231,6 +231,21 @@ pub fn ttm_tc_first(ctx: TcContext) -> i32 {
     let _ = PROXY_FLOWS.remove(&seg.key);
     bump(Counter::ProxyKept);
     TC_ACT_UNSPEC
+}
+
+/// `seg` written to map memory and read back: every way `parse` took (IPv4
+/// or IPv6, a VLAN tag or none, header lengths) then continues as one
+/// verifier state, or the header walks after it are verified once per way
+/// (too many for the verifiers of Linux 5.10 and 6.1).
+#[inline(always)]
+fn through_memory(seg: Segment) -> Option<&'static Segment> {
+    let slot = SEGMENT.get_ptr_mut(0)?;
+    // SAFETY: the per-CPU slot is ours until the program returns; written
+    // volatile and read through an opaque pointer, so the reads are real.
+    unsafe {
+        core::ptr::write_volatile(slot, seg);
+        Some(&*core::hint::black_box(slot))
+    }
 }
 
 /// A tail of the TC ingress program: cuts the bytes `CUT_JOB` names out of
@@ -270,27 +285,8 @@ fn first_data(ctx: &TcContext, seg: &Segment, isn: u32) -> Option<usize> {
     let buf = PROXY_INGRESS_BUF.get_ptr_mut(BUF_SLOT)?;
     // SAFETY: the per-CPU slot is ours until the program returns.
     let buf = unsafe { &mut *buf };
-    let take = byte_bound(if seg.payload_len < MAX_HEADER_LEN {
-        seg.payload_len
-    } else {
-        MAX_HEADER_LEN
-    });
-    if take == 0 {
-        return None;
-    }
-    // SAFETY: ≤ 256 bytes into the 512-byte buffer of a map value.
-    let loaded = unsafe {
-        bpf_skb_load_bytes(
-            ctx.as_ptr().cast(),
-            seg.payload() as u32,
-            buf.bytes.as_mut_ptr().cast(),
-            nonzero_len(take) as u32,
-        )
-    };
-    if loaded != 0 {
-        return None;
-    }
-    buf.len = take as u32;
+    read_head(ctx.as_ptr(), seg.payload(), seg.payload_len, buf)?;
+    let take = buf.len as usize;
     let len = match parse_with(buf, |b| walk_v1_in(b, WalkSlot::Tc)) {
         Parsed::Header {
             len,
@@ -300,7 +296,7 @@ fn first_data(ctx: &TcContext, seg: &Segment, isn: u32) -> Option<usize> {
         } => {
             match client {
                 Some(client) => {
-                    file_early(&seg.key, &client, version)?;
+                    file_early(seg, &client, version)?;
                     if tlv_offset < len {
                         let _ = stash_tlvs(ctx, seg, usize::from(len));
                     }
@@ -340,6 +336,56 @@ fn first_data(ctx: &TcContext, seg: &Segment, isn: u32) -> Option<usize> {
         return None;
     }
     Some(len)
+}
+
+/// Loads the first bytes of a payload of `available` bytes at `at` (at most
+/// a header's 255) into `buf`, for `parse_with`. `skb` is the context of a
+/// program that may call `bpf_skb_load_bytes` (TC or cgroup skb).
+#[inline(always)]
+fn read_head(skb: *mut c_void, at: usize, available: usize, buf: &mut HeaderBuf) -> Option<()> {
+    let take = byte_bound(if available < MAX_HEADER_LEN {
+        available
+    } else {
+        MAX_HEADER_LEN
+    });
+    if take == 0 {
+        return None;
+    }
+    // SAFETY: `take` ≤ 255 bytes into the 512-byte buffer of a map value.
+    let loaded = unsafe {
+        bpf_skb_load_bytes(
+            skb,
+            at as u32,
+            buf.bytes.as_mut_ptr().cast(),
+            nonzero_len(take) as u32,
+        )
+    };
+    if loaded != 0 {
+        return None;
+    }
+    buf.len = take as u32;
+    Some(())
+}
+
+/// Files `client` under the 4-tuple in `TC_RECORDS`, as the cgroup ingress
+/// program does (its own copy: that program's form is what older verifiers
+/// accept); sockops takes it into the new socket.
+#[inline(always)]
+fn file_early(seg: &Segment, client: &ProxyClient, version: ProxyVersion) -> Option<()> {
+    let record = SCRATCH.get_ptr_mut(0)?;
+    // SAFETY: the per-CPU scratch slot is ours until the program returns.
+    let record = unsafe { &mut *record };
+    *record = PeerRecord::ZERO;
+    record.set_tuple(
+        (seg.key.peer_addr, seg.key.peer_port),
+        (seg.key.local_addr, seg.key.local_port),
+    );
+    record.format_index = PROXY_PENDING_FORMAT;
+    // SAFETY: helper without preconditions.
+    record.fill_proxy(client, version, unsafe { bpf_ktime_get_ns() });
+    // The newest handshake of a tuple wins; sockops takes it at once.
+    let _ = TC_RECORDS.insert(&seg.key, &*record, BPF_ANY as u64);
+    Some(())
 }
 
 /// An empty header buffer, the stash's starting value.

@@ -17,7 +17,7 @@ use aya_ebpf::{
 use ttm_common::{
     addr::v4_mapped,
     maps::{proxy_flags, TcKey},
-    proxy::{parse_with, Parsed, ProxyClient, ProxyVersion, MAX_HEADER_LEN},
+    proxy::{parse_with, Parsed, MAX_HEADER_LEN},
     record::PROXY_PENDING_FORMAT,
     Addr16, PeerRecord,
 };
@@ -107,36 +107,22 @@ fn early_header(ctx: &SkBuffContext) -> Option<()> {
         // Anything else is the verdict program's to handle, on the stream.
         return None;
     };
-    file_early(
-        &TcKey {
-            local_addr: local,
-            peer_addr: peer,
-            local_port,
-            peer_port,
-        },
-        &client,
-        version,
-    )
-}
-
-/// Files `client`, read off a connection's first data segment before its
-/// socket exists, under the 4-tuple in `TC_RECORDS`; sockops takes it into
-/// the new socket right after. Also used by the TC program (`proxy_cut`).
-#[inline(always)]
-pub fn file_early(key: &TcKey, client: &ProxyClient, version: ProxyVersion) -> Option<()> {
     let record = SCRATCH.get_ptr_mut(0)?;
     // SAFETY: the per-CPU scratch slot is ours until the program returns.
     let record = unsafe { &mut *record };
     *record = PeerRecord::ZERO;
-    record.set_tuple(
-        (key.peer_addr, key.peer_port),
-        (key.local_addr, key.local_port),
-    );
+    record.set_tuple((peer, peer_port), (local, local_port));
     record.format_index = PROXY_PENDING_FORMAT;
     // SAFETY: helper without preconditions.
-    record.fill_proxy(client, version, unsafe { bpf_ktime_get_ns() });
+    record.fill_proxy(&client, version, unsafe { bpf_ktime_get_ns() });
+    let key = TcKey {
+        local_addr: local,
+        peer_addr: peer,
+        local_port,
+        peer_port,
+    };
     // The newest handshake of a tuple wins; sockops takes it at once.
-    let _ = TC_RECORDS.insert(key, &*record, BPF_ANY as u64);
+    let _ = TC_RECORDS.insert(&key, &*record, BPF_ANY as u64);
     Some(())
 }
 

@@ -151,28 +151,58 @@ fn proxy_socks_capacity(config: &DaemonConfig) -> u32 {
     if config.proxy_ports.is_empty() {
         return 1;
     }
-    let pin = config.pins.map(maps::PROXY_SOCKS);
-    if let Ok(map) = aya::maps::MapData::from_pin(&pin) {
-        let small = map
-            .info()
-            .map(|i| i.max_entries() < config.max_records)
-            .unwrap_or(false);
-        if small {
-            let empty = aya::maps::SockHash::<_, u64>::try_from(aya::maps::Map::SockHash(map))
-                .map(|m| m.keys().next().is_none())
-                .unwrap_or(false);
-            if empty {
-                let _ = fs::remove_file(&pin);
-            } else {
-                warn!(
-                    "{} holds PROXY connections and is smaller than --max-records: kept; \
-                     restart ttm once they are gone to get the larger map",
-                    pin.display()
-                );
-            }
-        }
-    }
+    drop_small_empty_pin(config, maps::PROXY_SOCKS, |map| {
+        aya::maps::SockHash::<_, u64>::try_from(aya::maps::Map::SockHash(map))
+            .map(|m| m.keys().next().is_none())
+            .unwrap_or(false)
+    });
     config.max_records
+}
+
+/// Drops a pinned `PROXY_FLOWS` smaller than this config wants if it holds
+/// no connection, as [`drop_small_empty_pin`] does.
+fn resize_proxy_flows(config: &DaemonConfig) {
+    if config.proxy_ports.is_empty() {
+        return;
+    }
+    drop_small_empty_pin(config, maps::PROXY_FLOWS, |map| {
+        aya::maps::HashMap::<_, maps::TcKey, ttm_common::shift::SeqShift>::try_from(
+            aya::maps::Map::HashMap(map),
+        )
+        .map(|m| m.keys().next().is_none())
+        .unwrap_or(false)
+    });
+}
+
+/// A pinned PROXY map (`name`) smaller than `--max-records`: removed if
+/// `empty` says it holds nothing, so the load makes it anew; one that holds
+/// connections is kept, with a warning (dropping it would end their PROXY
+/// handling).
+fn drop_small_empty_pin(
+    config: &DaemonConfig,
+    name: &str,
+    empty: impl FnOnce(aya::maps::MapData) -> bool,
+) {
+    let pin = config.pins.map(name);
+    let Ok(map) = aya::maps::MapData::from_pin(&pin) else {
+        return;
+    };
+    let small = map
+        .info()
+        .map(|i| i.max_entries() < config.max_records)
+        .unwrap_or(false);
+    if !small {
+        return;
+    }
+    if empty(map) {
+        let _ = fs::remove_file(&pin);
+    } else {
+        warn!(
+            "{} holds PROXY connections and is smaller than --max-records: kept; restart ttm \
+             once they are gone to get the larger map",
+            pin.display()
+        );
+    }
 }
 
 /// Loads the ingress program's tails into `PROXY_TAIL`: `ttm_tc_cut` (slot
@@ -198,40 +228,6 @@ fn load_cut_tail(ebpf: &mut Ebpf) -> Result<()> {
         tail.set(slot as u32, fd, 0).context("filling PROXY_TAIL")?;
     }
     Ok(())
-}
-
-/// Drops a pinned `PROXY_FLOWS` smaller than this config wants if it holds
-/// no connection (the load then makes it anew); one that holds connections
-/// is kept, with a warning (dropping it would break their renumbering).
-fn resize_proxy_flows(config: &DaemonConfig) {
-    if config.proxy_ports.is_empty() {
-        return;
-    }
-    let pin = config.pins.map(maps::PROXY_FLOWS);
-    let Ok(map) = aya::maps::MapData::from_pin(&pin) else {
-        return;
-    };
-    if !map
-        .info()
-        .map(|i| i.max_entries() < config.max_records)
-        .unwrap_or(false)
-    {
-        return;
-    }
-    let empty = aya::maps::HashMap::<_, maps::TcKey, ttm_common::shift::SeqShift>::try_from(
-        aya::maps::Map::HashMap(map),
-    )
-    .map(|m| m.keys().next().is_none())
-    .unwrap_or(false);
-    if empty {
-        let _ = fs::remove_file(&pin);
-    } else {
-        warn!(
-            "{} holds PROXY connections and is smaller than --max-records: kept; restart ttm \
-             once they are gone to get the larger map",
-            pin.display()
-        );
-    }
 }
 
 /// A running decoder. Dropping it detaches the program and removes the pins.
@@ -373,7 +369,15 @@ impl Daemon {
                 continue;
             }
             if hook == crate::tc::INGRESS && !config.proxy_ports.is_empty() {
-                load_cut_tail(&mut ebpf)?;
+                if let Err(e) = load_cut_tail(&mut ebpf) {
+                    // The ingress program still holds handshakes back; without
+                    // its tails every header goes the stream verdict's way.
+                    warn!(
+                        "PROXY headers cannot be cut at the interface on this kernel ({e:#}): \
+                         they are removed on the sockmap path instead — `ttm doctor` says which \
+                         program the verifier refused"
+                    );
+                }
             }
             let program: &mut aya::programs::SchedClassifier = ebpf
                 .program_mut(hook.program)

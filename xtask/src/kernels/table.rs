@@ -103,17 +103,20 @@ fn verdict(capability: &str, probes: &[serde_json::Value]) -> String {
         }
         "TC mode" => "works (tcx)".into(),
         "PROXY protocol v1/v2 (--proxy-protocol)"
-            if [
-                "ttm_proxy_verdict",
-                "ttm_proxy_ingress",
-                "ttm_tc_first",
-                "ttm_tc_cut",
-            ]
-            .iter()
-            .any(|p| probe_ok(probes, p) == Some(false)) =>
+            if probe_ok(probes, "ttm_proxy_verdict") == Some(false)
+                || probe_ok(probes, "ttm_proxy_ingress") == Some(false) =>
         {
             "not on this kernel (`ttm doctor` says why: before 5.11, or the verifier refuses); \
              the daemon refuses --proxy-protocol at start (tested)"
+                .into()
+        }
+        "PROXY protocol v1/v2 (--proxy-protocol)"
+            if ["ttm_tc_first", "ttm_tc_cut", "ttm_tc_egress"]
+                .iter()
+                .any(|p| probe_ok(probes, p) == Some(false)) =>
+        {
+            "works on the sockmap path only: this verifier refuses the cut at the interface \
+             (`ttm doctor`), and --proxy-interface falls back with a warning"
                 .into()
         }
         "getsockopt 1345 + accept()/getpeername() rewrite"
