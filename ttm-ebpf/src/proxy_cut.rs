@@ -459,7 +459,7 @@ fn cut_inner(ctx: &TcContext, seg: &Segment, n: usize, seq: u32) -> Option<bool>
                 skb.cast(),
                 l4 as u32,
                 buf.bytes.as_mut_ptr().cast(),
-                hlen as u32,
+                nonzero_len(hlen) as u32,
             )
         } != 0
     {
@@ -579,7 +579,12 @@ fn sum_of(buf: &mut HeaderBuf, at: usize, len: usize) -> Option<u32> {
             [0; 4],
         )
     };
-    let words = ((len + 3) & 0x1fc) as u32;
+    // Masked in a register LLVM cannot see through: older verifiers (6.12)
+    // otherwise lose the bound on the way to the helper.
+    let mut words = len + 3;
+    // SAFETY: a register-only AND; no memory is touched.
+    unsafe { core::arch::asm!("{0} &= 0x1fc", inout(reg) words, options(pure, nomem, nostack)) };
+    let words = words as u32;
     // SAFETY: `words` bytes from `at`, inside the buffer (checked above).
     let sum = unsafe {
         bpf_csum_diff(
