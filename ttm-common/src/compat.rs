@@ -80,7 +80,9 @@ mod tests {
             format_index: 0,
             option_kind: 254,
             option_len: 8,
-            _pad: [0; 6],
+            _pad: [0; 5],
+            shared: 0,
+            cookie: 0,
         }
     }
 

@@ -1,7 +1,7 @@
 //! Names and value types of the maps the kernel programs and user space share.
 //!
-//! Owners: the sockops program writes `RECORDS`, `TUPLES` and
-//! `PEER_STORAGE`; every program bumps `STATS`;
+//! Owners: the sockops program writes `RECORDS` (the PROXY verdict program
+//! too) and `RECORD_EVENTS`; every program bumps `STATS`;
 //! the daemon writes `CONFIG` and `TRUSTED_LBS` before attaching and reads the
 //! rest; `ttm lookup`/`ttm stats` read the pinned copies.
 
@@ -9,18 +9,23 @@ use crate::addr::Addr16;
 use crate::format::FormatTable;
 use crate::parser::Malformed;
 
-/// Cookie-keyed hash of [`crate::PeerRecord`], for user-space lookups.
-/// Not preallocated and never evicting: its memory follows live
-/// connections, and a full map refuses new records (counted), it never
-/// drops a live one.
+/// Hash: [`TcKey`] (local end, kernel peer) → [`crate::PeerRecord`], one
+/// element per decoded connection and nothing else in the kernel: the
+/// app-facing hooks find a socket's record by the tuple they read off the
+/// socket, and the record names its socket cookie. Not preallocated and
+/// never evicting: its memory follows live connections, and a full map
+/// refuses new records (counted), it never drops a live one.
 pub const RECORDS: &str = "RECORDS";
-/// The 4-tuple index next to `RECORDS`: [`TcKey`] → socket cookie, two
-/// entries per record — (local, kernel peer) and (local, client), the peer
-/// an application sees after the rewrite — so lookups by either tuple are
-/// one hash get, whatever the number of live records. Not preallocated.
-pub const TUPLES: &str = "TUPLES";
-/// Per-socket storage of [`crate::PeerRecord`], for the in-kernel hooks.
-pub const PEER_STORAGE: &str = "PEER_STORAGE";
+/// Ring buffer of [`RecordEvent`]s: each record filed and removed, from
+/// which the daemon keeps its cookie and client-tuple indexes in its own
+/// memory, not the kernel's.
+pub const RECORD_EVENTS: &str = "RECORD_EVENTS";
+/// Bytes of `RECORD_EVENTS` (a power of two): about 29,000 events between
+/// two reads by the daemon.
+pub const RECORD_EVENTS_BYTES: u32 = 2 << 20;
+/// Maps of earlier layouts that a daemon removes when it finds them pinned:
+/// the cookie-keyed tuple index and the per-socket storage.
+pub const OBSOLETE_MAPS: [&str; 2] = ["TUPLES", "PEER_STORAGE"];
 /// LPM trie of trusted LB networks ([`TrustKey`] → `u8` 1).
 pub const TRUSTED_LBS: &str = "TRUSTED_LBS";
 /// One-entry array holding the [`Config`].
@@ -184,9 +189,31 @@ pub struct Mismatch {
 /// Default capacity of `RECORDS` (live connections tracked for lookups):
 /// a limit, not an allocation — entries are allocated as connections come.
 pub const DEFAULT_RECORDS_CAPACITY: u32 = 1 << 20;
-/// Capacity of `TUPLES` for a `RECORDS` capacity: two keys per record.
-pub const fn tuples_capacity(records: u32) -> u32 {
-    records.saturating_mul(2)
+
+/// [`RecordEvent::kind`]: a record was filed.
+pub const RECORD_FILED: u8 = 1;
+/// [`RecordEvent::kind`]: a record was removed at its socket's close.
+pub const RECORD_REMOVED: u8 = 2;
+
+/// What `RECORD_EVENTS` carries per record filed or removed: enough for the
+/// daemon to index it by cookie and by the tuple the app sees.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RecordEvent {
+    /// The record's key in `RECORDS`.
+    pub key: TcKey,
+    /// [`RECORD_FILED`] or [`RECORD_REMOVED`].
+    pub kind: u8,
+    /// Explicit padding; always zero.
+    pub _pad: [u8; 3],
+    /// The socket cookie.
+    pub cookie: u64,
+    /// The client, v4-mapped for IPv4.
+    pub client_addr: Addr16,
+    /// The client's port, host order.
+    pub client_port: u16,
+    /// Explicit padding; always zero.
+    pub _pad2: [u8; 6],
 }
 /// Default capacity of the TC path's LRU maps (`TC_RECORDS`, `TC_PENDING`):
 /// handshakes in flight and sockets outside the decoder's cgroup. These are
@@ -306,8 +333,10 @@ pub enum Counter {
     /// Records filed in the cookie map. Live records = this − `RecordsRemoved`,
     /// so the live count costs two per-CPU reads, not a walk of the map.
     RecordsStored = 23,
-    /// A 4-tuple index entry could not be stored (`TUPLES` full or no
-    /// memory): that connection is found by fd and cookie, not by tuple.
+    /// A live record already holds this connection's 4-tuple: the same
+    /// tuple in another network namespace. This connection gets no record,
+    /// and the getsockopt shim answers for neither (the other keeps its
+    /// lookups and its rewrite, which check the socket's cookie).
     TupleIndexFailed = 24,
     /// The handshake segment held configured options naming different
     /// clients and the LB's position is unknown: no record (the app sees the
@@ -352,11 +381,15 @@ pub enum Counter {
     /// Handshake-completing bare ACKs of PROXY connections held back at the
     /// interface, so that `accept()` waits for the header's segment.
     ProxyAckHeld = 38,
+    /// Record events the ring buffer had no room for (the daemon fell
+    /// behind or was not running): the daemon rebuilds its indexes from
+    /// `RECORDS` when it sees this grow.
+    EventsLost = 39,
 }
 
 impl Counter {
     /// Number of counters; the size of `STATS`.
-    pub const COUNT: u32 = 39;
+    pub const COUNT: u32 = 40;
 
     /// Every counter, in index order.
     pub const ALL: [Counter; Counter::COUNT as usize] = [
@@ -399,6 +432,7 @@ impl Counter {
         Counter::ProxyCut,
         Counter::ProxyKept,
         Counter::ProxyAckHeld,
+        Counter::EventsLost,
     ];
 
     /// The counter for a malformed-option reason.
@@ -454,6 +488,7 @@ impl Counter {
             Counter::ProxyCut => "proxy_cut",
             Counter::ProxyKept => "proxy_kept",
             Counter::ProxyAckHeld => "proxy_ack_held",
+            Counter::EventsLost => "record_events_lost",
         }
     }
 }
@@ -476,9 +511,9 @@ mod tests {
     }
 
     #[test]
-    fn the_tuple_index_holds_two_keys_per_record() {
-        assert_eq!(tuples_capacity(DEFAULT_RECORDS_CAPACITY), 2 << 20);
-        assert_eq!(tuples_capacity(u32::MAX), u32::MAX);
+    fn a_record_event_is_laid_out_without_holes() {
+        assert_eq!(core::mem::size_of::<TcKey>(), 36);
+        assert_eq!(core::mem::size_of::<RecordEvent>(), 72);
     }
 
     #[test]

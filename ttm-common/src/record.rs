@@ -10,8 +10,8 @@ use crate::proxy::{ProxyClient, ProxyVersion};
 pub const PROXY_V1_FORMAT: u8 = 0xf1;
 /// `format_index` of a record made from a PROXY protocol v2 header.
 pub const PROXY_V2_FORMAT: u8 = 0xf2;
-/// `format_index` of a socket-storage slot whose connection is waiting for
-/// its PROXY header (no client yet: `client_family` is 0).
+/// `format_index` of the record a PROXY connection's pending state holds
+/// while it waits for its header (no client yet: `client_family` is 0).
 pub const PROXY_PENDING_FORMAT: u8 = 0xf0;
 
 /// Which address families the client and the LB→RS connection use.
@@ -63,8 +63,9 @@ impl ClientFamily {
 }
 
 /// What ttm knows about one accepted connection. Written once by the sockops
-/// program when the handshake completes; read by user space (cookie map) and
-/// by the cgroup hooks (socket storage). Never overwritten afterwards.
+/// program when the handshake completes (or by the PROXY programs once the
+/// header is read), in `RECORDS` under its 4-tuple; read there by the cgroup
+/// hooks and user space. Never overwritten afterwards.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PeerRecord {
@@ -76,6 +77,9 @@ pub struct PeerRecord {
     pub local_addr: Addr16,
     /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC) when the handshake completed.
     pub established_ns: u64,
+    /// The socket cookie of the connection, set when the record is filed
+    /// in `RECORDS` (0 in the TC path's map, where no socket exists yet).
+    pub cookie: u64,
     /// Client port, host byte order.
     pub client_port: u16,
     /// Kernel peer port, host byte order.
@@ -90,8 +94,12 @@ pub struct PeerRecord {
     pub option_kind: u8,
     /// Option length that carried the client.
     pub option_len: u8,
+    /// 1 once another live connection with the same 4-tuple (in another
+    /// network namespace) was seen: the getsockopt shim, which cannot read
+    /// a socket's cookie, then answers for neither.
+    pub shared: u8,
     /// Explicit padding; always zero.
-    pub _pad: [u8; 6],
+    pub _pad: [u8; 5],
 }
 
 impl PeerRecord {
@@ -101,6 +109,7 @@ impl PeerRecord {
         peer_addr: [0; 16],
         local_addr: [0; 16],
         established_ns: 0,
+        cookie: 0,
         client_port: 0,
         peer_port: 0,
         local_port: 0,
@@ -108,7 +117,8 @@ impl PeerRecord {
         format_index: 0,
         option_kind: 0,
         option_len: 0,
-        _pad: [0; 6],
+        shared: 0,
+        _pad: [0; 5],
     };
 
     /// Fills the record for a decoded `client` seen from `peer` (address,
@@ -150,7 +160,8 @@ impl PeerRecord {
         let format = &formats.formats[usize::from(client.format_index) & (MAX_FORMATS - 1)];
         self.option_kind = format.kind;
         self.option_len = format.len;
-        self._pad = [0; 6];
+        self.shared = 0;
+        self._pad = [0; 5];
     }
 
     /// True once the record holds a decoded client.
@@ -172,7 +183,8 @@ impl PeerRecord {
         };
         self.option_kind = 0;
         self.option_len = 0;
-        self._pad = [0; 6];
+        self.shared = 0;
+        self._pad = [0; 5];
     }
 
     /// The PROXY protocol version that carried the client, if one did.
@@ -185,7 +197,7 @@ impl PeerRecord {
         }
     }
 
-    /// True for a socket-storage slot still waiting for its PROXY header.
+    /// True for a pending PROXY connection's record, still without a client.
     #[inline(always)]
     pub fn is_proxy_pending(&self) -> bool {
         !self.is_set() && self.format_index == PROXY_PENDING_FORMAT
@@ -216,7 +228,8 @@ mod tests {
             format_index: 1,
         };
         let mut r = PeerRecord {
-            _pad: [9; 6],
+            _pad: [9; 5],
+            shared: 9,
             ..PeerRecord::ZERO
         };
         r.fill_decoded(
@@ -233,7 +246,7 @@ mod tests {
             (4242, 50_000, 8080)
         );
         assert_eq!(r.established_ns, 77);
-        assert_eq!(r._pad, [0; 6]);
+        assert_eq!((r._pad, r.shared), ([0; 5], 0));
         assert!(r.is_set());
     }
 
@@ -265,7 +278,7 @@ mod tests {
     #[test]
     fn record_layout_is_stable() {
         // Shared with the kernel: a size change is a compatibility change.
-        assert_eq!(core::mem::size_of::<PeerRecord>(), 72);
+        assert_eq!(core::mem::size_of::<PeerRecord>(), 80);
         assert_eq!(core::mem::align_of::<PeerRecord>(), 8);
     }
 

@@ -233,7 +233,9 @@ mod tests {
             format_index: 0,
             option_kind: 254,
             option_len: 8,
-            _pad: [0; 6],
+            _pad: [0; 5],
+            shared: 0,
+            cookie: 0,
         };
         let info = connection(7, &record, 2_500_001_000);
         assert_eq!(info.client, "10.0.1.2:40000".parse().unwrap());

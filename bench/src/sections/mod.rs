@@ -251,7 +251,9 @@ fn synthetic_record(i: u64) -> PeerRecord {
         format_index: 0,
         option_kind: 254,
         option_len: 8,
-        _pad: [0; 6],
+        _pad: [0; 5],
+            shared: 0,
+            cookie: 0,
     }
 }
 
