@@ -233,11 +233,6 @@ fn record_disappears_after_close() {
         std::thread::sleep(Duration::from_millis(20));
     }
     assert_eq!(world.map_entries(ttm_common::maps::RECORDS), 0);
-    assert_eq!(
-        world.map_entries(ttm_common::maps::TUPLES),
-        0,
-        "tuple index emptied"
-    );
     let stats = world.stats();
     assert_eq!(stats.live_records(), 0);
     assert_eq!(stats.get(Counter::RecordsRemoved), 5);

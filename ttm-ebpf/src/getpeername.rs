@@ -4,20 +4,30 @@
 
 use core::ptr::write_volatile;
 
-use aya_ebpf::{macros::cgroup_sock_addr, programs::SockAddrContext};
+use aya_ebpf::{helpers::bpf_get_socket_cookie, macros::cgroup_sock_addr, programs::SockAddrContext};
 use ttm_common::{
     compat::{peer_for_inet, peer_for_inet6},
-    Counter,
+    Counter, PeerRecord,
 };
 
-use crate::{counters::bump, peer_storage::client_record};
+use crate::{counters::bump, records};
+
+/// The record of the socket behind `ctx`, if it is this socket's own (its
+/// cookie: the same 4-tuple may be another namespace's socket).
+#[inline(always)]
+pub fn own_record<'a>(ctx: &SockAddrContext) -> Option<&'a PeerRecord> {
+    // SAFETY: context field.
+    let record = records::of_socket(unsafe { (*ctx.sock_addr).__bindgen_anon_1.sk })?;
+    // SAFETY: helper valid in sock_addr programs.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.sock_addr.cast()) };
+    (record.cookie == cookie && record.is_set()).then_some(record)
+}
 
 /// AF_INET sockets. Always returns 1 (allow).
 #[cgroup_sock_addr(getpeername4)]
 pub fn ttm_getpeername4(ctx: SockAddrContext) -> i32 {
     let sa = ctx.sock_addr;
-    // SAFETY: context field.
-    let Some(record) = client_record(unsafe { (*sa).__bindgen_anon_1.sk }) else {
+    let Some(record) = own_record(&ctx) else {
         return 1;
     };
     let Some((addr, port)) = peer_for_inet(record) else {
@@ -38,8 +48,7 @@ pub fn ttm_getpeername4(ctx: SockAddrContext) -> i32 {
 #[cgroup_sock_addr(getpeername6)]
 pub fn ttm_getpeername6(ctx: SockAddrContext) -> i32 {
     let sa = ctx.sock_addr;
-    // SAFETY: context field.
-    let Some(record) = client_record(unsafe { (*sa).__bindgen_anon_1.sk }) else {
+    let Some(record) = own_record(&ctx) else {
         return 1;
     };
     let (addr, port) = peer_for_inet6(record);

@@ -10,7 +10,7 @@ use ttm_common::{
     Counter,
 };
 
-use crate::{counters::bump, maps::CONFIG, peer_storage::client_record};
+use crate::{counters::bump, maps::CONFIG, records};
 
 const SOL_IP: i32 = 0;
 
@@ -34,8 +34,11 @@ pub fn ttm_getsockopt(ctx: SockoptContext) -> i32 {
     } else {
         return 1;
     };
+    // This hook cannot read the socket's cookie: a record whose tuple
+    // another namespace's live socket shares answers for neither.
     // SAFETY: context field.
-    let Some(record) = client_record(unsafe { (*so).__bindgen_anon_1.sk }) else {
+    let record = records::of_socket(unsafe { (*so).__bindgen_anon_1.sk });
+    let Some(record) = record.filter(|r| r.shared == 0 && r.is_set()) else {
         // The kernel's ENOPROTOOPT for an unknown option stands.
         bump(Counter::GetsockoptNoRecord);
         return 1;

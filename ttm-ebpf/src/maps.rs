@@ -3,15 +3,16 @@
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
     btf_maps::{
-        Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, ProgramArray, SkStorage, SockHash,
+        Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, ProgramArray, RingBuf, SockHash,
     },
     macros::btf_map,
 };
 use ttm_common::{
     maps::{
-        tuples_capacity, Mismatch, ProxyPending, ProxySyn, TcKey, DEFAULT_RECORDS_CAPACITY,
+        Mismatch, ProxyPending, ProxySyn, RecordEvent, TcKey, DEFAULT_RECORDS_CAPACITY,
         DEFAULT_TC_CAPACITY, MISMATCHES_CAPACITY, PROXY_PENDING_CAPACITY, PROXY_PORTS_CAPACITY,
-        PROXY_SYNS_CAPACITY, PROXY_TLVS_CAPACITY, PROXY_TLV_STASH_CAPACITY, TRUSTED_LBS_CAPACITY,
+        PROXY_SYNS_CAPACITY, PROXY_TLVS_CAPACITY, PROXY_TLV_STASH_CAPACITY, RECORD_EVENTS_BYTES,
+        TRUSTED_LBS_CAPACITY,
     },
     shift::SeqShift,
     Config, Counter, PeerRecord, TrustKey, WalkState,
@@ -20,29 +21,22 @@ use ttm_common::{
 /// Hash maps whose entries are allocated as they come, not up front.
 const NO_PREALLOC: usize = BPF_F_NO_PREALLOC as usize;
 
-/// Socket cookie → record. Written by sockops at handshake completion,
-/// removed by sockops at close; read by user space (`ttm lookup`).
-/// Capacity is set by the daemon at load (`--max-records`); a full map
+/// (local end, kernel peer) → record: the only kernel memory ttm spends
+/// per connection. Filed by sockops at handshake completion (by the PROXY
+/// verdict program once a header is read), removed by sockops at close;
+/// read by the app-facing hooks by the tuple of their socket, and by user
+/// space. Capacity set by the daemon at load (`--max-records`); a full map
 /// refuses the new record (counted), it never evicts a live one.
 #[btf_map]
-pub static RECORDS: HashMap<u64, PeerRecord, { DEFAULT_RECORDS_CAPACITY as usize }, NO_PREALLOC> =
+pub static RECORDS: HashMap<TcKey, PeerRecord, { DEFAULT_RECORDS_CAPACITY as usize }, NO_PREALLOC> =
     HashMap::new();
 
-/// 4-tuple → socket cookie, for lookups by tuple: (local, kernel peer) and
-/// (local, client) of every record in `RECORDS`. Written and removed by
-/// sockops alongside `RECORDS`; read by user space.
+/// Each record filed and removed, for the daemon's cookie and client-tuple
+/// indexes (kept in its memory). Written by sockops and the verdict program
+/// (`crate::records`); read by the daemon. A full ring drops the event
+/// (counted as `EventsLost`), never the record.
 #[btf_map]
-pub static TUPLES: HashMap<
-    TcKey,
-    u64,
-    { tuples_capacity(DEFAULT_RECORDS_CAPACITY) as usize },
-    NO_PREALLOC,
-> = HashMap::new();
-
-/// Per-socket record, freed with the socket. Written by sockops; read by
-/// sockops at close, the getsockopt shim and the getpeername rewrite.
-#[btf_map]
-pub static PEER_STORAGE: SkStorage<PeerRecord> = SkStorage::new();
+pub static RECORD_EVENTS: RingBuf<RecordEvent, { RECORD_EVENTS_BYTES as usize }> = RingBuf::new();
 
 /// Trusted load-balancer networks. Written by the daemon; read by sockops.
 #[btf_map]
@@ -61,10 +55,11 @@ pub static STATS: PerCpuArray<u64, { Counter::COUNT as usize }> = PerCpuArray::n
 #[btf_map]
 pub static SCRATCH: PerCpuArray<PeerRecord, 1> = PerCpuArray::new();
 
-/// Per-CPU scratch space for a `TUPLES` key (the stack of older verifiers
-/// has no room for it beside the record). Owned by sockops only.
+/// Per-CPU scratch space for a `RECORDS` key (the stack of older verifiers
+/// has no room for it beside the record): slot 0 sockops', slot 1 the PROXY
+/// verdict program's (which may be interrupted by sockops on its CPU).
 #[btf_map]
-pub static KEY_SCRATCH: PerCpuArray<TcKey, 1> = PerCpuArray::new();
+pub static KEY_SCRATCH: PerCpuArray<TcKey, 2> = PerCpuArray::new();
 
 /// Per-CPU home of the option walk between steps. Re-reading it from map
 /// memory at each step keeps verifier states from multiplying. Owned by sockops.

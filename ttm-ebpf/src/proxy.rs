@@ -36,8 +36,8 @@ use crate::{
         PROXY_FLOWS, PROXY_PENDING, PROXY_PORTS, PROXY_SCRATCH, PROXY_SOCKS, PROXY_SYNS,
         PROXY_TLV_STASH, V1_WALK,
     },
-    peer_storage::record_or_insert,
-    sockops::{four_tuple, index_tuples, is_trusted},
+    records::{self, KeySlot},
+    sockops::{four_tuple, is_trusted},
 };
 
 /// Bounds `v` to 0..=255 in a register LLVM cannot see through (the
@@ -117,13 +117,6 @@ pub fn watch(ctx: &SockOpsContext, trust_any: bool) {
         let _ = PROXY_PENDING.remove(&cookie);
         bump(Counter::ProxyWatchFailed);
         return;
-    }
-    // A slot already holding a TCP option's record keeps it (records are
-    // never overwritten); else the slot says "waiting for the header".
-    // SAFETY: `sk` is a context field, null-checked.
-    let sk = unsafe { (*ctx.ops).__bindgen_anon_2.sk };
-    if !sk.is_null() {
-        let _ = record_or_insert(sk.cast(), &mut pending.record);
     }
     bump(Counter::ProxyWatched);
 }
@@ -271,12 +264,12 @@ fn on_segment(ctx: &SkBuffContext, cookie: u64, pending: &mut ProxyPending) -> u
             match client {
                 // Recorded at the handshake (the ingress program read the
                 // header off its segment, sockops took it): only removed here.
-                Some(_) if crate::maps::RECORDS.get_ptr(&cookie).is_some() => {}
+                Some(_) if own_record(&pending.record, cookie) => {}
                 Some(client) => {
                     // SAFETY: helper without preconditions.
                     let now = unsafe { bpf_ktime_get_ns() };
                     pending.record.fill_proxy(&client, version, now);
-                    if store(&pending.record, cookie) {
+                    if store(&mut pending.record, cookie) {
                         bump(Counter::ProxyDecoded);
                     }
                 }
@@ -369,21 +362,22 @@ fn put_back(ctx: &SkBuffContext, pending: &ProxyPending, held: usize) -> u32 {
     SK_PASS
 }
 
-/// Files a PROXY record in the cookie map and the tuple index (the socket's
-/// storage is filled by the app-facing hooks on first use, which this
-/// program type cannot reach).
+/// Whether `cookie`'s socket (whose tuple `record` holds) has a record.
 #[inline(always)]
-fn store(record: &PeerRecord, cookie: u64) -> bool {
-    if crate::maps::RECORDS
-        .insert(&cookie, record, BPF_NOEXIST as u64)
-        .is_err()
-    {
-        bump(Counter::MapInsertFailed);
+fn own_record(record: &PeerRecord, cookie: u64) -> bool {
+    records::key_of(record, KeySlot::Verdict).is_some_and(|key| records::has_own(key, cookie))
+}
+
+/// Files a PROXY record under its 4-tuple (a TCP option's record, filed at
+/// the handshake, is never overwritten).
+#[inline(always)]
+fn store(record: &mut PeerRecord, cookie: u64) -> bool {
+    record.cookie = cookie;
+    record.shared = 0;
+    if !records::file(record, KeySlot::Verdict) {
         return false;
     }
-    bump(Counter::RecordsStored);
     bump(Counter::Decoded);
-    index_tuples(record, cookie);
     true
 }
 

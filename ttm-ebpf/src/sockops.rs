@@ -6,7 +6,7 @@ use core::ptr;
 
 use aya_ebpf::{
     bindings::{
-        bpf_sock_ops, BPF_ANY, BPF_NOEXIST, BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB,
+        bpf_sock_ops, BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB,
         BPF_SOCK_OPS_STATE_CB, BPF_SOCK_OPS_STATE_CB_FLAG, BPF_SOCK_OPS_TCP_LISTEN_CB,
         BPF_TCP_CLOSE,
     },
@@ -24,9 +24,9 @@ use ttm_common::{
 
 use crate::{
     counters::bump,
-    maps::{CONFIG, KEY_SCRATCH, RECORDS, SCRATCH, TC_RECORDS, TRUSTED_LBS, TUPLES},
+    maps::{CONFIG, SCRATCH, TC_RECORDS, TRUSTED_LBS},
     packet::TcpOptions,
-    peer_storage::{record_of, record_or_insert},
+    records::{self, KeySlot},
     walk::walk_options,
 };
 
@@ -137,6 +137,13 @@ fn on_passive_established<const READ_HEADER: bool>(ctx: &SockOpsContext) {
     // option walk it would not fit the 512 bytes older verifiers allow.
     let (peer, peer_port, local, local_port) = four_tuple(ctx);
     record.set_tuple((peer, peer_port), (local, local_port));
+    // SAFETY: helper valid in sockops.
+    record.cookie = unsafe { bpf_get_socket_cookie(ctx.ops.cast()) };
+    // Another namespace's live record of this tuple must not answer for
+    // this socket, whether or not it gets a record of its own.
+    if let Some(key) = records::key_of(record, KeySlot::Sockops) {
+        records::note_tuple(key, record.cookie);
+    }
     if config.trust_any == 0 && !is_trusted(&record.peer_addr) {
         bump(Counter::Untrusted);
         return;
@@ -260,128 +267,31 @@ fn from_header(ctx: &SockOpsContext, config: &Config, record: &mut PeerRecord) -
     }
 }
 
-/// Files `record` in the socket's storage, the cookie map and the tuple
-/// index, and asks for the close callback. False when nothing new was stored.
+/// Files `record` under its 4-tuple with this socket's cookie, and asks
+/// for the close callback. False when nothing new was stored.
 #[inline(always)]
 fn store(ctx: &SockOpsContext, record: &mut PeerRecord) -> bool {
-    // SAFETY: `sk` is a context field; null-checked below.
-    let sk = unsafe { (*ctx.ops).__bindgen_anon_2.sk };
-    if sk.is_null() {
-        bump(Counter::StorageFailed);
-        return false;
-    }
-    let Some(stored) = record_or_insert(sk.cast(), record) else {
-        bump(Counter::StorageFailed);
-        return false;
-    };
-    if stored.established_ns != record.established_ns {
-        // A record already existed: it is never overwritten.
-        return false;
-    }
     // SAFETY: helper valid in sockops.
-    let cookie = unsafe { bpf_get_socket_cookie(ctx.ops.cast()) };
-    // BPF_NOEXIST: a cookie is never reused, and a full map must refuse
-    // rather than replace.
-    if RECORDS.insert(cookie, &*record, BPF_NOEXIST as u64).is_ok() {
-        bump(Counter::RecordsStored);
-        index_tuples(record, cookie);
-    } else {
-        // Full (`--max-records`) or out of memory: the socket's storage
-        // still serves the hooks and lookups by fd.
-        bump(Counter::MapInsertFailed);
+    record.cookie = unsafe { bpf_get_socket_cookie(ctx.ops.cast()) };
+    record.shared = 0;
+    if !records::file(record, KeySlot::Sockops) {
+        return false;
     }
-    // Ask for state callbacks so the entries go when the socket closes.
+    // Ask for state callbacks so the record goes when the socket closes.
     let _ = ctx.set_cb_flags((ctx.cb_flags() | BPF_SOCK_OPS_STATE_CB_FLAG) as i32);
     true
 }
 
-/// The `TUPLES` key (local end, `peer`) of `record`, built in map memory.
-#[inline(always)]
-fn tuple_key<'a>(record: &PeerRecord, peer: (Addr16, u16)) -> Option<&'a TcKey> {
-    let key = KEY_SCRATCH.get_ptr_mut(0)?;
-    // SAFETY: the per-CPU scratch slot is ours until the program returns.
-    let key = unsafe { &mut *key };
-    key.local_addr = record.local_addr;
-    key.local_port = record.local_port;
-    key.peer_addr = peer.0;
-    key.peer_port = peer.1;
-    Some(key)
-}
-
-/// The two tuples `record` is found by: the kernel's and the app's view.
-#[inline(always)]
-fn tuples_of(record: &PeerRecord) -> [(Addr16, u16); 2] {
-    [
-        (record.peer_addr, record.peer_port),
-        (record.client_addr, record.client_port),
-    ]
-}
-
-/// Files `record`'s tuples in `TUPLES` under `cookie`.
-#[inline(always)]
-pub fn index_tuples(record: &PeerRecord, cookie: u64) {
-    for peer in tuples_of(record) {
-        let Some(key) = tuple_key(record, peer) else {
-            return;
-        };
-        if TUPLES.insert(key, cookie, BPF_ANY as u64).is_err() {
-            bump(Counter::TupleIndexFailed);
-        }
-    }
-}
-
-/// Removes `record`'s tuples from `TUPLES`, where they still name `cookie`
-/// (the same tuple in another network namespace may have replaced them).
-#[inline(always)]
-fn unindex_tuples(record: &PeerRecord, cookie: u64) {
-    for peer in tuples_of(record) {
-        let Some(key) = tuple_key(record, peer) else {
-            return;
-        };
-        let ours = TUPLES.get_ptr(key).is_some_and(|c| {
-            // SAFETY: a live map value.
-            unsafe { *c == cookie }
-        });
-        if ours {
-            let _ = TUPLES.remove(key);
-        }
-    }
-}
-
 #[inline(always)]
 fn on_close(ctx: &SockOpsContext) {
-    // SAFETY: context field (null-checked by `record_of`).
-    let sk = unsafe { (*ctx.ops).__bindgen_anon_2.sk };
-    let Some(slot) = record_of(sk.cast()) else {
-        return;
-    };
     // SAFETY: helper valid in sockops.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.ops.cast()) };
-    let record = if slot.is_proxy_pending() {
-        // A PROXY connection whose record (if its header named one) is in
-        // the cookie map only: no app hook copied it into the slot.
-        crate::proxy::forget(cookie);
-        // SAFETY: a live map value, read before its removal below.
-        match RECORDS.get_ptr(&cookie) {
-            Some(r) => unsafe { &*r },
-            None => return,
-        }
-    } else if slot.is_set() {
-        slot
-    } else {
-        return;
-    };
-    let had_tlvs = record.proxy_version() == Some(ttm_common::proxy::ProxyVersion::V2);
-    // Absent when the map was full at the handshake (counted then). The
-    // tuples go first: `record` may be the cookie map's own value.
-    if RECORDS.get_ptr(&cookie).is_some() {
-        unindex_tuples(record, cookie);
-        if RECORDS.remove(cookie).is_ok() {
-            bump(Counter::RecordsRemoved);
-        }
-    }
-    // The TC path's entries for this 4-tuple, if it made any, go too.
+    crate::proxy::forget(cookie);
     let key = tc_key(ctx);
+    // Absent when the map was full at the handshake (counted then), or
+    // when the tuple's record is another namespace's socket's.
+    let had_tlvs = records::unfile(&key, cookie).unwrap_or(false);
+    // The TC path's entries for this 4-tuple, if it made any, go too.
     let _ = TC_RECORDS.remove(&key);
     let _ = crate::maps::PROXY_FLOWS.remove(&key);
     if had_tlvs {

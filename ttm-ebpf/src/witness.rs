@@ -20,7 +20,7 @@ use ttm_common::{
     Addr16, Counter,
 };
 
-use crate::{counters::bump, maps::MISMATCHES, peer_storage::record_of};
+use crate::{counters::bump, getpeername::own_record, maps::MISMATCHES};
 
 #[inline(always)]
 fn check(
@@ -33,9 +33,7 @@ fn check(
     if returned == kernel && returned_port == kernel_port {
         return;
     }
-    // SAFETY: context field.
-    let sk = unsafe { (*ctx.sock_addr).__bindgen_anon_1.sk };
-    if let Some(record) = record_of(sk) {
+    if let Some(record) = own_record(ctx) {
         if returned == record.client_addr && returned_port == record.client_port {
             return;
         }

@@ -66,13 +66,13 @@ pub fn run() -> Vec<Probe> {
     }
     match Ebpf::load(crate::EBPF_OBJECT) {
         Err(e) => out.push(probe(
-            "ttm's maps (sk_storage, LRU hash, LPM trie)",
+            "ttm's maps (hash, LRU hash, LPM trie, ring buffer)",
             false,
             e.to_string(),
         )),
         Ok(mut ebpf) => {
             out.push(probe(
-                "ttm's maps (sk_storage, LRU hash, LPM trie)",
+                "ttm's maps (hash, LRU hash, LPM trie, ring buffer)",
                 true,
                 "created",
             ));

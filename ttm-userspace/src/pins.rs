@@ -9,10 +9,9 @@ pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/ttm";
 
 /// The maps ttm pins, by name (the pin file has the map's name). A new
 /// daemon reuses them, so records and counters survive restarts.
-pub const PINNED_MAPS: [&str; 14] = [
+pub const PINNED_MAPS: [&str; 13] = [
     maps::RECORDS,
-    maps::TUPLES,
-    maps::PEER_STORAGE,
+    maps::RECORD_EVENTS,
     maps::STATS,
     maps::CONFIG,
     maps::TRUSTED_LBS,

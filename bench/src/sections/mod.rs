@@ -252,8 +252,8 @@ fn synthetic_record(i: u64) -> PeerRecord {
         option_kind: 254,
         option_len: 8,
         _pad: [0; 5],
-            shared: 0,
-            cookie: 0,
+        shared: 0,
+        cookie: SYNTHETIC_COOKIES + i,
     }
 }
 

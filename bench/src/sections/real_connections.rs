@@ -6,7 +6,7 @@ pub(super) fn real_connections(lab: &Lab, sizes: &Sizes) -> Result<Section> {
     let n = sizes.real_connections;
     let daemon = daemon(lab, &["--metrics", METRICS_ADDR])?;
     let pins = PinDir::new(PIN_DIR);
-    let idle = [maps::RECORDS, maps::TUPLES]
+    let idle = [maps::RECORDS]
         .map(|m| pinned_memlock(&pins, m))
         .into_iter()
         .collect::<Result<Vec<_>>>()?;
@@ -28,7 +28,7 @@ pub(super) fn real_connections(lab: &Lab, sizes: &Sizes) -> Result<Section> {
     if stats.live_records() != n || stats.get(ttm_common::Counter::MapInsertFailed) != 0 {
         bail!("{n} connections but {} live records", stats.live_records());
     }
-    let full = [maps::RECORDS, maps::TUPLES]
+    let full = [maps::RECORDS]
         .map(|m| pinned_memlock(&pins, m))
         .into_iter()
         .collect::<Result<Vec<_>>>()?;

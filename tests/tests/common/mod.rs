@@ -261,13 +261,6 @@ impl World {
             aya::maps::MapData::from_pin(PinDir::new(PIN_DIR).map(name)).expect("pinned map");
         let map = aya::maps::Map::from_map_data(data).expect("map");
         match name {
-            ttm_common::maps::TUPLES => {
-                aya::maps::HashMap::<_, ttm_common::maps::TcKey, u64>::try_from(map)
-                    .expect("hash")
-                    .keys()
-                    .filter(Result::is_ok)
-                    .count()
-            }
             ttm_common::maps::PROXY_TLVS => {
                 aya::maps::HashMap::<_, u64, ttm_common::proxy::HeaderBuf>::try_from(map)
                     .expect("hash")
@@ -282,7 +275,7 @@ impl World {
                     .filter(Result::is_ok)
                     .count()
             }
-            _ => aya::maps::HashMap::<_, u64, ttm_common::PeerRecord>::try_from(map)
+            _ => aya::maps::HashMap::<_, ttm_common::maps::TcKey, ttm_common::PeerRecord>::try_from(map)
                 .expect("hash")
                 .keys()
                 .filter(Result::is_ok)

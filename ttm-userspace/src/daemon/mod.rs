@@ -151,7 +151,7 @@ fn proxy_socks_capacity(config: &DaemonConfig) -> u32 {
     if config.proxy_ports.is_empty() {
         return 1;
     }
-    drop_small_empty_pin(config, maps::PROXY_SOCKS, |map| {
+    drop_small_empty_pin(config, maps::PROXY_SOCKS, config.max_records, |map| {
         aya::maps::SockHash::<_, u64>::try_from(aya::maps::Map::SockHash(map))
             .map(|m| m.keys().next().is_none())
             .unwrap_or(false)
@@ -165,7 +165,7 @@ fn resize_proxy_flows(config: &DaemonConfig) {
     if config.proxy_ports.is_empty() {
         return;
     }
-    drop_small_empty_pin(config, maps::PROXY_FLOWS, |map| {
+    drop_small_empty_pin(config, maps::PROXY_FLOWS, config.max_records, |map| {
         aya::maps::HashMap::<_, maps::TcKey, ttm_common::shift::SeqShift>::try_from(
             aya::maps::Map::HashMap(map),
         )
@@ -174,13 +174,70 @@ fn resize_proxy_flows(config: &DaemonConfig) {
     });
 }
 
-/// A pinned PROXY map (`name`) smaller than `--max-records`: removed if
-/// `empty` says it holds nothing, so the load makes it anew; one that holds
-/// connections is kept, with a warning (dropping it would end their PROXY
-/// handling).
+/// Capacity of the TC path's LRU maps for `config`.
+fn tc_capacity(config: &DaemonConfig) -> u32 {
+    if config.interfaces.is_empty()
+        && config.proxy_interfaces.is_empty()
+        && config.proxy_ports.is_empty()
+    {
+        1
+    } else {
+        config.max_records.min(maps::DEFAULT_TC_CAPACITY)
+    }
+}
+
+/// Drops pinned TC maps smaller than `capacity` if they hold nothing (a
+/// daemon without interfaces pinned them with one entry).
+fn resize_tc_maps(config: &DaemonConfig, capacity: u32) {
+    drop_small_empty_pin(config, maps::TC_RECORDS, capacity, |map| {
+        aya::maps::HashMap::<_, maps::TcKey, ttm_common::PeerRecord>::try_from(
+            aya::maps::Map::LruHashMap(map),
+        )
+        .map(|m| m.keys().next().is_none())
+        .unwrap_or(false)
+    });
+    drop_small_empty_pin(config, maps::TC_PENDING, capacity, |map| {
+        aya::maps::HashMap::<_, maps::TcKey, u64>::try_from(aya::maps::Map::LruHashMap(map))
+            .map(|m| m.keys().next().is_none())
+            .unwrap_or(false)
+    });
+}
+
+/// Removes pins of an earlier layout: the cookie-keyed record map (its key
+/// is not a 4-tuple), the tuple index and the socket storage beside it.
+/// Their records are lost (those connections keep working, as the LB's);
+/// said once at start.
+fn remove_obsolete_pins(config: &DaemonConfig) {
+    let mut removed = Vec::new();
+    let records = config.pins.map(maps::RECORDS);
+    let old_records = aya::maps::MapData::from_pin(&records)
+        .ok()
+        .and_then(|m| m.info().ok())
+        .is_some_and(|i| i.key_size() as usize != size_of::<maps::TcKey>());
+    if old_records && fs::remove_file(&records).is_ok() {
+        removed.push(maps::RECORDS);
+    }
+    for name in maps::OBSOLETE_MAPS {
+        if fs::remove_file(config.pins.map(name)).is_ok() {
+            removed.push(name);
+        }
+    }
+    if !removed.is_empty() {
+        warn!(
+            "removed pinned maps of an earlier ttm layout ({}): connections recorded before \
+             this start are no longer found (they keep working); new ones are",
+            removed.join(", ")
+        );
+    }
+}
+
+/// A pinned map (`name`) smaller than `wanted`: removed if `empty` says it
+/// holds nothing, so the load makes it anew; one that holds connections is
+/// kept, with a warning (dropping it would end their handling).
 fn drop_small_empty_pin(
     config: &DaemonConfig,
     name: &str,
+    wanted: u32,
     empty: impl FnOnce(aya::maps::MapData) -> bool,
 ) {
     let pin = config.pins.map(name);
@@ -189,7 +246,7 @@ fn drop_small_empty_pin(
     };
     let small = map
         .info()
-        .map(|i| i.max_entries() < config.max_records)
+        .map(|i| i.max_entries() < wanted)
         .unwrap_or(false);
     if !small {
         return;
@@ -198,8 +255,8 @@ fn drop_small_empty_pin(
         let _ = fs::remove_file(&pin);
     } else {
         warn!(
-            "{} holds PROXY connections and is smaller than --max-records: kept; restart ttm \
-             once they are gone to get the larger map",
+            "{} holds connections and is smaller than this configuration wants: kept; \
+             restart ttm once they are gone to get the larger map",
             pin.display()
         );
     }
@@ -305,11 +362,14 @@ impl Daemon {
         // Maps are pinned by name: a daemon after a crash or an upgrade
         // reuses them, with the records and counters they hold.
         let mut loader = EbpfLoader::new();
+        remove_obsolete_pins(config);
         loader.map_max_entries(maps::RECORDS, config.max_records);
-        loader.map_max_entries(maps::TUPLES, maps::tuples_capacity(config.max_records));
         // The TC maps are preallocated LRUs holding only handshakes in flight
-        // and sockets sockops does not see: bounded, whatever --max-records is.
-        let tc_capacity = config.max_records.min(maps::DEFAULT_TC_CAPACITY);
+        // and sockets sockops does not see: bounded, whatever --max-records
+        // is, and one entry where nothing fills them (no interface, no PROXY
+        // port), so an idle daemon costs only the record map's buckets.
+        let tc_capacity = tc_capacity(config);
+        resize_tc_maps(config, tc_capacity);
         loader.map_max_entries(maps::TC_RECORDS, tc_capacity);
         loader.map_max_entries(maps::TC_PENDING, tc_capacity);
         loader.map_max_entries(maps::PROXY_SOCKS, proxy_socks_capacity(config));
@@ -448,6 +508,8 @@ impl Daemon {
         }
         let directory = PinnedDirectory::open(&daemon.pins, daemon.plan.tc)
             .context("opening the pinned maps")?;
+        crate::records::events::spawn(&daemon.pins, directory.index())
+            .context("following the record events")?;
         let service = LookupService::bind(
             &config.socket,
             config.socket_group,

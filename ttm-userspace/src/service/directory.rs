@@ -49,6 +49,13 @@ impl PinnedDirectory {
     }
 }
 
+impl PinnedDirectory {
+    /// The record store's cookie and client index, for the event reader.
+    pub fn index(&self) -> std::sync::Arc<crate::records::index::RecordIndex> {
+        self.records.index()
+    }
+}
+
 impl Directory for PinnedDirectory {
     fn by_cookie(&self, cookie: u64) -> Result<Option<Connection>, RecordsError> {
         self.records.by_cookie(cookie)

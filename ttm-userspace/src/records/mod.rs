@@ -1,14 +1,19 @@
 //! Reading decoded connections from the pinned maps.
 
+pub mod events;
+pub mod index;
+
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::os::fd::BorrowedFd;
+use std::sync::Arc;
 use std::time::Duration;
 
-use std::os::fd::{AsRawFd, BorrowedFd};
-
-use aya::maps::{HashMap, Map, MapData, MapError, SkStorage};
+use aya::maps::{HashMap, Map, MapData, MapError};
 use ttm_client::provenance::canonical;
 use ttm_client::Connection;
 use ttm_common::{maps, maps::TcKey, ClientFamily, PeerRecord};
+
+use index::RecordIndex;
 
 use crate::host::monotonic_ns;
 use crate::pins::PinDir;
@@ -56,14 +61,14 @@ pub fn connection(cookie: u64, record: &PeerRecord, now_ns: u64) -> Connection {
     }
 }
 
-/// The pinned maps lookups read: cookie → record, the tuple index, the
-/// sockets' own storage, and the TC path's 4-tuple → record map when the
-/// daemon pinned one. Every lookup is a fixed number of map gets: none
-/// walks a map, so its cost does not grow with the number of records.
+/// The pinned maps lookups read — the records by 4-tuple, and the TC
+/// path's 4-tuple → record map when the daemon pinned one — with the
+/// cookie and client-tuple index kept in this process. Every lookup is a
+/// fixed number of hash gets: none walks a map, so its cost does not grow
+/// with the number of records (only opening the store walks it once).
 pub struct RecordStore {
-    map: HashMap<MapData, u64, PeerRecord>,
-    tuples: Option<HashMap<MapData, TcKey, u64>>,
-    storage: Option<SkStorage<MapData, PeerRecord>>,
+    map: HashMap<MapData, TcKey, PeerRecord>,
+    index: Arc<RecordIndex>,
     tc: Option<HashMap<MapData, TcKey, PeerRecord>>,
     tlvs: Option<HashMap<MapData, u64, ttm_common::proxy::HeaderBuf>>,
     tc_fd_fallback: bool,
@@ -108,35 +113,35 @@ fn get<K: aya::Pod, V: aya::Pod>(
 }
 
 impl RecordStore {
-    /// Opens the maps the daemon pinned under `pins`.
+    /// Opens the maps the daemon pinned under `pins` and indexes the
+    /// records live now.
     pub fn open(pins: &PinDir) -> Result<RecordStore, RecordsError> {
         let path = pins.map(maps::RECORDS);
         let data = MapData::from_pin(&path).map_err(|source| RecordsError::NotPinned {
             path: path.display().to_string(),
             source,
         })?;
-        // A hash map, or the LRU of daemons before the tuple index.
         let map = HashMap::try_from(Map::from_map_data(data)?)?;
-        let tuples = open_optional(pins, maps::TUPLES)?
-            .map(HashMap::try_from)
-            .transpose()?;
-        let storage = open_optional(pins, maps::PEER_STORAGE)?
-            .map(SkStorage::try_from)
-            .transpose()?;
         let tc = open_optional(pins, maps::TC_RECORDS)?
             .map(HashMap::try_from)
             .transpose()?;
         let tlvs = open_optional(pins, maps::PROXY_TLVS)?
             .map(HashMap::try_from)
             .transpose()?;
+        let index = Arc::new(RecordIndex::new());
+        events::rebuild(&index, &map);
         Ok(RecordStore {
             map,
-            tuples,
-            storage,
+            index,
             tc,
             tlvs,
             tc_fd_fallback: true,
         })
+    }
+
+    /// The cookie and client-tuple index, for the daemon's event reader.
+    pub fn index(&self) -> Arc<RecordIndex> {
+        Arc::clone(&self.index)
     }
 
     /// Whether lookups by fd of sockets without a record of their own try
@@ -146,27 +151,34 @@ impl RecordStore {
         self.tc_fd_fallback = on;
     }
 
-    /// The record of the connection with socket cookie `cookie`.
-    pub fn by_cookie(&self, cookie: u64) -> Result<Option<Connection>, RecordsError> {
-        let Some(record) = get(&self.map, &cookie)? else {
-            return Ok(None);
-        };
-        let mut found = connection(cookie, &record, monotonic_ns());
+    /// The connection of `record`, with its v2 TLVs when it has them.
+    fn present(&self, record: &PeerRecord) -> Result<Connection, RecordsError> {
+        let mut found = connection(record.cookie, record, monotonic_ns());
         if record.proxy_version() == Some(ttm_common::proxy::ProxyVersion::V2) {
             if let Some(tlvs) = &self.tlvs {
-                if let Some(header) = get(tlvs, &cookie)? {
+                if let Some(header) = get(tlvs, &record.cookie)? {
                     found.tlvs = crate::proxy_tlvs::describe(&header);
                 }
             }
         }
-        Ok(Some(found))
+        Ok(found)
     }
 
-    /// The record of socket `fd` (a TCP socket with cookie `cookie`): the
-    /// cookie map, else the socket's own storage (which has the record even
-    /// when the cookie map was full), else — for sockets sockops does not
-    /// see — the TC path's record for the socket's 4-tuple, as the kernel's
-    /// socket table confirms it (`sockdiag`).
+    /// The record of the connection with socket cookie `cookie`.
+    pub fn by_cookie(&self, cookie: u64) -> Result<Option<Connection>, RecordsError> {
+        let Some(key) = self.index.key_of_cookie(cookie) else {
+            return Ok(None);
+        };
+        match get(&self.map, &key)? {
+            Some(record) if record.cookie == cookie => Ok(Some(self.present(&record)?)),
+            _ => Ok(None),
+        }
+    }
+
+    /// The record of socket `fd` (a TCP socket with cookie `cookie`): by
+    /// its cookie, else — for sockets sockops does not see — the TC path's
+    /// record for the socket's 4-tuple, as the kernel's socket table
+    /// confirms it (`sockdiag`).
     pub fn by_fd(
         &self,
         fd: BorrowedFd<'_>,
@@ -174,13 +186,6 @@ impl RecordStore {
     ) -> Result<Option<Connection>, RecordsError> {
         if let Some(found) = self.by_cookie(cookie)? {
             return Ok(Some(found));
-        }
-        if let Some(storage) = &self.storage {
-            match storage.get(&fd.as_raw_fd(), 0) {
-                Ok(r) if r.is_set() => return Ok(Some(connection(cookie, &r, monotonic_ns()))),
-                Ok(_) | Err(MapError::KeyNotFound) => {}
-                Err(e) => return Err(e.into()),
-            }
         }
         let Some(tc) = self.tc.as_ref().filter(|_| self.tc_fd_fallback) else {
             return Ok(None);
@@ -194,19 +199,23 @@ impl RecordStore {
     /// The record of the connection whose local address is `local` and whose
     /// peer is `peer`: the kernel's peer (the LB), or the client when the
     /// app got it from a rewritten `accept()`/`getpeername()`. One get in
-    /// the tuple index and one in the cookie map; for sockets sockops did
-    /// not see, one get in the TC path's map by the kernel's 4-tuple.
+    /// the record map, through the client index for the app's view; for
+    /// sockets sockops did not see, one get in the TC path's map.
     pub fn by_tuple(
         &self,
         local: SocketAddr,
         peer: SocketAddr,
     ) -> Result<Option<Connection>, RecordsError> {
         let key = tc_key(canonical(local), canonical(peer));
-        if let Some(tuples) = &self.tuples {
-            if let Some(cookie) = get(tuples, &key)? {
-                if let Some(found) = self.by_cookie(cookie)? {
-                    return Ok(Some(found));
+        if let Some(record) = get(&self.map, &key)? {
+            return Ok(Some(self.present(&record)?));
+        }
+        if let Some(kernel) = self.index.key_of_client(&key) {
+            match get(&self.map, &kernel)? {
+                Some(r) if r.client_addr == key.peer_addr && r.client_port == key.peer_port => {
+                    return Ok(Some(self.present(&r)?));
                 }
+                _ => {}
             }
         }
         let Some(tc) = &self.tc else { return Ok(None) };
