@@ -140,34 +140,37 @@ pub fn key_of_socket(sk: *mut bpf_sock) -> Option<TcKey> {
         return None;
     }
     // SAFETY: fields of a non-null socket, each read at its own constant
-    // offset as the verifier requires.
+    // offset as the verifier requires. Both families' fields are read
+    // before choosing: a branch per family lets LLVM pick one base
+    // pointer and offset it, which the verifier refuses on a socket.
     unsafe {
-        let (local_addr, peer_addr) = if read_volatile(&(*sk).family) == AF_INET {
-            (
-                v4_mapped(read_volatile(&(*sk).src_ip4).to_ne_bytes()),
-                v4_mapped(read_volatile(&(*sk).dst_ip4).to_ne_bytes()),
-            )
+        let family = read_volatile(&(*sk).family);
+        let src4 = read_volatile(&(*sk).src_ip4);
+        let dst4 = read_volatile(&(*sk).dst_ip4);
+        let src6 = [
+            read_volatile(&(*sk).src_ip6[0]),
+            read_volatile(&(*sk).src_ip6[1]),
+            read_volatile(&(*sk).src_ip6[2]),
+            read_volatile(&(*sk).src_ip6[3]),
+        ];
+        let dst6 = [
+            read_volatile(&(*sk).dst_ip6[0]),
+            read_volatile(&(*sk).dst_ip6[1]),
+            read_volatile(&(*sk).dst_ip6[2]),
+            read_volatile(&(*sk).dst_ip6[3]),
+        ];
+        let local_port = read_volatile(&(*sk).src_port) as u16;
+        let peer_port = u16::from_be(read_volatile(&(*sk).dst_port));
+        let (local_addr, peer_addr) = if family == AF_INET {
+            (v4_mapped(src4.to_ne_bytes()), v4_mapped(dst4.to_ne_bytes()))
         } else {
-            (
-                from_words([
-                    read_volatile(&(*sk).src_ip6[0]),
-                    read_volatile(&(*sk).src_ip6[1]),
-                    read_volatile(&(*sk).src_ip6[2]),
-                    read_volatile(&(*sk).src_ip6[3]),
-                ]),
-                from_words([
-                    read_volatile(&(*sk).dst_ip6[0]),
-                    read_volatile(&(*sk).dst_ip6[1]),
-                    read_volatile(&(*sk).dst_ip6[2]),
-                    read_volatile(&(*sk).dst_ip6[3]),
-                ]),
-            )
+            (from_words(src6), from_words(dst6))
         };
         Some(TcKey {
             local_addr,
             peer_addr,
-            local_port: read_volatile(&(*sk).src_port) as u16,
-            peer_port: u16::from_be(read_volatile(&(*sk).dst_port)),
+            local_port,
+            peer_port,
         })
     }
 }
