@@ -411,7 +411,7 @@ impl Uploads {
 }
 
 /// `SUnreclaim` of /proc/meminfo, in bytes.
-fn slab_unreclaimable() -> Result<u64> {
+pub(super) fn slab_unreclaimable() -> Result<u64> {
     let text = std::fs::read_to_string("/proc/meminfo")?;
     text.lines()
         .find_map(|l| l.strip_prefix("SUnreclaim:"))
