@@ -58,18 +58,26 @@ fn a_full_map_refuses_new_records_counted_keeps_the_old_and_traffic_is_unaffecte
     world.connect(&world.lab.client_cgroup(), CONNECTIONS, 0);
     let accepted = world.accepted(&server, CONNECTIONS);
     let records = world.records();
-    let mut by_cookie = 0;
+    let (mut by_cookie, mut rewritten) = (0, 0);
     for a in &accepted {
-        // The hooks read per-socket storage, not the bounded cookie map.
-        assert_eq!(a.peer, a.claimed, "accept() still returns the client");
-        // So do lookups by fd, for every connection.
-        assert_eq!(a.lookup["by_fd"], a.claimed.to_string().as_str(), "{a:?}");
-        if let Some(r) = records.by_cookie(a.cookie).expect("records") {
-            assert_eq!(r.client, a.claimed, "{a:?}");
-            by_cookie += 1;
+        match records.by_cookie(a.cookie).expect("records") {
+            Some(r) => {
+                // A recorded connection: the app sees its client, everywhere.
+                assert_eq!(r.client, a.claimed, "{a:?}");
+                assert_eq!(a.peer, a.claimed, "accept() returns the client");
+                assert_eq!(a.lookup["by_fd"], a.claimed.to_string().as_str(), "{a:?}");
+                by_cookie += 1;
+            }
+            None => {
+                // A refused one works as if ttm were not there: the LB.
+                assert_ne!(a.peer, a.claimed, "no record, no rewrite: {a:?}");
+                assert_ne!(a.lookup["by_fd"], a.claimed.to_string().as_str(), "{a:?}");
+            }
         }
+        rewritten += usize::from(a.peer == a.claimed);
     }
     assert_eq!(by_cookie, CAPACITY, "the map holds exactly its capacity");
+    assert_eq!(rewritten, CAPACITY, "only recorded connections are rewritten");
     let stats = world.stats();
     assert_eq!(stats.get(Counter::Decoded), CONNECTIONS as u64);
     assert_eq!(stats.get(Counter::RecordsStored), CAPACITY as u64);

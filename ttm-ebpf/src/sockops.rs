@@ -151,9 +151,10 @@ fn on_passive_established<const READ_HEADER: bool>(ctx: &SockOpsContext) {
     let absent = if READ_HEADER {
         match from_header(ctx, config, record) {
             FromHeader::Filled => {
-                if store(ctx, record) {
-                    bump(Counter::Decoded);
-                }
+                // Decoded whether or not the map has room (a refusal is
+                // counted where it happens).
+                bump(Counter::Decoded);
+                let _ = store(ctx, record);
                 return;
             }
             FromHeader::Refused => return,
