@@ -296,7 +296,8 @@ pub enum Counter {
     /// A closing socket's cookie entry was gone before it closed. The cookie
     /// map no longer evicts, so this stays 0; kept for its place in `STATS`.
     RecordsEvicted = 9,
-    /// Socket storage could not be allocated (memory pressure).
+    /// Socket storage could not be allocated. Records no longer live in
+    /// socket storage, so this stays 0; kept for its place in `STATS`.
     StorageFailed = 10,
     /// Cookie map insert failed: the map is full (`--max-records`) or the
     /// kernel is out of memory. The socket's own storage still has the
@@ -330,7 +331,7 @@ pub enum Counter {
     /// 4-tuple records removed by the daemon's sweep: older than
     /// `--tc-max-age` and no socket with that 4-tuple left.
     TcExpired = 22,
-    /// Records filed in the cookie map. Live records = this − `RecordsRemoved`,
+    /// Records filed in the record map. Live records = this − `RecordsRemoved`,
     /// so the live count costs two per-CPU reads, not a walk of the map.
     RecordsStored = 23,
     /// A live record already holds this connection's 4-tuple: the same

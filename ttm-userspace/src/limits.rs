@@ -21,25 +21,21 @@ pub fn reached(stats: &Stats) -> Vec<LimitReached> {
     [
         (
             Counter::MapInsertFailed,
-            "the cookie map is full (--max-records): these connections are not found by cookie \
-             or tuple (getsockopt, accept()/getpeername() and lookups by fd still see their \
-             client; no live record was dropped) — raise --max-records",
+            "the record map is full (--max-records): these connections have no record (they \
+             work, and their apps see the LB's address; no live record was dropped) — raise \
+             --max-records",
         ),
         (
             Counter::TupleIndexFailed,
-            "the tuple index is full (2 × --max-records) or out of memory: these connections \
-             are not found by tuple (fd and cookie still work) — raise --max-records",
+            "these connections share their 4-tuple with a live recorded one in another network \
+             namespace: they have no record, and getsockopt(SOL_IP, 1345) answers for neither \
+             — give the namespaces' servers distinct addresses or ports",
         ),
         (
             Counter::ProxyWatchFailed,
             "PROXY connections could not be watched (65,536 headers in flight at once, or the \
              sockhash full at --max-records): their header reached the app unremoved — raise \
              --max-records, or look for a peer opening connections without sending",
-        ),
-        (
-            Counter::StorageFailed,
-            "the kernel could not allocate socket storage (memory pressure): these connections \
-             have no record at all — check the host's memory",
         ),
     ]
     .into_iter()

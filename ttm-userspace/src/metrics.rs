@@ -49,12 +49,12 @@ pub fn render(
     let live = stats.live_records();
     registry.register(
         "live_records",
-        "connections holding a record in the cookie map",
+        "connections holding a record in the record map",
         ConstGauge::new(live as i64),
     );
     registry.register(
         "records_capacity",
-        "capacity of the cookie map (--max-records)",
+        "capacity of the record map (--max-records)",
         ConstGauge::new(i64::from(capacity)),
     );
     if let Some(audit) = audit {

@@ -20,7 +20,7 @@ impl Stats {
         self.counters[counter as usize].1
     }
 
-    /// Records in the cookie map now: filed minus removed, kept by the
+    /// Records in the record map now: filed minus removed, kept by the
     /// kernel side as records come and go, so reading it costs the same at a
     /// million records as at ten.
     pub fn live_records(&self) -> u64 {

@@ -313,7 +313,7 @@ pub(super) fn proxy_protocol(lab: &Lab, sizes: &Sizes) -> Result<Section> {
                 "the pending state (255 held bytes and the record), the socket's sockmap state \
                  (psock) and its sockhash entry, and the socket-storage slot"
             } else {
-                "the record (cookie map, two tuple-index entries, socket storage) and the \
+                "the record (one element of the record map) and the \
                  connection's renumbering (a PROXY_FLOWS entry); no psock, no sockhash entry"
             },
         ));

@@ -5,6 +5,7 @@
 
 mod attach;
 mod lifecycle;
+mod record_events;
 mod run;
 
 pub use attach::compat_cgroups;
@@ -50,7 +51,7 @@ pub struct DaemonConfig {
     pub witness: bool,
     /// Where to pin the maps.
     pub pins: PinDir,
-    /// Capacity of the cookie map.
+    /// Capacity of the record map.
     pub max_records: u32,
     /// Option layouts accepted.
     pub formats: FormatTable,
@@ -299,7 +300,7 @@ pub struct Daemon {
     keep_attached: bool,
     /// The lookup service's counters, for the metrics endpoint.
     service_counters: Option<Arc<crate::service::ServiceCounters>>,
-    /// Capacity of the cookie map.
+    /// Capacity of the record map.
     capacity: u32,
     /// The metrics endpoint, if serving.
     metrics: Option<tokio::task::JoinHandle<()>>,
@@ -508,7 +509,7 @@ impl Daemon {
         }
         let directory = PinnedDirectory::open(&daemon.pins, daemon.plan.tc)
             .context("opening the pinned maps")?;
-        crate::records::events::spawn(&daemon.pins, directory.index())
+        record_events::spawn(&daemon.pins, directory.index())
             .context("following the record events")?;
         let service = LookupService::bind(
             &config.socket,

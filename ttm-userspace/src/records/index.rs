@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 use std::sync::{Mutex, RwLock};
 
-use aya::maps::{MapData, RingBuf};
+use aya::maps::{HashMap as BpfHashMap, MapData, RingBuf};
 
 use ttm_common::maps::{RecordEvent, TcKey, RECORD_FILED, RECORD_REMOVED};
 use ttm_common::PeerRecord;
@@ -137,6 +137,13 @@ impl RecordIndex {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+}
+
+/// Walks `RECORDS` into `index`; returns the number of records.
+pub fn rebuild(index: &RecordIndex, records: &BpfHashMap<MapData, TcKey, PeerRecord>) -> usize {
+    let mut n = 0;
+    index.rebuild(records.iter().filter_map(Result::ok).inspect(|_| n += 1));
+    n
 }
 
 #[cfg(test)]

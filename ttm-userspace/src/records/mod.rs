@@ -1,6 +1,5 @@
 //! Reading decoded connections from the pinned maps.
 
-pub mod events;
 pub mod index;
 
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
@@ -129,7 +128,7 @@ impl RecordStore {
             .map(HashMap::try_from)
             .transpose()?;
         let index = Arc::new(RecordIndex::new());
-        events::rebuild(&index, &map);
+        index::rebuild(&index, &map);
         Ok(RecordStore {
             map,
             index,

@@ -12,18 +12,11 @@ use log::warn;
 use ttm_common::maps::{self, TcKey};
 use ttm_common::{Counter, PeerRecord};
 
-use super::index::RecordIndex;
+use crate::records::index::{rebuild, RecordIndex};
 use crate::pins::PinDir;
 
 /// How long a read waits for events before it checks the lost-event count.
 const WAIT: Duration = Duration::from_millis(250);
-
-/// Walks `RECORDS` into `index`; returns the number of records.
-pub fn rebuild(index: &RecordIndex, records: &HashMap<MapData, TcKey, PeerRecord>) -> usize {
-    let mut n = 0;
-    index.rebuild(records.iter().filter_map(Result::ok).inspect(|_| n += 1));
-    n
-}
 
 /// Attaches the pinned `RECORD_EVENTS` to `index` and starts the thread
 /// that drains it. It runs until the process exits.
