@@ -196,8 +196,9 @@ fn join_tc_record(ctx: &SockOpsContext) -> bool {
         core::ptr::copy_nonoverlapping(found, record, 1);
         &mut *record
     };
+    // Decoded whether or not the map has room, as in sockops' own decode.
+    bump(Counter::Decoded);
     if store(ctx, record) {
-        bump(Counter::Decoded);
         if record.proxy_version().is_some() {
             // The PROXY ingress program's record, not the TC path's.
             bump(Counter::ProxyDecoded);
