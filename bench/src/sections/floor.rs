@@ -8,10 +8,20 @@ const FLOOR_CLIENTS: usize = 4;
 pub(super) fn service_floor(lab: &Lab, sizes: &Sizes) -> Result<Section> {
     let daemon = daemon(lab, &[])?;
     let pins = PinDir::new(PIN_DIR);
-    let mut records: HashMap<MapData, u64, PeerRecord> = HashMap::try_from(Map::from_map_data(
-        MapData::from_pin(pins.map(maps::RECORDS))?,
-    )?)?;
-    records.insert(SYNTHETIC_COOKIES, synthetic_record(0), 0)?;
+    let mut records: HashMap<MapData, maps::TcKey, PeerRecord> = HashMap::try_from(
+        Map::from_map_data(MapData::from_pin(pins.map(maps::RECORDS))?)?,
+    )?;
+    file_synthetic(&mut records, 0)?;
+    mark_events_lost(&pins)?;
+    let mut client = ttm_client::Client::connect(&daemon.socket)?;
+    let indexed = Instant::now();
+    while client.lookup_cookie(SYNTHETIC_COOKIES)?.is_none() {
+        if indexed.elapsed() > Duration::from_secs(10) {
+            bail!("the daemon did not index the synthetic record");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    drop(client);
     let floor_socket = PathBuf::from("/run/ttm/bench-floor.sock");
     let floor = Guarded::spawn({
         let mut cmd = Command::new(me()?);

@@ -269,6 +269,28 @@ fn synthetic_tuple(r: &PeerRecord, app_view: bool) -> (SocketAddr, SocketAddr) {
     (local, peer)
 }
 
+/// Tells the daemon that records were filed without events (the bench's
+/// synthetic ones), as the kernel does when its ring is full: the daemon
+/// then rebuilds its cookie and client index from the record map.
+fn mark_events_lost(pins: &PinDir) -> Result<()> {
+    let mut stats: aya::maps::PerCpuArray<MapData, u64> = aya::maps::PerCpuArray::try_from(
+        Map::from_map_data(MapData::from_pin(pins.map(maps::STATS))?)?,
+    )?;
+    let slot = ttm_common::Counter::EventsLost as u32;
+    let mut values = stats.get(&slot, 0)?.iter().copied().collect::<Vec<_>>();
+    values[0] += 1;
+    stats.set(slot, aya::maps::PerCpuValues::try_from(values)?, 0)?;
+    Ok(())
+}
+
+/// Files the i-th synthetic record in the pinned record map.
+fn file_synthetic(records: &mut HashMap<MapData, maps::TcKey, PeerRecord>, i: u64) -> Result<()> {
+    let r = synthetic_record(i);
+    let (local, peer) = synthetic_tuple(&r, false);
+    records.insert(ttm::records::tc_key(local, peer), r, 0)?;
+    Ok(())
+}
+
 /// Synthetic cookies stay far from real ones (which count up from 1).
 const SYNTHETIC_COOKIES: u64 = 1 << 48;
 /// Where the scale daemon serves metrics (host namespace, loopback).

@@ -20,10 +20,6 @@ pub(super) fn scale(lab: &Lab, sizes: &Sizes, chart: &mut Vec<(u64, f64, f64)>) 
     let mut records: HashMap<MapData, maps::TcKey, PeerRecord> = HashMap::try_from(
         Map::from_map_data(MapData::from_pin(pins.map(maps::RECORDS))?)?,
     )?;
-    let mut stats_map: aya::maps::PerCpuArray<MapData, u64> =
-        aya::maps::PerCpuArray::try_from(Map::from_map_data(MapData::from_pin(
-            pins.map(maps::STATS),
-        )?)?)?;
     let mut rebuild_seconds = Vec::new();
     let requests = (sizes.scale_lookups / BATCHES).max(1).to_string();
     let listen = listen_all();
@@ -61,9 +57,7 @@ pub(super) fn scale(lab: &Lab, sizes: &Sizes, chart: &mut Vec<(u64, f64, f64)>) 
     for &level in sizes.scale_levels {
         let fill_started = Instant::now();
         while filled < level {
-            let r = synthetic_record(filled);
-            let (local, peer) = synthetic_tuple(&r, false);
-            records.insert(ttm::records::tc_key(local, peer), r, 0)?;
+            file_synthetic(&mut records, filled)?;
             filled += 1;
         }
         fill_seconds += fill_started.elapsed().as_secs_f64();
@@ -71,14 +65,7 @@ pub(super) fn scale(lab: &Lab, sizes: &Sizes, chart: &mut Vec<(u64, f64, f64)>) 
         // kernel does when its ring is full, and the daemon rebuilds its
         // cookie and client index from the map.
         let rebuild_started = Instant::now();
-        let lost = stats_map.get(&(ttm_common::Counter::EventsLost as u32), 0)?;
-        let mut bumped = lost.iter().copied().collect::<Vec<_>>();
-        bumped[0] += 1;
-        stats_map.set(
-            ttm_common::Counter::EventsLost as u32,
-            aya::maps::PerCpuValues::try_from(bumped)?,
-            0,
-        )?;
+        mark_events_lost(&pins)?;
         let last = SYNTHETIC_COOKIES + level - 1;
         while client.lookup_cookie(last)?.is_none() {
             if rebuild_started.elapsed() > Duration::from_secs(120) {
