@@ -77,7 +77,10 @@ fn a_full_map_refuses_new_records_counted_keeps_the_old_and_traffic_is_unaffecte
         rewritten += usize::from(a.peer == a.claimed);
     }
     assert_eq!(by_cookie, CAPACITY, "the map holds exactly its capacity");
-    assert_eq!(rewritten, CAPACITY, "only recorded connections are rewritten");
+    assert_eq!(
+        rewritten, CAPACITY,
+        "only recorded connections are rewritten"
+    );
     let stats = world.stats();
     assert_eq!(stats.get(Counter::Decoded), CONNECTIONS as u64);
     assert_eq!(stats.get(Counter::RecordsStored), CAPACITY as u64);

@@ -37,7 +37,11 @@ fn every_one_of_ten_thousand_live_connections_is_found_and_the_count_returns_to_
     assert_eq!(stats.get(Counter::TupleIndexFailed), 0);
     assert_eq!(stats.get(Counter::RecordsEvicted), 0);
     assert_eq!(world.map_entries(maps::RECORDS), n);
-    assert_eq!(stats.get(Counter::EventsLost), 0, "every record told to the daemon");
+    assert_eq!(
+        stats.get(Counter::EventsLost),
+        0,
+        "every record told to the daemon"
+    );
     eprintln!(
         "{n} connections set up in {:.1} s ({:.0}/s)",
         held.setup.as_secs_f64(),

@@ -4,7 +4,9 @@
 
 use core::ptr::write_volatile;
 
-use aya_ebpf::{helpers::bpf_get_socket_cookie, macros::cgroup_sock_addr, programs::SockAddrContext};
+use aya_ebpf::{
+    helpers::bpf_get_socket_cookie, macros::cgroup_sock_addr, programs::SockAddrContext,
+};
 use ttm_common::{
     compat::{peer_for_inet, peer_for_inet6},
     Counter, PeerRecord,

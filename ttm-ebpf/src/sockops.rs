@@ -6,9 +6,8 @@ use core::ptr;
 
 use aya_ebpf::{
     bindings::{
-        bpf_sock_ops, BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB,
-        BPF_SOCK_OPS_STATE_CB, BPF_SOCK_OPS_STATE_CB_FLAG, BPF_SOCK_OPS_TCP_LISTEN_CB,
-        BPF_TCP_CLOSE,
+        bpf_sock_ops, BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB, BPF_SOCK_OPS_STATE_CB,
+        BPF_SOCK_OPS_STATE_CB_FLAG, BPF_SOCK_OPS_TCP_LISTEN_CB, BPF_TCP_CLOSE,
     },
     btf_maps::lpm_trie::Key,
     helpers::{bpf_get_socket_cookie, bpf_ktime_get_ns},

@@ -72,7 +72,10 @@ pub(super) fn real_connections(lab: &Lab, sizes: &Sizes) -> Result<Section> {
     let plain = TtmDaemon::start("192.0.2.0/24", &lab.rs_cgroup(), Path::new(PIN_DIR), &[])?;
     let held = ttm_lab::scale::hold(lab, &lab_bin, &plain.socket, n as usize)?;
     if held.total("accepted") != n {
-        bail!("without records: {} of {n} accepted", held.total("accepted"));
+        bail!(
+            "without records: {} of {n} accepted",
+            held.total("accepted")
+        );
     }
     let plain_held = super::proxy_protocol::slab_unreclaimable()?;
     held.release();
@@ -128,7 +131,9 @@ pub(super) fn real_connections(lab: &Lab, sizes: &Sizes) -> Result<Section> {
              in its memory from the ring of record events",
         ),
         Figure::info(
-            &format!("the same, cross-checked: unreclaimable slab freed when {n} connections close"),
+            &format!(
+                "the same, cross-checked: unreclaimable slab freed when {n} connections close"
+            ),
             format!(
                 "{slab_per:.0} B per connection = ({:.1} MiB freed with records − {:.1} MiB \
                  freed without, same connections, one run)",

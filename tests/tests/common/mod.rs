@@ -275,11 +275,15 @@ impl World {
                     .filter(Result::is_ok)
                     .count()
             }
-            _ => aya::maps::HashMap::<_, ttm_common::maps::TcKey, ttm_common::PeerRecord>::try_from(map)
+            _ => {
+                aya::maps::HashMap::<_, ttm_common::maps::TcKey, ttm_common::PeerRecord>::try_from(
+                    map,
+                )
                 .expect("hash")
                 .keys()
                 .filter(Result::is_ok)
-                .count(),
+                .count()
+            }
         }
     }
 

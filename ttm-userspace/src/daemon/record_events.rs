@@ -12,8 +12,8 @@ use log::warn;
 use ttm_common::maps::{self, TcKey};
 use ttm_common::{Counter, PeerRecord};
 
-use crate::records::index::{rebuild, RecordIndex};
 use crate::pins::PinDir;
+use crate::records::index::{rebuild, RecordIndex};
 
 /// How long a read waits for events before it checks the lost-event count.
 const WAIT: Duration = Duration::from_millis(250);
