@@ -197,12 +197,6 @@ impl PeerRecord {
         }
     }
 
-    /// True for a pending PROXY connection's record, still without a client.
-    #[inline(always)]
-    pub fn is_proxy_pending(&self) -> bool {
-        !self.is_set() && self.format_index == PROXY_PENDING_FORMAT
-    }
-
     /// What carried the client, as the lookups name it: `tcp-option`,
     /// `proxy-v1` or `proxy-v2`.
     pub fn carrier(&self) -> &'static str {
@@ -258,14 +252,14 @@ mod tests {
             (v4_mapped([10, 0, 2, 2]), 8080),
         );
         r.format_index = PROXY_PENDING_FORMAT;
-        assert!(r.is_proxy_pending() && !r.is_set());
+        assert!(!r.is_set() && r.format_index == PROXY_PENDING_FORMAT);
         let client = ProxyClient {
             addr: [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 9],
             port: 443,
             family: AddrFamily::Ipv6,
         };
         r.fill_proxy(&client, ProxyVersion::V2, 5);
-        assert!(!r.is_proxy_pending());
+        assert!(r.is_set() && r.format_index != PROXY_PENDING_FORMAT);
         assert_eq!(r.proxy_version(), Some(ProxyVersion::V2));
         assert_eq!(r.client_family, ClientFamily::SixToFour as u8);
         assert_eq!(

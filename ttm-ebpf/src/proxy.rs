@@ -372,9 +372,7 @@ fn own_record(record: &PeerRecord, cookie: u64) -> bool {
 /// the handshake, is never overwritten).
 #[inline(always)]
 fn store(record: &mut PeerRecord, cookie: u64) -> bool {
-    record.cookie = cookie;
-    record.shared = 0;
-    if !records::file(record, KeySlot::Verdict) {
+    if !records::file(record, cookie, KeySlot::Verdict) {
         return false;
     }
     bump(Counter::Decoded);

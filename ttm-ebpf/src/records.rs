@@ -43,22 +43,24 @@ pub fn key_of<'a>(record: &PeerRecord, slot: KeySlot) -> Option<&'a TcKey> {
     Some(key)
 }
 
-/// Files `record` (its `cookie` set) under its 4-tuple. True when filed;
-/// false when this socket has a record already (never overwritten), the
-/// tuple is another live socket's (marked shared, counted), or the map is
-/// full (counted).
+/// Files `record` under its 4-tuple as socket `cookie`'s (unshared). True
+/// when filed; false when this socket has a record already (never
+/// overwritten), the tuple is another live socket's (marked shared,
+/// counted), or the map is full (counted).
 #[inline(always)]
-pub fn file(record: &PeerRecord, slot: KeySlot) -> bool {
+pub fn file(record: &mut PeerRecord, cookie: u64, slot: KeySlot) -> bool {
+    record.cookie = cookie;
+    record.shared = 0;
     let Some(key) = key_of(record, slot) else {
         return false;
     };
-    if RECORDS.insert(key, record, BPF_NOEXIST as u64).is_ok() {
+    if RECORDS.insert(key, &*record, BPF_NOEXIST as u64).is_ok() {
         bump(Counter::RecordsStored);
         announce(RECORD_FILED, key, record);
         return true;
     }
     match RECORDS.get_ptr_mut(key) {
-        Some(other) => mark_if_other(other, record.cookie),
+        Some(other) => mark_if_other(other, cookie),
         None => bump(Counter::MapInsertFailed),
     }
     false

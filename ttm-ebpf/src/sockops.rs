@@ -273,9 +273,8 @@ fn from_header(ctx: &SockOpsContext, config: &Config, record: &mut PeerRecord) -
 #[inline(always)]
 fn store(ctx: &SockOpsContext, record: &mut PeerRecord) -> bool {
     // SAFETY: helper valid in sockops.
-    record.cookie = unsafe { bpf_get_socket_cookie(ctx.ops.cast()) };
-    record.shared = 0;
-    if !records::file(record, KeySlot::Sockops) {
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.ops.cast()) };
+    if !records::file(record, cookie, KeySlot::Sockops) {
         return false;
     }
     // Ask for state callbacks so the record goes when the socket closes.
