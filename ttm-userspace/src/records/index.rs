@@ -21,6 +21,10 @@ pub struct RecordIndex {
     /// the ring's one reader). Drained by the reader thread, and by a
     /// lookup that misses, so a record filed just before it is found.
     ring: Mutex<Option<RingBuf<MapData>>>,
+    /// While a rebuild walks the map: every event applied meanwhile, to be
+    /// applied again to the new index before it replaces the old one (the
+    /// walk may have read the map before or after each of them).
+    replay: Mutex<Option<Vec<RecordEvent>>>,
 }
 
 #[derive(Debug, Default)]
@@ -63,13 +67,15 @@ impl RecordIndex {
 
     /// Applies one event from `RECORD_EVENTS`; unknown kinds are ignored.
     pub fn apply(&self, event: &RecordEvent) {
-        let client = client_key(&event.key, event.client_addr, event.client_port);
-        let mut maps = self.maps.write().unwrap_or_else(|e| e.into_inner());
-        match event.kind {
-            RECORD_FILED => maps.file(event.key, event.cookie, client),
-            RECORD_REMOVED => maps.remove(&event.key, event.cookie, &client),
-            _ => {}
+        if let Some(replay) = self
+            .replay
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_mut()
+        {
+            replay.push(*event);
         }
+        apply_to(&mut self.maps.write().unwrap_or_else(|e| e.into_inner()), event);
     }
 
     /// Makes `ring` this index's event source.
@@ -95,15 +101,28 @@ impl RecordIndex {
         n
     }
 
-    /// Replaces the whole index with `records` (a walk of `RECORDS`). The
-    /// ring is not drained meanwhile: events of records filed during the
-    /// walk are applied after it.
+    /// Replaces the whole index with `records` (a walk of `RECORDS`).
+    /// Lookups go on meanwhile, from the old index and the events drained
+    /// during the walk; those events are applied again to the new index
+    /// before it takes over, so none is lost whichever side of the walk it
+    /// fell on (an index entry only points, and every hit is checked).
     pub fn rebuild(&self, records: impl IntoIterator<Item = (TcKey, PeerRecord)>) {
-        let _ring = self.ring.lock().unwrap_or_else(|e| e.into_inner());
+        *self.replay.lock().unwrap_or_else(|e| e.into_inner()) = Some(Vec::new());
         let mut fresh = Maps::default();
         for (key, record) in records {
             let client = client_key(&key, record.client_addr, record.client_port);
             fresh.file(key, record.cookie, client);
+        }
+        // The ring held: no event is applied between the replay and the swap.
+        let _ring = self.ring.lock().unwrap_or_else(|e| e.into_inner());
+        let replay = self
+            .replay
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+            .unwrap_or_default();
+        for event in &replay {
+            apply_to(&mut fresh, event);
         }
         *self.maps.write().unwrap_or_else(|e| e.into_inner()) = fresh;
     }
@@ -136,6 +155,15 @@ impl RecordIndex {
     /// True when nothing is indexed.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+fn apply_to(maps: &mut Maps, event: &RecordEvent) {
+    let client = client_key(&event.key, event.client_addr, event.client_port);
+    match event.kind {
+        RECORD_FILED => maps.file(event.key, event.cookie, client),
+        RECORD_REMOVED => maps.remove(&event.key, event.cookie, &client),
+        _ => {}
     }
 }
 
@@ -214,5 +242,31 @@ mod tests {
         assert_eq!(index.key_of_cookie(9), Some(key(50_002)));
         let client = client_key(&key(50_002), v4_mapped([198, 51, 100, 1]), 1234);
         assert_eq!(index.key_of_client(&client), Some(key(50_002)));
+    }
+
+    #[test]
+    fn events_applied_during_a_rebuild_survive_it_and_lookups_are_served_meanwhile() {
+        let index = RecordIndex::new();
+        index.apply(&event(RECORD_FILED, 50_000, 7, [192, 0, 2, 9]));
+        // The walk saw record 9 only; record 7 was removed and record 8
+        // filed while it ran, and a lookup was answered from the old index.
+        let record = PeerRecord {
+            cookie: 9,
+            client_addr: v4_mapped([198, 51, 100, 1]),
+            client_port: 1234,
+            ..PeerRecord::ZERO
+        };
+        let walk = std::iter::once((key(50_002), record)).inspect(|_| {
+            assert_eq!(index.key_of_cookie(7), Some(key(50_000)));
+            index.apply(&event(RECORD_REMOVED, 50_000, 7, [192, 0, 2, 9]));
+            index.apply(&event(RECORD_FILED, 50_001, 8, [192, 0, 2, 8]));
+        });
+        index.rebuild(walk);
+        assert_eq!(index.key_of_cookie(7), None);
+        assert_eq!(index.key_of_cookie(8), Some(key(50_001)));
+        assert_eq!(index.key_of_cookie(9), Some(key(50_002)));
+        assert_eq!(index.len(), 2);
+        // The replay log is gone once the rebuild is done.
+        assert!(index.replay.lock().unwrap().is_none());
     }
 }
