@@ -93,7 +93,9 @@ impl TtmDaemon {
         }
         // TC on the real server's interface: a mode with TC, or PROXY
         // headers sent up alone there.
-        let tc = (!mode.is_empty() && mode != "sockops") || extra.contains(&"--proxy-interface");
+        let tc = (!mode.is_empty() && mode != "sockops")
+            || extra.contains(&"--proxy-interface")
+            || extra.contains(&"--udp-interface");
         if tc {
             // The TC classifier watches the real server's interface, so the
             // daemon joins the real server's network namespace (only that:

@@ -15,6 +15,7 @@ pub mod lab;
 pub mod process;
 pub mod proxies;
 pub mod scale;
+pub mod uoa_marker;
 pub mod writer;
 
 pub use daemon::TtmDaemon;

@@ -77,6 +77,34 @@ enum Cmd {
         #[arg(long)]
         count: usize,
     },
+    /// Test-only UOA marker (run in the LB's namespace): sends UDP from the
+    /// LB to the real server marked as DPVS marks a flow, and prints the
+    /// server's answers as one JSON line.
+    UoaSend {
+        #[arg(long)]
+        from: SocketAddr,
+        #[arg(long)]
+        to: SocketAddr,
+        #[arg(long, value_enum, default_value = "ipopt")]
+        carrier: ttm_lab::uoa_marker::Carrier,
+        /// The client to mark, as DPVS writes it.
+        #[arg(long)]
+        client: Option<SocketAddr>,
+        /// The option bytes in hex instead (hostile shapes).
+        #[arg(long)]
+        option_hex: Option<String>,
+        /// A marking-only datagram (empty payload) first, then the payload unmarked.
+        #[arg(long)]
+        marker_first: bool,
+        #[arg(long, default_value = "hello")]
+        payload: String,
+        /// Unmarked datagrams of the flow sent after the first.
+        #[arg(long, default_value_t = 0)]
+        more: usize,
+        /// Milliseconds to wait for each answer (default: do not wait).
+        #[arg(long)]
+        wait_ms: Option<u64>,
+    },
     /// The end-to-end demo: lab up, ttm daemon, connections, what ttm recovered, lab down.
     Demo {
         #[arg(long, default_value_t = 5)]
@@ -131,6 +159,40 @@ fn run(cli: Cli) -> Result<()> {
         } => hold::hold_server(listen, count, &lookup),
         Cmd::HoldClient { to, count } => hold::hold_client(to, count),
         Cmd::Demo { connections } => demo(connections),
+        Cmd::UoaSend {
+            from,
+            to,
+            carrier,
+            client,
+            option_hex,
+            marker_first,
+            payload,
+            more,
+            wait_ms,
+        } => {
+            let option = match (client, option_hex) {
+                (Some(client), None) => ttm_lab::uoa_marker::marking(client),
+                (None, Some(hex)) => (0..hex.len())
+                    .step_by(2)
+                    .map(|i| u8::from_str_radix(hex.get(i..i + 2).unwrap_or("zz"), 16))
+                    .collect::<Result<Vec<u8>, _>>()
+                    .context("--option-hex: pairs of hex digits")?,
+                (None, None) => Vec::new(),
+                (Some(_), Some(_)) => anyhow::bail!("--client or --option-hex, not both"),
+            };
+            let answers = ttm_lab::uoa_marker::send(&ttm_lab::uoa_marker::Send {
+                from,
+                to,
+                carrier,
+                option,
+                marker_first,
+                payload: payload.into_bytes(),
+                more,
+                answer_wait: wait_ms.map(std::time::Duration::from_millis),
+            })?;
+            println!("{}", serde_json::json!({ "answers": answers }));
+            Ok(())
+        }
     }
 }
 

@@ -5,7 +5,7 @@
 //! ([`parser`]), the per-connection record ([`record`]) and the layout of the
 //! maps both sides share ([`maps`]), what applications are shown
 //! ([`compat`]), the PROXY protocol header ([`proxy`]) and DPVS's UDP
-//! marking of the client ([`uoa`]).
+//! marking of the client ([`uoa`]) and the UDP flows it names ([`udp`]).
 #![cfg_attr(not(test), no_std)]
 
 pub mod addr;
@@ -16,6 +16,7 @@ pub mod parser;
 pub mod proxy;
 pub mod record;
 pub mod shift;
+pub mod udp;
 pub mod uoa;
 
 pub use addr::Addr16;
@@ -37,4 +38,7 @@ mod pod {
     unsafe impl aya::Pod for crate::maps::ProxyPending {}
     unsafe impl aya::Pod for crate::proxy::HeaderBuf {}
     unsafe impl aya::Pod for crate::shift::SeqShift {}
+    unsafe impl aya::Pod for crate::udp::UdpFlowKey {}
+    unsafe impl aya::Pod for crate::udp::UdpFlow {}
+    unsafe impl aya::Pod for crate::udp::Delivery {}
 }

@@ -219,6 +219,15 @@ pub struct RecordEvent {
 /// handshakes in flight and sockets outside the decoder's cgroup. These are
 /// preallocated (an LRU map always is), so they stay small.
 pub const DEFAULT_TC_CAPACITY: u32 = 65_536;
+/// Hash: [`crate::udp::UdpFlowKey`] → [`crate::udp::UdpFlow`], the UDP
+/// flows a trusted LB marked (`--udp-interface`), bounded by
+/// `--max-udp-flows`, expired by the daemon after `--udp-idle`.
+pub const UDP_FLOWS: &str = "UDP_FLOWS";
+/// Socket storage: [`crate::udp::Delivery`], the flow of the datagram each
+/// unconnected UDP socket last delivered (for the UOA lookup). Not pinned:
+/// it describes sockets of this load only.
+pub const UDP_DELIVERIES: &str = "UDP_DELIVERIES";
+
 /// Capacity of `TRUSTED_LBS`.
 pub const TRUSTED_LBS_CAPACITY: u32 = 1_024;
 
@@ -257,6 +266,18 @@ pub struct Config {
     /// (`--proxy-protocol`; only then does sockops look there) and whether
     /// the TC program reads TCP options or only follows PROXY handshakes.
     pub proxy_flags: u32,
+    /// `--udp-idle` in seconds: a UDP flow idle this long is answered no
+    /// more (the daemon's sweep then removes it); 0 while UDP is off.
+    pub udp_idle_secs: u32,
+    /// What `getsockopt(SOL_IP, name)` answers with the UOA lookup (uoa.ko's
+    /// 2048); 0 while UDP is off.
+    pub uoa_getsockopt_name: u32,
+    /// What the UOA lookup returns for a flow it has no client for:
+    /// -ENOENT as uoa.ko does, where the kernel lets cgroup programs choose
+    /// the errno (5.18+); else 0, which leaves the kernel's ENOPROTOOPT.
+    pub uoa_missing_retval: i32,
+    /// Explicit padding; always zero.
+    pub _pad: u32,
 }
 
 impl Config {
@@ -268,6 +289,10 @@ impl Config {
         nat64_getsockopt_name: 0,
         short_buffer_retval: 0,
         proxy_flags: 0,
+        udp_idle_secs: 0,
+        uoa_getsockopt_name: 0,
+        uoa_missing_retval: 0,
+        _pad: 0,
     };
 }
 
@@ -386,11 +411,44 @@ pub enum Counter {
     /// behind or was not running): the daemon rebuilds its indexes from
     /// `RECORDS` when it sees this grow.
     EventsLost = 39,
+    /// UDP flows filed from a trusted marking (live flows = this −
+    /// `UdpExpired`).
+    UdpDecoded = 40,
+    /// A trusted marking named another client for a live flow (the LB
+    /// reused its port sooner than `--udp-idle`): the newer client replaced
+    /// the older.
+    UdpReplaced = 41,
+    /// A new flow's marking found `UDP_FLOWS` full (`--max-udp-flows`): not
+    /// filed; no live flow was evicted. Its datagrams reach the app as the
+    /// LB's.
+    UdpRefused = 42,
+    /// opp headers removed from trusted datagrams, which then went up as
+    /// plain UDP.
+    UdpUnwrapped = 43,
+    /// Marking-only datagrams (empty payload) from trusted LBs: filed and
+    /// dropped, never given to the app.
+    UdpMarkersDropped = 44,
+    /// Markings (IP option or opp) from peers outside `--trust`: left alone.
+    UdpUntrusted = 45,
+    /// Broken markings from trusted peers (option framing, opp header,
+    /// implausible client, an opp the path cannot remove): nothing filed,
+    /// the datagram left alone.
+    UdpMalformed = 46,
+    /// Markings that name two clients in one datagram, or one key reached
+    /// by two local addresses: no client is answered for it.
+    UdpConflicting = 47,
+    /// UDP flows removed by the daemon's sweep after `--udp-idle`.
+    UdpExpired = 48,
+    /// UOA lookups (`getsockopt(IPPROTO_IP, 2048)`) answered with a client.
+    UdpLookupAnswered = 49,
+    /// UOA lookups without an answer (no flow, or which flow is meant
+    /// cannot be told): the app gets ENOENT.
+    UdpLookupUnanswered = 50,
 }
 
 impl Counter {
     /// Number of counters; the size of `STATS`.
-    pub const COUNT: u32 = 40;
+    pub const COUNT: u32 = 51;
 
     /// Every counter, in index order.
     pub const ALL: [Counter; Counter::COUNT as usize] = [
@@ -434,6 +492,17 @@ impl Counter {
         Counter::ProxyKept,
         Counter::ProxyAckHeld,
         Counter::EventsLost,
+        Counter::UdpDecoded,
+        Counter::UdpReplaced,
+        Counter::UdpRefused,
+        Counter::UdpUnwrapped,
+        Counter::UdpMarkersDropped,
+        Counter::UdpUntrusted,
+        Counter::UdpMalformed,
+        Counter::UdpConflicting,
+        Counter::UdpExpired,
+        Counter::UdpLookupAnswered,
+        Counter::UdpLookupUnanswered,
     ];
 
     /// The counter for a malformed-option reason.
@@ -490,6 +559,17 @@ impl Counter {
             Counter::ProxyKept => "proxy_kept",
             Counter::ProxyAckHeld => "proxy_ack_held",
             Counter::EventsLost => "record_events_lost",
+            Counter::UdpDecoded => "udp_decoded",
+            Counter::UdpReplaced => "udp_replaced",
+            Counter::UdpRefused => "udp_refused",
+            Counter::UdpUnwrapped => "udp_unwrapped",
+            Counter::UdpMarkersDropped => "udp_markers_dropped",
+            Counter::UdpUntrusted => "udp_untrusted",
+            Counter::UdpMalformed => "udp_malformed",
+            Counter::UdpConflicting => "udp_conflicting",
+            Counter::UdpExpired => "udp_expired",
+            Counter::UdpLookupAnswered => "udp_lookup_answered",
+            Counter::UdpLookupUnanswered => "udp_lookup_unanswered",
         }
     }
 }

@@ -11,6 +11,8 @@
 
 use crate::format::{AddrFamily, FormatTable, OptionFormat, OptionPosition, MAX_FORMATS};
 use crate::parser::{find_client, ClientAddr, Malformed, Scan};
+use crate::udp::{UdpFlow, UdpFlowKey};
+use crate::Addr16;
 
 /// IPv4 option kind of the marking: number 31 with the copy bit clear and
 /// class "control" (`31 | 0x80`).
@@ -89,21 +91,11 @@ pub struct Opp {
 /// in its option area. `bytes` may extend past the header.
 #[inline(always)]
 pub fn parse_opp(bytes: &[u8]) -> Result<Opp, OppRefusal> {
-    if bytes.len() < OPP_FIXED_LEN {
+    let Some(fixed) = bytes.first_chunk::<OPP_FIXED_LEN>() else {
         return Err(OppRefusal::Truncated);
-    }
-    let version = bytes[0] >> 4;
-    if bytes[0] & 0x0f != 0 || !(version == OPP_VERSION_V4 || version == OPP_VERSION_V6) {
-        return Err(OppRefusal::BadVersion);
-    }
-    if bytes[1] != 17 {
-        return Err(OppRefusal::NotUdp);
-    }
-    let len = usize::from(u16::from_be_bytes([bytes[2], bytes[3]]));
-    if len > MAX_OPP_LEN {
-        return Err(OppRefusal::TooLong);
-    }
-    if len < OPP_FIXED_LEN || len > bytes.len() {
+    };
+    let (version, len) = opp_fixed(*fixed)?;
+    if len > bytes.len() {
         return Err(OppRefusal::Truncated);
     }
     let scan = find_in_ip_options(&bytes[OPP_FIXED_LEN..len]);
@@ -118,10 +110,32 @@ pub fn parse_opp(bytes: &[u8]) -> Result<Opp, OppRefusal> {
     Ok(Opp { len, scan })
 }
 
+/// Checks the fixed part of an opp header; returns its version and the
+/// header's whole length (fixed part and options), which the caller checks
+/// against the datagram's end.
+#[inline(always)]
+pub fn opp_fixed(fixed: [u8; OPP_FIXED_LEN]) -> Result<(u8, usize), OppRefusal> {
+    let version = fixed[0] >> 4;
+    if fixed[0] & 0x0f != 0 || !(version == OPP_VERSION_V4 || version == OPP_VERSION_V6) {
+        return Err(OppRefusal::BadVersion);
+    }
+    if fixed[1] != 17 {
+        return Err(OppRefusal::NotUdp);
+    }
+    let len = usize::from(u16::from_be_bytes([fixed[2], fixed[3]]));
+    if len > MAX_OPP_LEN {
+        return Err(OppRefusal::TooLong);
+    }
+    if len < OPP_FIXED_LEN {
+        return Err(OppRefusal::Truncated);
+    }
+    Ok((version, len))
+}
+
 /// True if the opp `version` names the family of the option that carried
 /// `client` (an IPv6 option holding `::ffff:a.b.c.d` is still version 2).
 #[inline(always)]
-fn family_fits(version: u8, client: &ClientAddr) -> bool {
+pub fn family_fits(version: u8, client: &ClientAddr) -> bool {
     let six = UOA_FORMATS.formats[usize::from(client.format_index) & (MAX_FORMATS - 1)].family
         == AddrFamily::Ipv6 as u8;
     six == (version == OPP_VERSION_V6)
@@ -153,6 +167,40 @@ pub struct UoaParamMap {
     pub real_saddr: InetAddr,
     /// The client's port, network order.
     pub real_sport: u16,
+}
+
+/// `AF_INET`, as the struct carries it (host order).
+pub const AF_INET: u16 = 2;
+/// `AF_INET6`, as the struct carries it (host order).
+pub const AF_INET6: u16 = 10;
+
+impl UoaParamMap {
+    /// The answer for `flow`, filed under `key`, as uoa.ko writes it back:
+    /// the datagram's tuple in the socket's family (`v6_socket`: IPv4 ends
+    /// v4-mapped, as `recvfrom` gave them), and the client in its own.
+    #[inline(always)]
+    pub fn answer(v6_socket: bool, key: &UdpFlowKey, flow: &UdpFlow) -> UoaParamMap {
+        let in_family = |addr: &Addr16, v6: bool| -> InetAddr {
+            if v6 {
+                *addr
+            } else {
+                let mut a = [0u8; 16];
+                a[..4].copy_from_slice(&addr[12..16]);
+                a
+            }
+        };
+        let client_v6 = flow.client_is_v6();
+        UoaParamMap {
+            af: if v6_socket { AF_INET6 } else { AF_INET },
+            saddr: in_family(&key.lb_addr, v6_socket),
+            daddr: in_family(&flow.local_addr, v6_socket),
+            sport: key.lb_port.to_be(),
+            dport: key.local_port.to_be(),
+            real_af: if client_v6 { AF_INET6 } else { AF_INET },
+            real_saddr: in_family(&flow.client_addr, client_v6),
+            real_sport: flow.client_port.to_be(),
+        }
+    }
 }
 
 /// `sizeof(struct uoa_param_map)`.

@@ -1,6 +1,8 @@
 //! The getsockopt shim: `getsockopt(fd, SOL_IP, 1345, buf, &len)` answers
-//! the client as the TOA kernel modules did. Every other call returns at the
-//! first comparison, untouched.
+//! the client as the TOA kernel modules did, and with `--udp-interface`
+//! `getsockopt(fd, SOL_IP, 2048, ...)` a UDP flow's as uoa.ko did
+//! (`crate::uoa_lookup`). Every other call returns at the first comparison,
+//! untouched.
 
 use core::ptr::write_volatile;
 
@@ -27,6 +29,10 @@ pub fn ttm_getsockopt(ctx: SockoptContext) -> i32 {
     let Some(config) = CONFIG.get(0) else {
         return 1;
     };
+    if config.uoa_getsockopt_name != 0 && name as u32 == config.uoa_getsockopt_name {
+        crate::uoa_lookup::answer(so, config);
+        return 1;
+    }
     let nat64 = if name as u32 == config.getsockopt_name {
         false
     } else if config.nat64_getsockopt_name != 0 && name as u32 == config.nat64_getsockopt_name {

@@ -15,6 +15,8 @@ mod proxy_ingress;
 mod records;
 mod sockops;
 mod tc;
+mod udp;
+mod uoa_lookup;
 mod walk;
 mod witness;
 

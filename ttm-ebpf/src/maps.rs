@@ -2,7 +2,9 @@
 
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
-    btf_maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, ProgramArray, RingBuf, SockHash},
+    btf_maps::{
+        Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, ProgramArray, RingBuf, SkStorage, SockHash,
+    },
     macros::btf_map,
 };
 use ttm_common::{
@@ -13,6 +15,7 @@ use ttm_common::{
         TRUSTED_LBS_CAPACITY,
     },
     shift::SeqShift,
+    udp::{Delivery, UdpFlow, UdpFlowKey, DEFAULT_MAX_UDP_FLOWS},
     Config, Counter, PeerRecord, TrustKey, WalkState,
 };
 
@@ -35,6 +38,25 @@ pub static RECORDS: HashMap<TcKey, PeerRecord, { DEFAULT_RECORDS_CAPACITY as usi
 /// (counted as `EventsLost`), never the record.
 #[btf_map]
 pub static RECORD_EVENTS: RingBuf<RecordEvent, { RECORD_EVENTS_BYTES as usize }> = RingBuf::new();
+
+/// UDP flow → the client its trusted LB marked. Filed and kept fresh by
+/// the UDP decoder at TC ingress (`crate::udp`); read by the UOA lookup;
+/// expired by the daemon's sweep after `--udp-idle`. Capacity set by the
+/// daemon (`--max-udp-flows`); a full map refuses new flows (counted) and
+/// never evicts a live one.
+#[btf_map]
+pub static UDP_FLOWS: HashMap<UdpFlowKey, UdpFlow, { DEFAULT_MAX_UDP_FLOWS as usize }, NO_PREALLOC> =
+    HashMap::new();
+
+/// Per unconnected UDP socket: the flow of the datagram it last delivered,
+/// and to which thread. Written by the recvmsg hooks; read by the UOA
+/// lookup (`crate::uoa_lookup`).
+#[btf_map]
+pub static UDP_DELIVERIES: SkStorage<Delivery> = SkStorage::new();
+
+/// Per-CPU home of the UDP decoder's header parse. Owned by `crate::udp`.
+#[btf_map]
+pub static UDP_PARSED: PerCpuArray<crate::udp::UdpParsed, 1> = PerCpuArray::new();
 
 /// Trusted load-balancer networks. Written by the daemon; read by sockops.
 #[btf_map]

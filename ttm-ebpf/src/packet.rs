@@ -1,12 +1,13 @@
-//! Bounds-checked access to the TCP option area of the segment a sockops
-//! callback carries.
+//! Bounds-checked access to an option area in packet memory: the TCP
+//! options of a segment, or the IPv4 options and opp options of a UDP
+//! datagram (`crate::udp`).
 
 use ttm_common::OptionBytes;
 
 /// Fixed TCP header length; options start here.
 const TCP_FIXED_HEADER: usize = 20;
 
-/// The option bytes of one TCP header in packet memory.
+/// The option bytes of one header in packet memory.
 pub struct TcpOptions {
     /// First option byte (packet pointer as an integer).
     start: usize,
@@ -37,6 +38,19 @@ impl TcpOptions {
             data_end,
             len,
         })
+    }
+}
+
+impl TcpOptions {
+    /// The `len` option bytes at `start` (at most 40 are read), in a packet
+    /// ending at `data_end`.
+    #[inline(always)]
+    pub fn area(start: usize, len: usize, data_end: usize) -> TcpOptions {
+        TcpOptions {
+            start,
+            data_end,
+            len,
+        }
     }
 }
 

@@ -226,7 +226,7 @@ fn from_header(ctx: &SockOpsContext, config: &Config, record: &mut PeerRecord) -
     let Some(options) = TcpOptions::of_header(data, data_end) else {
         return FromHeader::Absent(Counter::NoHeader);
     };
-    match walk_options(&options, config) {
+    match walk_options(&options, &config.formats) {
         Walk::Found(located) => {
             if located.repeated {
                 bump(Counter::RepeatedOption);

@@ -233,7 +233,7 @@ fn decode(data: usize, end: usize) -> Option<()> {
     // Removing the mark is the test: one segment per handshake wins.
     TC_PENDING.remove(&key).ok()?;
     let options = TcpOptions::of_header(l4, end)?;
-    let located = match walk_options(&options, config) {
+    let located = match walk_options(&options, &config.formats) {
         Walk::Found(located) => located,
         Walk::Malformed(reason) => {
             bump(Counter::malformed(reason));

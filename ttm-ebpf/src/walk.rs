@@ -1,8 +1,9 @@
-//! The bounded option walk shared by the sockops decoder and the TC path.
+//! The bounded option walk shared by the sockops decoder, the TC path and
+//! the UDP marking decoder.
 
 use core::ptr;
 
-use ttm_common::{parser::MAX_OPTION_BYTES, Config, Walk, WalkState};
+use ttm_common::{parser::MAX_OPTION_BYTES, FormatTable, Walk, WalkState};
 
 use crate::{maps::WALK, packet::TcpOptions};
 
@@ -11,7 +12,7 @@ use crate::{maps::WALK, packet::TcpOptions};
 /// map: the verifier then sees one bounded state per step instead of one per
 /// path, which keeps verification linear.
 #[inline(always)]
-pub fn walk_options(options: &TcpOptions, config: &Config) -> Walk {
+pub fn walk_options(options: &TcpOptions, formats: &FormatTable) -> Walk {
     let Some(slot) = WALK.get_ptr_mut(0) else {
         return Walk::NotFound;
     };
@@ -20,7 +21,7 @@ pub fn walk_options(options: &TcpOptions, config: &Config) -> Walk {
     macro_rules! step {
         () => {
             let mut walk = unsafe { ptr::read_volatile(slot) };
-            if let Some(outcome) = walk.step(options, &config.formats) {
+            if let Some(outcome) = walk.step(options, formats) {
                 return outcome;
             }
             unsafe { ptr::write_volatile(slot, walk) };

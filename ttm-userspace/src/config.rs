@@ -119,6 +119,19 @@ pub struct DaemonArgs {
     /// path right after it; without one, connections stay on that path.
     #[arg(long = "proxy-interface", value_name = "IFACE")]
     pub proxy_interfaces: Vec<String>,
+    /// Interface whose ingress the UDP decoder watches (repeatable): UDP
+    /// datagrams from --trust peers marked with DPVS's UOA (IPv4 option or
+    /// opp header) file their flow's client, which apps get from
+    /// `getsockopt(IPPROTO_IP, 2048)` as uoa.ko answers it.
+    #[arg(long = "udp-interface", value_name = "IFACE")]
+    pub udp_interfaces: Vec<String>,
+    /// Seconds a UDP flow may go without a datagram before it expires (default 360, as uoa.ko).
+    #[arg(long, value_name = "SECS")]
+    pub udp_idle: Option<f64>,
+    /// Most UDP flows tracked at once (default 262144; new flows past it are
+    /// refused and counted, a live flow is never evicted).
+    #[arg(long, value_name = "N")]
+    pub max_udp_flows: Option<u32>,
     /// Take over from the daemon running on this pin directory: it exits
     /// leaving its programs attached, and this one swaps in its programs
     /// atomically (no connection goes unrecorded).
@@ -154,6 +167,9 @@ struct FileConfig {
     audit_interval: Option<f64>,
     proxy_protocol: Option<Vec<u16>>,
     proxy_interfaces: Option<Vec<String>>,
+    udp_interfaces: Option<Vec<String>>,
+    udp_idle: Option<f64>,
+    max_udp_flows: Option<u32>,
 }
 
 /// The effective settings, printed by `ttm config check` (valid as a file).
@@ -214,6 +230,13 @@ pub struct Settings {
     /// Interfaces where PROXY headers are sent up alone.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub proxy_interfaces: Vec<String>,
+    /// Interfaces of the UDP decoder.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub udp_interfaces: Vec<String>,
+    /// Seconds after which an idle UDP flow expires.
+    pub udp_idle: f64,
+    /// UDP flow table capacity.
+    pub max_udp_flows: u32,
 }
 
 impl Settings {
@@ -287,6 +310,15 @@ impl Settings {
             mode: args.mode.or(file.mode).unwrap_or_default(),
             interfaces: list(&args.interfaces, file.interfaces),
             proxy_interfaces: list(&args.proxy_interfaces, file.proxy_interfaces),
+            udp_interfaces: list(&args.udp_interfaces, file.udp_interfaces),
+            udp_idle: args
+                .udp_idle
+                .or(file.udp_idle)
+                .unwrap_or(ttm_common::udp::DEFAULT_UDP_IDLE_SECS as f64),
+            max_udp_flows: args
+                .max_udp_flows
+                .or(file.max_udp_flows)
+                .unwrap_or(ttm_common::udp::DEFAULT_MAX_UDP_FLOWS),
             tc_attach: args.tc_attach.or(file.tc_attach).unwrap_or_default(),
             tc_max_age: args
                 .tc_max_age
@@ -338,6 +370,7 @@ impl Settings {
         for (key, names) in [
             ("interfaces", &self.interfaces),
             ("proxy_interfaces", &self.proxy_interfaces),
+            ("udp_interfaces", &self.udp_interfaces),
         ] {
             for name in names {
                 if name.is_empty() || name.len() > 15 || name.contains(['/', ' ']) {
@@ -347,6 +380,16 @@ impl Settings {
         }
         if self.max_records == 0 {
             bail!("key `max_records`: 0 is not allowed — at least 1");
+        }
+        if self.max_udp_flows == 0 {
+            bail!("key `max_udp_flows`: 0 is not allowed — at least 1");
+        }
+        // Whole seconds, as the kernel side keeps it; at most a day.
+        if !(self.udp_idle >= 1.0 && self.udp_idle <= 86_400.0) {
+            bail!(
+                "key `udp_idle`: {} is not allowed — seconds from 1 to 86400",
+                self.udp_idle
+            );
         }
         if self.max_clients == 0 {
             bail!("key `max_clients`: 0 is not allowed — at least 1");
@@ -398,6 +441,9 @@ impl Settings {
             audit_interval,
             proxy_ports,
             proxy_interfaces: self.proxy_interfaces.clone(),
+            udp_interfaces: self.udp_interfaces.clone(),
+            udp_idle: Duration::from_secs(self.udp_idle.round() as u64),
+            max_udp_flows: self.max_udp_flows,
         };
         config.validate()?;
         Ok(config)

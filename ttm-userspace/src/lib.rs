@@ -21,6 +21,7 @@ pub mod stats;
 pub mod sweep;
 pub mod tc;
 pub mod trust;
+pub mod udp_flows;
 pub mod verify;
 
 /// The compiled kernel programs, embedded so that one file is the whole product.
@@ -37,5 +38,9 @@ pub const PROXY_VERDICT_PROGRAM: &str = "ttm_proxy_verdict";
 /// The PROXY protocol cgroup ingress program (reads a header before the
 /// socket exists), attached to the decoder's cgroup with `--proxy-protocol`.
 pub const PROXY_INGRESS_PROGRAM: &str = "ttm_proxy_ingress";
+/// The recvmsg hooks (AF_INET, AF_INET6) that note, per unconnected UDP
+/// socket, the flow of the datagram it last delivered (for the UOA lookup);
+/// attached to the compat cgroups with `--udp-interface`.
+pub const UDP_RECVMSG_PROGRAMS: [&str; 2] = ["ttm_udp_recvmsg4", "ttm_udp_recvmsg6"];
 /// Names of the getpeername rewrite programs (AF_INET, AF_INET6).
 pub const GETPEERNAME_PROGRAMS: [&str; 2] = ["ttm_getpeername4", "ttm_getpeername6"];

@@ -24,6 +24,10 @@ pub mod attach_type {
     pub const GETPEERNAME6: u32 = 30;
     /// `BPF_CGROUP_GETSOCKOPT`.
     pub const GETSOCKOPT: u32 = 21;
+    /// `BPF_CGROUP_UDP4_RECVMSG`.
+    pub const UDP4_RECVMSG: u32 = 19;
+    /// `BPF_CGROUP_UDP6_RECVMSG`.
+    pub const UDP6_RECVMSG: u32 = 20;
     /// `BPF_CGROUP_INET_INGRESS`.
     pub const INET_INGRESS: u32 = 0;
 }

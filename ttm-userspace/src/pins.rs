@@ -9,7 +9,7 @@ pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/ttm";
 
 /// The maps ttm pins, by name (the pin file has the map's name). A new
 /// daemon reuses them, so records and counters survive restarts.
-pub const PINNED_MAPS: [&str; 13] = [
+pub const PINNED_MAPS: [&str; 14] = [
     maps::RECORDS,
     maps::RECORD_EVENTS,
     maps::STATS,
@@ -23,6 +23,7 @@ pub const PINNED_MAPS: [&str; 13] = [
     maps::PROXY_PENDING,
     maps::PROXY_TLVS,
     maps::PROXY_FLOWS,
+    maps::UDP_FLOWS,
 ];
 
 /// The programs ttm attaches, by name, in attach order (the witnesses after
@@ -87,10 +88,11 @@ impl PinDir {
     }
 
     /// Pinned links of the app-facing cgroup programs (shim, rewrite,
-    /// witness), on every cgroup.
+    /// witness, UDP recvmsg notes), on every cgroup.
     pub fn cgroup_link_pins(&self) -> Vec<PathBuf> {
         LINKED_PROGRAMS[1..]
             .iter()
+            .chain(&crate::UDP_RECVMSG_PROGRAMS)
             .flat_map(|name| {
                 let exact = self.link(name);
                 let mut found = self.pins_starting(&format!("link_{name}@cg"));

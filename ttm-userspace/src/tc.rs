@@ -27,6 +27,9 @@ pub const TC_FIRST_PROGRAM: &str = "ttm_tc_first";
 /// The egress classifier's name in the object (PROXY renumbering).
 pub const TC_EGRESS_PROGRAM: &str = "ttm_tc_egress";
 
+/// The UDP marking decoder, on the ingress of `--udp-interface`s.
+pub const UDP_PROGRAM: &str = "ttm_udp_ingress";
+
 /// Priority of ttm's netlink filters on clsact.
 const NETLINK_PRIORITY: u16 = 0x7e11;
 
@@ -47,6 +50,12 @@ pub const INGRESS: Hook = Hook {
     program: TC_PROGRAM,
     egress: false,
     handles: [0x7e1, 0x7e2],
+};
+/// The UDP marking decoder (DPVS's UOA).
+pub const UDP_INGRESS: Hook = Hook {
+    program: UDP_PROGRAM,
+    egress: false,
+    handles: [0x7e5, 0x7e6],
 };
 /// The egress classifier (PROXY acknowledgments renumbered).
 pub const EGRESS: Hook = Hook {
@@ -314,7 +323,7 @@ fn detach_netlink(hook: &Hook, iface: &str, handle: u16) -> bool {
 
 /// Removes every netlink filter ttm may have left on `iface` (`ttm detach`).
 pub fn detach_netlink_filters(iface: &str) -> usize {
-    [INGRESS, EGRESS]
+    [INGRESS, EGRESS, UDP_INGRESS]
         .iter()
         .flat_map(|hook| hook.handles.map(|h| (hook, h)))
         .filter(|(hook, h)| detach_netlink(hook, iface, *h))

@@ -54,6 +54,12 @@ pub(super) fn scale(lab: &Lab, sizes: &Sizes, chart: &mut Vec<(u64, f64, f64)>) 
     let (mut stats_ms, mut scrape_ms) = (0.0, 0.0);
     let mut filled = 0u64;
     let mut fill_seconds = 0.0;
+    // Kernel memory before any synthetic record: the map's own accounting
+    // and the unreclaimable slab, whose growth counts allocator rounding
+    // (no socket is made here, so the map's elements are what grows).
+    let memlock_empty = pinned_memlock(&pins, maps::RECORDS)?;
+    let slab_empty = super::proxy_protocol::slab_unreclaimable()?;
+    let mut slab_full = slab_empty;
     for &level in sizes.scale_levels {
         let fill_started = Instant::now();
         while filled < level {
@@ -61,6 +67,7 @@ pub(super) fn scale(lab: &Lab, sizes: &Sizes, chart: &mut Vec<(u64, f64, f64)>) 
             filled += 1;
         }
         fill_seconds += fill_started.elapsed().as_secs_f64();
+        slab_full = super::proxy_protocol::slab_unreclaimable()?;
         // Records filed from here tell the daemon nothing: say so as the
         // kernel does when its ring is full, and the daemon rebuilds its
         // cookie and client index from the map.
@@ -170,6 +177,21 @@ pub(super) fn scale(lab: &Lab, sizes: &Sizes, chart: &mut Vec<(u64, f64, f64)>) 
         "≤ 5 ms",
         scrape_ms <= 5.0,
         "same counters as `ttm stats`",
+    ));
+    let memlock_full = pinned_memlock(&pins, maps::RECORDS)?;
+    let per = |grown: u64| grown as f64 / filled.max(1) as f64;
+    let memlock_per = per(memlock_full.saturating_sub(memlock_empty));
+    let slab_per = per(slab_full.saturating_sub(slab_empty));
+    figures.push(Figure::judged(
+        &format!("kernel bytes per record at {filled} synthetic records"),
+        format!(
+            "fdinfo memlock growth / {filled}: {memlock_per:.0} B; unreclaimable slab growth / \
+             {filled}: {slab_per:.0} B"
+        ),
+        "≤ 256 B",
+        memlock_per <= 256.0 && slab_per <= 256.0,
+        "one record-map element each and nothing else (no socket exists for them); the slab \
+         figure counts the allocator's size class and whatever else the host allocated meanwhile",
     ));
     figures.push(Figure::info(
         "synthetic fill",

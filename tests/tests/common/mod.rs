@@ -37,14 +37,20 @@ impl Accepted {
 
 /// The C server of `tests/apps`, compiled for this test process.
 pub fn c_server() -> PathBuf {
-    let binary = std::env::temp_dir().join(format!("ttm-peer-server-{}", std::process::id()));
+    c_app("peer_server.c")
+}
+
+/// The C program `source` of `tests/apps`, compiled for this test process.
+pub fn c_app(source: &str) -> PathBuf {
+    let stem = source.trim_end_matches(".c").replace('_', "-");
+    let binary = std::env::temp_dir().join(format!("ttm-{stem}-{}", std::process::id()));
     let status = Command::new("gcc")
         .args(["-Wall", "-Werror", "-O2", "-o"])
         .arg(&binary)
-        .arg(app("peer_server.c"))
+        .arg(app(source))
         .status()
         .expect("run gcc");
-    assert!(status.success(), "compiling the C server");
+    assert!(status.success(), "compiling {source}");
     binary
 }
 

@@ -335,3 +335,61 @@ mod reference {
         assert!(clients > 12_000, "only {clients} headers held a client");
     }
 }
+
+fn flow_of(local: Ipv4Addr, client: SocketAddr) -> UdpFlow {
+    let mapped = |ip: IpAddr| match ip {
+        IpAddr::V4(a) => a.to_ipv6_mapped().octets(),
+        IpAddr::V6(a) => a.octets(),
+    };
+    UdpFlow {
+        local_addr: local.to_ipv6_mapped().octets(),
+        client_addr: mapped(client.ip()),
+        client_port: client.port(),
+        client_family: if client.is_ipv4() { 4 } else { 6 },
+        ..UdpFlow::default()
+    }
+}
+
+#[test]
+fn the_lookup_answer_is_laid_out_as_uoa_ko_writes_it() {
+    let key = crate::udp::UdpFlowKey {
+        lb_addr: Ipv4Addr::new(10, 0, 2, 1).to_ipv6_mapped().octets(),
+        lb_port: 40_001,
+        local_port: 6000,
+    };
+    let flow = flow_of(Ipv4Addr::new(10, 0, 2, 2), "192.0.2.7:5353".parse().unwrap());
+    let answer = UoaParamMap::answer(false, &key, &flow);
+    // SAFETY: a packed plain struct read as its bytes.
+    let bytes: [u8; UOA_PARAM_MAP_LEN] = unsafe { core::mem::transmute(answer) };
+    assert_eq!(&bytes[0..2], &2u16.to_ne_bytes(), "af, host order");
+    assert_eq!(&bytes[2..6], &[10, 0, 2, 1], "saddr: the LB");
+    assert_eq!(&bytes[6..18], &[0; 12]);
+    assert_eq!(&bytes[18..22], &[10, 0, 2, 2], "daddr: this server");
+    assert_eq!(&bytes[34..36], &40_001u16.to_be_bytes(), "sport");
+    assert_eq!(&bytes[36..38], &6000u16.to_be_bytes(), "dport");
+    assert_eq!(&bytes[38..40], &2u16.to_ne_bytes(), "real_af");
+    assert_eq!(&bytes[40..44], &[192, 0, 2, 7]);
+    assert_eq!(&bytes[44..56], &[0; 12]);
+    assert_eq!(&bytes[56..58], &5353u16.to_be_bytes(), "real_sport");
+}
+
+#[test]
+fn an_ipv6_client_and_an_ipv6_socket_are_answered_with_sixteen_bytes() {
+    let key = crate::udp::UdpFlowKey {
+        lb_addr: Ipv4Addr::new(10, 0, 2, 1).to_ipv6_mapped().octets(),
+        lb_port: 40_001,
+        local_port: 6000,
+    };
+    let client: SocketAddr = "[2001:db8::7]:443".parse().unwrap();
+    let flow = flow_of(Ipv4Addr::new(10, 0, 2, 2), client);
+    let answer = UoaParamMap::answer(true, &key, &flow);
+    assert_eq!({ answer.af }, AF_INET6);
+    assert_eq!(
+        { answer.saddr },
+        Ipv4Addr::new(10, 0, 2, 1).to_ipv6_mapped().octets(),
+        "an IPv6 socket saw the LB v4-mapped"
+    );
+    assert_eq!({ answer.real_af }, AF_INET6);
+    assert_eq!({ answer.real_saddr }, "2001:db8::7".parse::<Ipv6Addr>().unwrap().octets());
+    assert_eq!(u16::from_be({ answer.real_sport }), 443);
+}

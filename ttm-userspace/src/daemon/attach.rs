@@ -139,6 +139,20 @@ pub(super) fn planned_attachments(
                 });
             }
         }
+        // The UOA lookup of unconnected sockets needs each datagram's flow.
+        if !config.udp_interfaces.is_empty() && config.getsockopt {
+            for (program, attach_type) in crate::UDP_RECVMSG_PROGRAMS
+                .into_iter()
+                .zip([links::attach_type::UDP4_RECVMSG, links::attach_type::UDP6_RECVMSG])
+            {
+                out.push(Attachment {
+                    program,
+                    attach_type,
+                    cgroup: cgroup.clone(),
+                    pin: config.pins.compat_link(program, id, id == decoder_id),
+                });
+            }
+        }
     }
     Ok(out)
 }
@@ -245,6 +259,7 @@ pub(super) fn load_program(ebpf: &mut Ebpf, name: &str) -> Result<std::os::fd::O
         n if n == SOCKOPS_JOIN_PROGRAM => "the kernel rejected the sockops join program (see the verifier log above)",
         n if n == GETSOCKOPT_PROGRAM => "the kernel rejected the getsockopt shim (needs Linux 5.3+)",
         n if pins::is_witness(n) => "the kernel rejected a witness program (getpeername hooks need Linux 5.8+)",
+        n if crate::UDP_RECVMSG_PROGRAMS.contains(&n) => "--udp-interface: the kernel rejected a UDP recvmsg hook (socket storage in recvmsg hooks needs Linux 5.10+; see the verifier log above)",
         n if n == crate::PROXY_INGRESS_PROGRAM => "--proxy-protocol: the kernel rejected the cgroup ingress program that reads a PROXY header before the socket exists (see the verifier log above)",
         _ => "the kernel rejected a getpeername program (needs Linux 5.8+) — run with --no-rewrite to do without",
     };
@@ -339,6 +354,7 @@ pub(super) fn write_config(
             stale.len()
         );
     }
+    let udp = !config.udp_interfaces.is_empty();
     let mut cfg: Array<_, Config> =
         Array::try_from(ebpf.map_mut(maps::CONFIG).context("CONFIG missing")?)?;
     cfg.set(
@@ -358,6 +374,18 @@ pub(super) fn write_config(
             } else {
                 maps::proxy_flags::TC_NO_OPTIONS
             },
+            udp_idle_secs: if udp { config.udp_idle.as_secs() as u32 } else { 0 },
+            uoa_getsockopt_name: if udp {
+                ttm_common::uoa::UOA_SO_GET_LOOKUP as u32
+            } else {
+                0
+            },
+            uoa_missing_retval: if crate::links::sockopt_errno_supported() {
+                -libc::ENOENT
+            } else {
+                0
+            },
+            _pad: 0,
         },
         0,
     )

@@ -85,6 +85,13 @@ pub struct DaemonConfig {
     /// Interfaces where the TC program sends PROXY headers up alone
     /// (`--proxy-interface`); empty: those of `--interface` in a mode with TC.
     pub proxy_interfaces: Vec<String>,
+    /// Interfaces whose ingress the UDP decoder watches (`--udp-interface`);
+    /// empty: UDP is off.
+    pub udp_interfaces: Vec<String>,
+    /// How long a UDP flow may go without a datagram (`--udp-idle`).
+    pub udp_idle: std::time::Duration,
+    /// UDP flow table capacity (`--max-udp-flows`).
+    pub max_udp_flows: u32,
 }
 
 impl DaemonConfig {
@@ -218,6 +225,24 @@ fn remove_obsolete_pins(config: &DaemonConfig) {
     if old_records && fs::remove_file(&records).is_ok() {
         removed.push(maps::RECORDS);
     }
+    // Counters and settings of another build's layout: the load would
+    // reuse a map whose slots or value this build reads differently.
+    for (name, value_size, entries) in [
+        (maps::STATS, size_of::<u64>(), Some(ttm_common::Counter::COUNT)),
+        (maps::CONFIG, size_of::<ttm_common::Config>(), None),
+    ] {
+        let pin = config.pins.map(name);
+        let other = aya::maps::MapData::from_pin(&pin)
+            .ok()
+            .and_then(|m| m.info().ok())
+            .is_some_and(|i| {
+                i.value_size() as usize != value_size
+                    || entries.is_some_and(|n| i.max_entries() != n)
+            });
+        if other && fs::remove_file(&pin).is_ok() {
+            removed.push(name);
+        }
+    }
     for name in maps::OBSOLETE_MAPS {
         if fs::remove_file(config.pins.map(name)).is_ok() {
             removed.push(name);
@@ -225,8 +250,9 @@ fn remove_obsolete_pins(config: &DaemonConfig) {
     }
     if !removed.is_empty() {
         warn!(
-            "removed pinned maps of an earlier ttm layout ({}): connections recorded before \
-             this start are no longer found (they keep working); new ones are",
+            "removed pinned maps of an earlier ttm layout ({}): what they held starts \
+             afresh — connections recorded before this start are no longer found (they keep \
+             working), counters restart from 0",
             removed.join(", ")
         );
     }
@@ -335,7 +361,12 @@ impl Daemon {
         for compat in &config.compat_cgroups {
             host::check_cgroup2(compat).context("--compat-cgroup")?;
         }
-        for iface in config.interfaces.iter().chain(&config.proxy_interfaces) {
+        for iface in config
+            .interfaces
+            .iter()
+            .chain(&config.proxy_interfaces)
+            .chain(&config.udp_interfaces)
+        {
             crate::tc::ifindex(iface)?;
         }
         host::raise_open_files_limit();
@@ -364,6 +395,20 @@ impl Daemon {
         // reuses them, with the records and counters they hold.
         let mut loader = EbpfLoader::new();
         remove_obsolete_pins(config);
+        // The UDP flow table costs one entry without --udp-interface.
+        let udp_capacity = if config.udp_interfaces.is_empty() {
+            1
+        } else {
+            config.max_udp_flows
+        };
+        drop_small_empty_pin(config, maps::UDP_FLOWS, udp_capacity, |map| {
+            aya::maps::HashMap::<_, ttm_common::udp::UdpFlowKey, ttm_common::udp::UdpFlow>::try_from(
+                aya::maps::Map::HashMap(map),
+            )
+            .map(|m| m.keys().next().is_none())
+            .unwrap_or(false)
+        });
+        loader.map_max_entries(maps::UDP_FLOWS, udp_capacity);
         loader.map_max_entries(maps::RECORDS, config.max_records);
         // The TC maps are preallocated LRUs holding only handshakes in flight
         // and sockets sockops does not see: bounded, whatever --max-records
@@ -419,6 +464,7 @@ impl Daemon {
         for (hook, interfaces) in [
             (crate::tc::INGRESS, &ingress_interfaces),
             (crate::tc::EGRESS, &egress_interfaces),
+            (crate::tc::UDP_INGRESS, &config.udp_interfaces),
         ] {
             if interfaces.is_empty() {
                 // A previous daemon's links are no longer wanted.
@@ -511,6 +557,21 @@ impl Daemon {
             .context("opening the pinned maps")?;
         record_events::spawn(&daemon.pins, directory.index())
             .context("following the record events")?;
+        if !config.udp_interfaces.is_empty() {
+            crate::udp_flows::spawn_expiry(&daemon.pins, config.udp_idle)
+                .context("expiring idle UDP flows")?;
+            info!(
+                "UDP: flows marked by --trust LBs on {} are filed (at most {}), expire after {} s                  idle{}",
+                config.udp_interfaces.join(", "),
+                config.max_udp_flows,
+                config.udp_idle.as_secs(),
+                if config.getsockopt {
+                    ", answered by getsockopt(IPPROTO_IP, 2048) as uoa.ko answers it"
+                } else {
+                    "; --no-getsockopt: apps cannot ask for them (the UOA lookup is the getsockopt shim)"
+                }
+            );
+        }
         let service = LookupService::bind(
             &config.socket,
             config.socket_group,

@@ -1,0 +1,288 @@
+//! Test-only UOA marker: sends UDP datagrams from the LB's address to the
+//! real server marked as DPVS marks a flow's first datagrams — the client
+//! in an IPv4 option, or in an opp header between the IP and UDP headers
+//! (IPv4 and IPv6), optionally after a marking-only datagram with an empty
+//! payload — and reads the server's answers on the same port, as the LB
+//! would. Run inside the LB's namespace (`ttm-lab uoa-send`). The marking's
+//! bytes are the caller's, so hostile shapes are written the same way.
+
+use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::time::Duration;
+
+use anyhow::{bail, Context as _, Result};
+use ttm_common::uoa::{IPOPT_UOA, IPPROTO_OPP, OPP_VERSION_V4, OPP_VERSION_V6};
+
+/// How the marking travels.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Carrier {
+    /// No marking at all.
+    Plain,
+    /// An IPv4 option (IPv4 only).
+    Ipopt,
+    /// An opp header.
+    Opp,
+}
+
+/// The marking DPVS writes for `client`: `[0x9f][8|20][port][address]`.
+pub fn marking(client: SocketAddr) -> Vec<u8> {
+    let mut out = vec![IPOPT_UOA, 0];
+    out.extend_from_slice(&client.port().to_be_bytes());
+    match client.ip() {
+        IpAddr::V4(a) => out.extend_from_slice(&a.octets()),
+        IpAddr::V6(a) => out.extend_from_slice(&a.octets()),
+    }
+    out[1] = out.len() as u8;
+    out
+}
+
+/// An opp header whose option area is `options` (version by the marking's
+/// length: 20 bytes an IPv6 client), padded to 4-byte words with NOPs.
+pub fn opp_header(options: &[u8]) -> Vec<u8> {
+    let mut area = options.to_vec();
+    while area.len() % 4 != 0 {
+        area.push(1);
+    }
+    let version = if options.get(1) == Some(&20) {
+        OPP_VERSION_V6
+    } else {
+        OPP_VERSION_V4
+    };
+    let len = (4 + area.len()) as u16;
+    let mut out = vec![version << 4, 17];
+    out.extend_from_slice(&len.to_be_bytes());
+    out.extend_from_slice(&area);
+    out
+}
+
+/// One's-complement sum of `bytes` folded into `sum`.
+fn ones_sum(mut sum: u32, bytes: &[u8]) -> u32 {
+    for pair in bytes.chunks(2) {
+        let word = u16::from_be_bytes([pair[0], *pair.get(1).unwrap_or(&0)]);
+        sum += u32::from(word);
+    }
+    sum
+}
+
+/// A UDP header and `payload` from `from` to `to`, its checksum over the
+/// pseudo-header of protocol 17 (what the socket sees once opp is gone).
+pub fn udp_datagram(from: SocketAddr, to: SocketAddr, payload: &[u8]) -> Vec<u8> {
+    let len = (8 + payload.len()) as u16;
+    let mut out = Vec::with_capacity(usize::from(len));
+    out.extend_from_slice(&from.port().to_be_bytes());
+    out.extend_from_slice(&to.port().to_be_bytes());
+    out.extend_from_slice(&len.to_be_bytes());
+    out.extend_from_slice(&[0, 0]);
+    out.extend_from_slice(payload);
+    let mut sum = 0u32;
+    match (from.ip(), to.ip()) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => {
+            sum = ones_sum(sum, &s.octets());
+            sum = ones_sum(sum, &d.octets());
+            sum = ones_sum(sum, &[0, 17]);
+            sum = ones_sum(sum, &len.to_be_bytes());
+        }
+        (s, d) => {
+            let six = |ip: IpAddr| match ip {
+                IpAddr::V4(a) => a.to_ipv6_mapped().octets(),
+                IpAddr::V6(a) => a.octets(),
+            };
+            sum = ones_sum(sum, &six(s));
+            sum = ones_sum(sum, &six(d));
+            sum = ones_sum(sum, &u32::from(len).to_be_bytes());
+            sum = ones_sum(sum, &[0, 0, 0, 17]);
+        }
+    }
+    sum = ones_sum(sum, &out);
+    while sum >> 16 != 0 {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    let mut check = !(sum as u16);
+    if check == 0 {
+        check = 0xffff;
+    }
+    out[6..8].copy_from_slice(&check.to_be_bytes());
+    out
+}
+
+/// What one `uoa-send` does.
+#[derive(Clone, Debug)]
+pub struct Send {
+    /// The LB's address and port (the datagrams' source).
+    pub from: SocketAddr,
+    /// The real server's.
+    pub to: SocketAddr,
+    /// How the marking travels.
+    pub carrier: Carrier,
+    /// The option bytes (a marking, or a hostile shape).
+    pub option: Vec<u8>,
+    /// Send a marking-only datagram (empty payload) first, then the
+    /// payload unmarked.
+    pub marker_first: bool,
+    /// The payload of the full datagram.
+    pub payload: Vec<u8>,
+    /// Also send this many more unmarked datagrams of the flow after it.
+    pub more: usize,
+    /// How long to wait for each answer (none: do not wait).
+    pub answer_wait: Option<Duration>,
+}
+
+fn raw_socket(v6: bool) -> Result<OwnedFd> {
+    let family = if v6 { libc::AF_INET6 } else { libc::AF_INET };
+    // SAFETY: plain socket(2).
+    let fd = unsafe { libc::socket(family, libc::SOCK_RAW, i32::from(IPPROTO_OPP)) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error()).context("a raw socket for opp (needs root)");
+    }
+    // SAFETY: a descriptor this call made.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+fn sockaddr_of(addr: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
+    // SAFETY: all-zero is a valid sockaddr_storage.
+    let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let len = match addr {
+        SocketAddr::V4(a) => {
+            // SAFETY: sockaddr_storage is large enough and aligned for sockaddr_in.
+            let sin = unsafe { &mut *(&raw mut storage).cast::<libc::sockaddr_in>() };
+            sin.sin_family = libc::AF_INET as u16;
+            // Raw sockets take no port (it would be read as the protocol).
+            sin.sin_addr.s_addr = u32::from_ne_bytes(a.ip().octets());
+            size_of::<libc::sockaddr_in>()
+        }
+        SocketAddr::V6(a) => {
+            // SAFETY: as above, for sockaddr_in6.
+            let sin6 = unsafe { &mut *(&raw mut storage).cast::<libc::sockaddr_in6>() };
+            sin6.sin6_family = libc::AF_INET6 as u16;
+            sin6.sin6_addr.s6_addr = a.ip().octets();
+            size_of::<libc::sockaddr_in6>()
+        }
+    };
+    (storage, len as libc::socklen_t)
+}
+
+fn set_ip_options(socket: &UdpSocket, options: &[u8]) -> Result<()> {
+    let mut padded = options.to_vec();
+    while padded.len() % 4 != 0 {
+        padded.push(0);
+    }
+    // SAFETY: a valid socket and buffer of the length passed.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::IPPROTO_IP,
+            libc::IP_OPTIONS,
+            padded.as_ptr().cast(),
+            padded.len() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error()).context("setting IP_OPTIONS (needs root)");
+    }
+    Ok(())
+}
+
+/// Sends as `send` says; returns each answer the server sent back (as
+/// text), in order.
+pub fn send(send: &Send) -> Result<Vec<String>> {
+    let socket = UdpSocket::bind(send.from).with_context(|| format!("binding {}", send.from))?;
+    socket.set_read_timeout(send.answer_wait.or(Some(Duration::from_millis(1))))?;
+    let opp_raw = if send.carrier == Carrier::Opp {
+        let raw = raw_socket(send.from.is_ipv6())?;
+        let (bind, len) = sockaddr_of(send.from);
+        // SAFETY: a valid socket and address.
+        if unsafe { libc::bind(raw.as_raw_fd(), (&raw const bind).cast(), len) } != 0 {
+            return Err(std::io::Error::last_os_error()).context("binding the raw socket");
+        }
+        Some(raw)
+    } else {
+        None
+    };
+    let marked = |payload: &[u8]| -> Result<()> {
+        match send.carrier {
+            Carrier::Plain => {
+                socket.send_to(payload, send.to)?;
+            }
+            Carrier::Ipopt => {
+                if send.from.is_ipv6() {
+                    bail!("an IPv4 option cannot travel over IPv6");
+                }
+                set_ip_options(&socket, &send.option)?;
+                socket.send_to(payload, send.to)?;
+                set_ip_options(&socket, &[])?;
+            }
+            Carrier::Opp => {
+                let mut packet = opp_header(&send.option);
+                packet.extend(udp_datagram(send.from, send.to, payload));
+                let raw = opp_raw.as_ref().context("raw socket")?;
+                let (to, len) = sockaddr_of(send.to);
+                // SAFETY: a valid socket, buffer and address.
+                let rc = unsafe {
+                    libc::sendto(
+                        raw.as_raw_fd(),
+                        packet.as_ptr().cast(),
+                        packet.len(),
+                        0,
+                        (&raw const to).cast(),
+                        len,
+                    )
+                };
+                if rc < 0 {
+                    return Err(std::io::Error::last_os_error()).context("sending the opp datagram");
+                }
+            }
+        }
+        Ok(())
+    };
+    if send.marker_first {
+        marked(&[])?;
+        socket.send_to(&send.payload, send.to)?;
+    } else {
+        marked(&send.payload)?;
+    }
+    let mut answers = Vec::new();
+    let read_answer = |answers: &mut Vec<String>| {
+        if send.answer_wait.is_none() {
+            return;
+        }
+        let mut buf = [0u8; 2048];
+        if let Ok((n, _)) = socket.recv_from(&mut buf) {
+            answers.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+        }
+    };
+    read_answer(&mut answers);
+    for i in 0..send.more {
+        socket.send_to(format!("more {i}").as_bytes(), send.to)?;
+        read_answer(&mut answers);
+    }
+    Ok(answers)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_udp_checksum_over_its_pseudo_header_sums_to_all_ones() {
+        let from: SocketAddr = "10.0.2.1:40000".parse().unwrap();
+        let to: SocketAddr = "10.0.2.2:6000".parse().unwrap();
+        let d = udp_datagram(from, to, b"hello");
+        let mut sum = ones_sum(0, &[10, 0, 2, 1, 10, 0, 2, 2, 0, 17]);
+        sum = ones_sum(sum, &(d.len() as u16).to_be_bytes());
+        sum = ones_sum(sum, &d);
+        while sum >> 16 != 0 {
+            sum = (sum & 0xffff) + (sum >> 16);
+        }
+        assert_eq!(sum, 0xffff);
+    }
+
+    #[test]
+    fn an_opp_header_names_its_length_and_the_client_family() {
+        let v4 = opp_header(&marking("192.0.2.7:5353".parse().unwrap()));
+        assert_eq!(v4.len(), 12);
+        assert_eq!(&v4[..4], &[0x10, 17, 0, 12]);
+        let v6 = opp_header(&marking("[2001:db8::7]:53".parse().unwrap()));
+        assert_eq!(v6.len(), 24);
+        assert_eq!(&v6[..4], &[0x20, 17, 0, 24]);
+    }
+}
