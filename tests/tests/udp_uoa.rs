@@ -17,7 +17,7 @@ const PORT: &str = "6000";
 const ENOENT: i64 = 2;
 
 fn world(extra: &[&str]) -> World {
-    let mut args = vec!["--udp-interface", lab::RS_IF];
+    let mut args = vec!["--udp-interface", lab::RS_IF, "--trust", lab::LB_NET6];
     args.extend_from_slice(extra);
     World::with_daemon_args(lab::LB_NET, &args)
 }
