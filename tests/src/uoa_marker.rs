@@ -40,7 +40,7 @@ pub fn marking(client: SocketAddr) -> Vec<u8> {
 /// length: 20 bytes an IPv6 client), padded to 4-byte words with NOPs.
 pub fn opp_header(options: &[u8]) -> Vec<u8> {
     let mut area = options.to_vec();
-    while area.len() % 4 != 0 {
+    while !area.len().is_multiple_of(4) {
         area.push(1);
     }
     let version = if options.get(1) == Some(&20) {
@@ -163,7 +163,7 @@ fn sockaddr_of(addr: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
 
 fn set_ip_options(socket: &UdpSocket, options: &[u8]) -> Result<()> {
     let mut padded = options.to_vec();
-    while padded.len() % 4 != 0 {
+    while !padded.len().is_multiple_of(4) {
         padded.push(0);
     }
     // SAFETY: a valid socket and buffer of the length passed.

@@ -307,6 +307,7 @@ fn loaded() -> (aya::Ebpf, std::os::fd::OwnedFd) {
                 nat64_getsockopt_name: 0,
                 short_buffer_retval: -22,
                 proxy_flags: 0,
+                ..Config::DISABLED
             },
             0,
         )

@@ -149,23 +149,24 @@ pub fn refresh_due(flow: &UdpFlow, local: &Addr16, now_ns: u64) -> bool {
 pub mod delivery {
     /// The app looked up a flow since this flow's datagram was delivered.
     pub const ASKED: u8 = 1;
-    /// The thread was given datagrams of more than one flow since its last
-    /// lookup: which one it asks about cannot be told.
+    /// The socket delivered datagrams of more than one flow since its last
+    /// lookup: which one a lookup means cannot be told, until the next
+    /// datagram after a lookup.
     pub const SEVERAL: u8 = 2;
 }
 
 /// Per unconnected UDP socket (socket storage): the flow of the datagram it
-/// last delivered, and to which thread. The lookup getsockopt cannot read
-/// the tuple the app asks about (the kernel hands the program a zeroed
-/// buffer when its own getsockopt fails), so it answers for this flow, and
-/// only when that is the one the app can mean.
+/// last delivered. The UOA lookup cannot read the tuple the app asks about
+/// (the kernel hands the program a zeroed buffer when its own getsockopt
+/// fails), so it answers for this flow, taking the lookup to be about the
+/// datagram just received, and only while that flow is the one the app can
+/// mean. Per socket, not per thread: the lookup's hook has no thread id on
+/// the kernels ttm supports (5.10 and later).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Delivery {
     /// The flow's key.
     pub key: UdpFlowKey,
-    /// The receiving thread's id (the low half of `bpf_get_current_pid_tgid`).
-    pub tid: u32,
     /// [`delivery`] bits.
     pub flags: u8,
     /// Explicit padding; always zero.
@@ -173,14 +174,12 @@ pub struct Delivery {
 }
 
 impl Delivery {
-    /// Notes that thread `tid` was given a datagram of flow `key`.
+    /// Notes that the socket delivered a datagram of flow `key`.
     #[inline(always)]
-    pub fn note(&mut self, tid: u32, key: &UdpFlowKey) {
-        let fresh = self.tid != tid || self.flags & delivery::ASKED != 0;
-        if fresh {
+    pub fn note(&mut self, key: &UdpFlowKey) {
+        if self.flags & delivery::ASKED != 0 || self.key == UdpFlowKey::default() {
             *self = Delivery {
                 key: *key,
-                tid,
                 flags: 0,
                 _pad: [0; 3],
             };
@@ -190,16 +189,12 @@ impl Delivery {
         }
     }
 
-    /// The flow thread `tid` can mean by a lookup now, if there is exactly
-    /// one; the lookup is noted either way (later datagrams start afresh).
+    /// The flow a lookup now can mean, if there is exactly one; the lookup
+    /// is noted either way (the next datagram starts afresh).
     #[inline(always)]
-    pub fn ask(&mut self, tid: u32) -> Option<UdpFlowKey> {
-        if self.tid != tid {
-            return None;
-        }
-        let several = self.flags & delivery::SEVERAL != 0;
-        self.flags = delivery::ASKED;
-        if several {
+    pub fn ask(&mut self) -> Option<UdpFlowKey> {
+        self.flags |= delivery::ASKED;
+        if self.flags & delivery::SEVERAL != 0 || self.key == UdpFlowKey::default() {
             None
         } else {
             Some(self.key)
@@ -235,7 +230,7 @@ mod tests {
     fn the_table_layout_has_no_holes() {
         assert_eq!(core::mem::size_of::<UdpFlowKey>(), 20);
         assert_eq!(core::mem::size_of::<UdpFlow>(), 48);
-        assert_eq!(core::mem::size_of::<Delivery>(), 28);
+        assert_eq!(core::mem::size_of::<Delivery>(), 24);
     }
 
     #[test]
@@ -275,43 +270,35 @@ mod tests {
     }
 
     #[test]
-    fn a_lookup_answers_the_one_flow_its_thread_was_given() {
+    fn a_lookup_answers_the_flow_just_delivered() {
         let mut d = Delivery::default();
-        d.note(7, &key(5000));
-        assert_eq!(d.ask(7), Some(key(5000)));
+        assert_eq!(d.ask(), None, "nothing delivered yet");
+        d.note(&key(5000));
+        assert_eq!(d.ask(), Some(key(5000)));
         // Asked again with nothing new: the same flow.
-        assert_eq!(d.ask(7), Some(key(5000)));
-        // Another thread asks: it was given nothing here.
-        assert_eq!(d.ask(8), None);
+        assert_eq!(d.ask(), Some(key(5000)));
+        d.note(&key(5001));
+        assert_eq!(d.ask(), Some(key(5001)), "a lookup after each datagram");
     }
 
     #[test]
-    fn two_flows_between_lookups_answer_neither_then_start_afresh() {
+    fn two_flows_between_lookups_answer_neither_until_the_next_datagram() {
         let mut d = Delivery::default();
-        d.note(7, &key(5000));
-        d.note(7, &key(5001));
-        assert_eq!(d.ask(7), None);
-        d.note(7, &key(5001));
-        assert_eq!(d.ask(7), Some(key(5001)));
-        d.note(7, &key(5002));
-        assert_eq!(d.ask(7), Some(key(5002)));
+        d.note(&key(5000));
+        d.note(&key(5001));
+        assert_eq!(d.ask(), None);
+        // A second lookup (another thread's, say) is no wiser.
+        assert_eq!(d.ask(), None);
+        d.note(&key(5001));
+        assert_eq!(d.ask(), Some(key(5001)));
     }
 
     #[test]
     fn datagrams_of_one_flow_keep_it_answerable() {
         let mut d = Delivery::default();
-        d.note(7, &key(5000));
-        d.note(7, &key(5000));
-        d.note(7, &key(5000));
-        assert_eq!(d.ask(7), Some(key(5000)));
-    }
-
-    #[test]
-    fn another_thread_taking_a_datagram_leaves_the_first_no_answer() {
-        let mut d = Delivery::default();
-        d.note(7, &key(5000));
-        d.note(8, &key(5001));
-        assert_eq!(d.ask(7), None);
-        assert_eq!(d.ask(8), Some(key(5001)));
+        d.note(&key(5000));
+        d.note(&key(5000));
+        d.note(&key(5000));
+        assert_eq!(d.ask(), Some(key(5000)));
     }
 }

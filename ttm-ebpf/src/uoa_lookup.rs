@@ -6,16 +6,15 @@
 //! When the kernel's own getsockopt fails, as it does for this option
 //! number, the program is handed a zeroed buffer, not the tuple the app
 //! wrote into it. So the flow is the socket's own for a connected socket,
-//! and for an unconnected one the flow of the datagram the calling thread
-//! was last given on it, answered only while that is the one flow it can
-//! mean (`ttm_common::udp::Delivery`). Otherwise: ENOENT, never another
-//! flow's client.
+//! and for an unconnected one the flow of the datagram it last delivered,
+//! answered only while that is the one flow the app can mean
+//! (`ttm_common::udp::Delivery`). Otherwise: ENOENT.
 
 use core::ptr::{self, write_volatile};
 
 use aya_ebpf::{
     bindings::{bpf_sock, bpf_sockopt, BPF_SK_STORAGE_GET_F_CREATE},
-    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, generated::bpf_sk_storage_get},
+    helpers::{bpf_ktime_get_ns, generated::bpf_sk_storage_get},
     macros::cgroup_sock_addr,
     programs::SockAddrContext,
 };
@@ -60,13 +59,6 @@ fn delivery<'a>(sk: *mut bpf_sock, create: bool) -> Option<&'a mut Delivery> {
     unsafe { p.as_mut() }
 }
 
-/// The calling thread's id.
-#[inline(always)]
-fn tid() -> u32 {
-    // SAFETY: helper without preconditions.
-    bpf_get_current_pid_tgid() as u32
-}
-
 /// Notes the flow of the datagram an unconnected socket is handing over:
 /// its source (the LB), and the socket's own port.
 #[inline(always)]
@@ -88,7 +80,7 @@ fn note(ctx: &SockAddrContext, lb_addr: [u8; 16], lb_port_be: u32) {
         lb_port: u16::from_be(lb_port_be as u16),
         local_port: local.local_port,
     };
-    slot.note(tid(), &key);
+    slot.note(&key);
 }
 
 /// `recvfrom()`/`recvmsg()` of an AF_INET socket. Always returns 1.
@@ -154,7 +146,7 @@ fn lookup(sk: *mut bpf_sock, config: &Config) -> Option<UoaParamMap> {
             local_port: socket.local_port,
         }
     } else {
-        delivery(sk, false)?.ask(tid())?
+        delivery(sk, false)?.ask()?
     };
     // SAFETY: a live map value, copied out.
     let flow = unsafe { *UDP_FLOWS.get_ptr(&key)? };

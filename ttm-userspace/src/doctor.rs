@@ -84,6 +84,8 @@ pub fn run() -> Vec<Probe> {
             names.push(crate::tc::TC_FIRST_PROGRAM);
             names.push(crate::tc::TC_CUT_PROGRAM);
             names.push(crate::tc::TC_EGRESS_PROGRAM);
+            names.push(crate::tc::UDP_PROGRAM);
+            names.extend(crate::UDP_RECVMSG_PROGRAMS);
             let mut header_access = false;
             let proxy_programs = [
                 crate::PROXY_VERDICT_PROGRAM,
@@ -116,10 +118,20 @@ pub fn run() -> Vec<Probe> {
                         ("sockops joining TC records (--mode tc)", p.load())
                     }
                     Some(Program::CgroupSockopt(p)) => ("getsockopt shim", p.load()),
+                    Some(Program::CgroupSockAddr(p)) if name.starts_with("ttm_udp") => (
+                        "--udp-interface: noting each UDP datagram's flow for the UOA lookup \
+                         (recvmsg hook with socket storage)",
+                        p.load(),
+                    ),
                     Some(Program::CgroupSockAddr(p)) => ("getpeername hook", p.load()),
                     Some(Program::SchedClassifier(p)) if name == crate::tc::TC_PROGRAM => {
                         ("TC ingress decoder", p.load())
                     }
+                    Some(Program::SchedClassifier(p)) if name == crate::tc::UDP_PROGRAM => (
+                        "--udp-interface: reading DPVS's UOA marking of UDP flows, removing opp \
+                         headers (TC ingress)",
+                        p.load(),
+                    ),
                     Some(Program::SchedClassifier(p)) => (
                         "--proxy-interface: cutting PROXY headers out at the interface and \
                          renumbering the connection (TC)",
@@ -218,7 +230,10 @@ pub fn attachments(pins: &crate::pins::PinDir) -> Vec<Probe> {
         .filter_map(|pin| {
             let file = pin.file_name()?.to_string_lossy().into_owned();
             let program = file.strip_prefix("link_")?.split('@').next()?.to_string();
-            if program == crate::tc::TC_PROGRAM || program == crate::tc::TC_EGRESS_PROGRAM {
+            if program == crate::tc::TC_PROGRAM
+                || program == crate::tc::TC_EGRESS_PROGRAM
+                || program == crate::tc::UDP_PROGRAM
+            {
                 return None;
             }
             let link = crate::links::open_pinned(&pin).ok()?;
@@ -238,7 +253,11 @@ pub fn attachments(pins: &crate::pins::PinDir) -> Vec<Probe> {
                      unrelated options); narrow with --compat-cgroup or --no-getsockopt"
                 }
                 p if crate::pins::is_witness(p) => "a second program on every getpeername()",
-                _ => "one socket-storage lookup per getpeername()/accept()",
+                p if crate::UDP_RECVMSG_PROGRAMS.contains(&p) => {
+                    "every recvfrom()/recvmsg() of a UDP socket under it: the datagram's flow \
+                     noted in the socket's storage"
+                }
+                _ => "the socket's 4-tuple read and one hash lookup per getpeername()/accept()",
             };
             Some(probe(
                 &format!("attached: {program}"),

@@ -391,5 +391,6 @@ fn an_ipv6_client_and_an_ipv6_socket_are_answered_with_sixteen_bytes() {
     );
     assert_eq!({ answer.real_af }, AF_INET6);
     assert_eq!({ answer.real_saddr }, "2001:db8::7".parse::<Ipv6Addr>().unwrap().octets());
-    assert_eq!(u16::from_be({ answer.real_sport }), 443);
+    let port = answer.real_sport;
+    assert_eq!(u16::from_be(port), 443);
 }

@@ -68,7 +68,7 @@ pub(super) fn compat_summary(config: &DaemonConfig, decoder: &Path) -> Vec<Strin
     });
     out.push(if config.rewrite {
         format!(
-            "accept()/getpeername() rewrite on {cgroups}: one socket-storage lookup per call              under these cgroups"
+            "accept()/getpeername() rewrite on {cgroups}: the socket's 4-tuple read and one hash lookup per call under these cgroups"
         )
     } else {
         "accept()/getpeername() rewrite off (--no-rewrite)".to_string()
@@ -190,7 +190,16 @@ pub(super) fn attach_all(
             .with_context(|| format!("opening cgroup {}", a.cgroup.display()))?;
         let cgroup_id = links::cgroup_id(&a.cgroup)?;
         let existing = links::open_pinned(&a.pin).ok();
-        let prog_fd = load_program(ebpf, a.program)?;
+        let prog_fd = match load_program(ebpf, a.program) {
+            Err(e) if crate::UDP_RECVMSG_PROGRAMS.contains(&a.program) => {
+                warn!(
+                    "{e:#}: without it the UOA lookup answers connected UDP sockets only \
+                     (unconnected ones get ENOENT) — `ttm doctor` says what this kernel lacks"
+                );
+                continue;
+            }
+            fd => fd?,
+        };
         if pins::is_witness(a.program) {
             witnesses.push(Witness {
                 name: a.program,
