@@ -68,7 +68,7 @@ pub struct Run {
 /// What each kernel must pass: one test file per capability the README's
 /// table reports, in sockops mode, the TC path's own tests, and the PROXY
 /// suite with headers cut at the interface (`cut`).
-const MATRIX_TESTS: [(&str, &str); 11] = [
+const MATRIX_TESTS: [(&str, &str); 12] = [
     ("sockops", "decode_4to4"),
     ("sockops", "formats_6to4"),
     ("sockops", "compat_shim"),
@@ -80,6 +80,7 @@ const MATRIX_TESTS: [(&str, &str); 11] = [
     ("tc", "ipv6_path"),
     ("sockops", "proxy_protocol"),
     ("cut", "proxy_protocol"),
+    ("sockops", "udp_uoa"),
 ];
 
 fn root() -> Result<PathBuf> {

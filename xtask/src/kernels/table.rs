@@ -8,7 +8,7 @@ use anyhow::{bail, Result};
 use super::{kernels_dir, root, Outcome, KERNELS};
 
 /// The capabilities of the README's table and the runs that show each.
-const CAPABILITIES: [(&str, &[&str]); 8] = [
+const CAPABILITIES: [(&str, &[&str]); 9] = [
     ("4to4 decode", &["sockops/decode_4to4"]),
     ("6to4 and other formats", &["sockops/formats_6to4"]),
     (
@@ -31,6 +31,10 @@ const CAPABILITIES: [(&str, &[&str]); 8] = [
     (
         "PROXY protocol v1/v2 (--proxy-protocol)",
         &["sockops/proxy_protocol", "cut/proxy_protocol"],
+    ),
+    (
+        "UDP: DPVS's UOA marking, uoa.ko's getsockopt (--udp-interface)",
+        &["sockops/udp_uoa"],
     ),
     ("kernel", &[]),
 ];
