@@ -273,6 +273,47 @@ pub fn empty_getpeername4(_ctx: aya_ebpf::programs::SockAddrContext) -> i32 {
     1
 }
 
+/// Bench-only: the record map's shape (a 36-byte 4-tuple key, an 80-byte
+/// value, no preallocation, a million slots), for the lookup floor below.
+#[btf_map]
+static LOOKUP_FLOOR: aya_ebpf::btf_maps::HashMap<
+    [u32; 9],
+    [u64; 10],
+    { 1 << 20 },
+    { aya_ebpf::bindings::BPF_F_NO_PREALLOC as usize },
+> = aya_ebpf::btf_maps::HashMap::new();
+
+/// Bench-only: a getpeername program that reads the socket's 4-tuple and
+/// looks it up once in a map shaped as ttm's record map, then returns: the
+/// floor of any rewrite that finds its record by the socket's tuple
+/// (`cargo xtask bench`).
+#[aya_ebpf::macros::cgroup_sock_addr(getpeername4)]
+pub fn lookup_getpeername4(ctx: aya_ebpf::programs::SockAddrContext) -> i32 {
+    // SAFETY: context field; fields of a non-null socket at constant offsets.
+    unsafe {
+        let sk = (*ctx.sock_addr).__bindgen_anon_1.sk;
+        if sk.is_null() {
+            return 1;
+        }
+        let key = [
+            0,
+            0,
+            u32::from_ne_bytes([0, 0, 0xff, 0xff]),
+            ptr::read_volatile(&(*sk).src_ip4),
+            0,
+            0,
+            u32::from_ne_bytes([0, 0, 0xff, 0xff]),
+            ptr::read_volatile(&(*sk).dst_ip4),
+            ptr::read_volatile(&(*sk).src_port)
+                | (u32::from(u16::from_be(ptr::read_volatile(&(*sk).dst_port))) << 16),
+        ];
+        if let Some(value) = LOOKUP_FLOOR.get_ptr(&key) {
+            ptr::read_volatile(value.cast::<u64>());
+        }
+    }
+    1
+}
+
 /// Test-only harmless program for `ttm verify`: a sock_create hook that
 /// allows every socket (it could count them); it cannot touch peers.
 #[aya_ebpf::macros::cgroup_sock(sock_create)]

@@ -7,7 +7,6 @@ use core::ptr::{addr_of_mut, read_volatile, write_volatile};
 
 use aya_ebpf::bindings::{bpf_sock, BPF_NOEXIST};
 use ttm_common::{
-    addr::{from_words, v4_mapped},
     maps::{TcKey, RECORD_FILED, RECORD_REMOVED},
     Counter, PeerRecord,
 };
@@ -135,6 +134,17 @@ fn announce(kind: u8, key: &TcKey, record: &PeerRecord) {
     entry.submit(0);
 }
 
+/// A `TcKey` built as nine 4-byte words: the socket's addresses are read as
+/// words, and stored as words they are one store each, not sixteen byte
+/// stores and shifts (this runs on every getpeername of the compat cgroups).
+#[repr(C, align(4))]
+struct KeyWords([u32; 9]);
+const _: () = assert!(core::mem::size_of::<KeyWords>() == core::mem::size_of::<TcKey>());
+const _: () = assert!(core::mem::align_of::<KeyWords>() >= core::mem::align_of::<TcKey>());
+
+/// `::ffff:0:0`'s third word as it sits in memory (bytes 00 00 ff ff).
+const V4_MAPPED_WORD: u32 = u32::from_ne_bytes([0, 0, 0xff, 0xff]);
+
 /// The 4-tuple of socket `sk` as `RECORDS` keys it; `None` for a null socket.
 #[inline(always)]
 pub fn key_of_socket(sk: *mut bpf_sock) -> Option<TcKey> {
@@ -163,17 +173,20 @@ pub fn key_of_socket(sk: *mut bpf_sock) -> Option<TcKey> {
         ];
         let local_port = read_volatile(&(*sk).src_port) as u16;
         let peer_port = u16::from_be(read_volatile(&(*sk).dst_port));
-        let (local_addr, peer_addr) = if family == AF_INET {
-            (v4_mapped(src4.to_ne_bytes()), v4_mapped(dst4.to_ne_bytes()))
+        let (local, peer) = if family == AF_INET {
+            ([0, 0, V4_MAPPED_WORD, src4], [0, 0, V4_MAPPED_WORD, dst4])
         } else {
-            (from_words(src6), from_words(dst6))
+            (src6, dst6)
         };
-        Some(TcKey {
-            local_addr,
-            peer_addr,
-            local_port,
-            peer_port,
-        })
+        let ports = u32::from(local_port) | (u32::from(peer_port) << 16);
+        let words = KeyWords([
+            local[0], local[1], local[2], local[3], peer[0], peer[1], peer[2], peer[3],
+            u32::from_le(ports),
+        ]);
+        // SAFETY: same size, alignment at least TcKey's; every bit pattern
+        // is a valid TcKey (byte arrays and integers), laid out as the
+        // words were stored (the ports little-endian, as BPF is).
+        Some(core::mem::transmute::<KeyWords, TcKey>(words))
     }
 }
 
