@@ -5,8 +5,9 @@
  * [::]:PORT, dual-stack); for each prints one JSON line and echoes the
  * payload back prefixed with the client it was told.
  * With a third argument "connect", it connect()s its socket to the first
- * datagram's source and asks from that connected socket.
- * Usage: uoa_server PORT COUNT [6|connect] */
+ * datagram's source and asks from that connected socket; with "pairs", it
+ * receives two datagrams before each lookup (which it makes for the second).
+ * Usage: uoa_server PORT COUNT [6|connect|pairs] */
 #include <arpa/inet.h>
 #include <errno.h>
 #include <netinet/in.h>
@@ -46,11 +47,12 @@ static void text_of(int af, const void *addr, uint16_t port_be, char *out, size_
 
 int main(int argc, char **argv) {
     if (argc != 3 && argc != 4) {
-        fprintf(stderr, "usage: %s PORT COUNT [6|connect]\n", argv[0]);
+        fprintf(stderr, "usage: %s PORT COUNT [6|connect|pairs]\n", argv[0]);
         return 2;
     }
     int v6 = argc == 4 && !strcmp(argv[3], "6");
     int connected = argc == 4 && !strcmp(argv[3], "connect");
+    int pairs = argc == 4 && !strcmp(argv[3], "pairs");
     int port = atoi(argv[1]), count = atoi(argv[2]), zero = 0;
     int fd = socket(v6 ? AF_INET6 : AF_INET, SOCK_DGRAM, 0);
     if (fd < 0) {
@@ -85,6 +87,11 @@ int main(int argc, char **argv) {
         struct sockaddr_storage peer;
         socklen_t peer_len = sizeof peer;
         ssize_t n = recvfrom(fd, buf, sizeof buf - 1, 0, (struct sockaddr *)&peer, &peer_len);
+        if (n >= 0 && pairs) {
+            /* The first of the pair goes unasked. */
+            peer_len = sizeof peer;
+            n = recvfrom(fd, buf, sizeof buf - 1, 0, (struct sockaddr *)&peer, &peer_len);
+        }
         if (n < 0) {
             perror("recvfrom");
             return 1;

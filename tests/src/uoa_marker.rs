@@ -186,7 +186,8 @@ fn set_ip_options(socket: &UdpSocket, options: &[u8]) -> Result<()> {
 /// text), in order.
 pub fn send(send: &Send) -> Result<Vec<String>> {
     let socket = UdpSocket::bind(send.from).with_context(|| format!("binding {}", send.from))?;
-    socket.set_read_timeout(send.answer_wait.or(Some(Duration::from_millis(1))))?;
+    let answer_wait = send.answer_wait.filter(|d| !d.is_zero());
+    socket.set_read_timeout(answer_wait.or(Some(Duration::from_millis(1))))?;
     let opp_raw = if send.carrier == Carrier::Opp {
         let raw = raw_socket(send.from.is_ipv6())?;
         let (bind, len) = sockaddr_of(send.from);
@@ -228,7 +229,8 @@ pub fn send(send: &Send) -> Result<Vec<String>> {
                     )
                 };
                 if rc < 0 {
-                    return Err(std::io::Error::last_os_error()).context("sending the opp datagram");
+                    return Err(std::io::Error::last_os_error())
+                        .context("sending the opp datagram");
                 }
             }
         }
@@ -242,7 +244,7 @@ pub fn send(send: &Send) -> Result<Vec<String>> {
     }
     let mut answers = Vec::new();
     let read_answer = |answers: &mut Vec<String>| {
-        if send.answer_wait.is_none() {
+        if answer_wait.is_none() {
             return;
         }
         let mut buf = [0u8; 2048];

@@ -13,7 +13,7 @@ use crate::error::ClientError;
 use crate::fdpass::send_with_fd;
 use crate::protocol::{
     decode_reply, encode_line, Connection, ErrorCode, ErrorReply, Request, StatsReply,
-    VersionReply, MAX_REPLY_BYTES,
+    UdpFlowReply, VersionReply, MAX_REPLY_BYTES,
 };
 use crate::{DEFAULT_SOCKET, DEFAULT_TIMEOUT};
 
@@ -86,6 +86,16 @@ impl Client {
         peer: SocketAddr,
     ) -> Result<Option<Connection>, ClientError> {
         found(self.call(&Request::Tuple { local, peer }, None))
+    }
+
+    /// The real client of the UDP flow from `lb` to the socket at `local`
+    /// (`--udp-interface`; a wildcard `local` address matches any).
+    pub fn lookup_udp(
+        &mut self,
+        local: SocketAddr,
+        lb: SocketAddr,
+    ) -> Result<Option<UdpFlowReply>, ClientError> {
+        found(self.call(&Request::Udp { local, lb }, None))
     }
 
     /// The real clients of many connections by cookie, in one pipelined
@@ -211,9 +221,9 @@ impl Client {
 }
 
 /// Maps a lookup answer: `not_found` is `None`, other errors are errors.
-pub(crate) fn found(
-    reply: Result<Result<Connection, ErrorReply>, ClientError>,
-) -> Result<Option<Connection>, ClientError> {
+pub(crate) fn found<T>(
+    reply: Result<Result<T, ErrorReply>, ClientError>,
+) -> Result<Option<T>, ClientError> {
     match reply? {
         Ok(c) => Ok(Some(c)),
         Err(ErrorReply {

@@ -35,7 +35,7 @@ pub use blocking::Client;
 pub use error::ClientError;
 #[cfg(feature = "tokio")]
 pub use nonblocking::AsyncClient;
-pub use protocol::{Connection, StatsReply, VersionReply, DEFAULT_SOCKET};
+pub use protocol::{Connection, StatsReply, UdpFlowReply, VersionReply, DEFAULT_SOCKET};
 pub use provenance::{Provenance, Verdict};
 
 /// Most lookups one pipelined batch may carry.

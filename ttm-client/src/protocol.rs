@@ -8,11 +8,13 @@
 //! {"op":"cookie","cookie":4097}
 //! {"op":"fd"}                       (the socket rides along with SCM_RIGHTS)
 //! {"op":"tuple","local":"10.0.2.2:8080","peer":"10.0.2.1:40112"}
+//! {"op":"udp","local":"0.0.0.0:53","lb":"10.0.2.1:40112"}
 //! {"op":"stats"}
 //! {"op":"version"}
 //! ```
 //!
-//! A lookup answers with a [`Connection`]; every failure is an [`ErrorReply`]
+//! A lookup answers with a [`Connection`] (`udp`: a [`UdpFlowReply`]);
+//! every failure is an [`ErrorReply`]
 //! such as `{"error":"not_found"}` or
 //! `{"error":"bad_request","reason":"..."}`.
 
@@ -56,6 +58,15 @@ pub enum Request {
         local: SocketAddr,
         /// The peer as the app sees it.
         peer: SocketAddr,
+    },
+    /// The UDP flow a trusted LB marked (`--udp-interface`): datagrams from
+    /// `lb` (their source, as `recvfrom` gives it) to `local` (the socket's
+    /// address; a wildcard address matches any, as uoa.ko's lookup does).
+    Udp {
+        /// The receiving socket's local address.
+        local: SocketAddr,
+        /// The datagrams' source: the load balancer.
+        lb: SocketAddr,
     },
     /// Counters of the kernel side and of this service.
     Stats,
@@ -108,6 +119,23 @@ pub struct ProxyTlv {
 
 fn tcp_option() -> String {
     "tcp-option".to_string()
+}
+
+/// The answer to a `udp` lookup: the client of one UDP flow.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UdpFlowReply {
+    /// The real client, from the LB's marking.
+    pub client: SocketAddr,
+    /// `4to4`, `6to4`, `4to6` or `6to6`: the client's family, then the path's.
+    pub family: String,
+    /// The load balancer's address and port (the datagrams' source).
+    pub lb: SocketAddr,
+    /// The local address and port the flow's datagrams were sent to.
+    pub local: SocketAddr,
+    /// Time since the flow's last datagram (to within a second), in
+    /// seconds on the wire.
+    #[serde(with = "seconds")]
+    pub idle: Duration,
 }
 
 /// The answer to `stats`.

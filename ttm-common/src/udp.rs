@@ -237,9 +237,18 @@ mod tests {
     fn a_marking_files_refreshes_replaces_or_makes_a_flow_ambiguous() {
         let flow = UdpFlow::new(&LOCAL, &client(9, 4000), 0);
         assert_eq!(on_marking(None, &LOCAL, &client(9, 4000)), Marked::New);
-        assert_eq!(on_marking(Some(&flow), &LOCAL, &client(9, 4000)), Marked::Same);
-        assert_eq!(on_marking(Some(&flow), &LOCAL, &client(9, 4001)), Marked::Replaced);
-        assert_eq!(on_marking(Some(&flow), &LOCAL, &client(8, 4000)), Marked::Replaced);
+        assert_eq!(
+            on_marking(Some(&flow), &LOCAL, &client(9, 4000)),
+            Marked::Same
+        );
+        assert_eq!(
+            on_marking(Some(&flow), &LOCAL, &client(9, 4001)),
+            Marked::Replaced
+        );
+        assert_eq!(
+            on_marking(Some(&flow), &LOCAL, &client(8, 4000)),
+            Marked::Replaced
+        );
         let other_local = v4_mapped([10, 0, 2, 3]);
         assert_eq!(
             on_marking(Some(&flow), &other_local, &client(9, 4000)),
@@ -261,7 +270,11 @@ mod tests {
         let flow = UdpFlow::new(&LOCAL, &client(9, 4000), 5 * REFRESH_NS);
         assert!(!refresh_due(&flow, &LOCAL, 5 * REFRESH_NS + 1));
         assert!(refresh_due(&flow, &LOCAL, 6 * REFRESH_NS));
-        assert!(!refresh_due(&flow, &v4_mapped([10, 0, 2, 3]), 9 * REFRESH_NS));
+        assert!(!refresh_due(
+            &flow,
+            &v4_mapped([10, 0, 2, 3]),
+            9 * REFRESH_NS
+        ));
         let idle = 360 * REFRESH_NS;
         assert!(!flow.expired(5 * REFRESH_NS + idle - 1, idle));
         assert!(flow.expired(5 * REFRESH_NS + idle, idle));

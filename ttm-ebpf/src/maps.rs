@@ -3,7 +3,8 @@
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
     btf_maps::{
-        Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, ProgramArray, RingBuf, SkStorage, SockHash,
+        Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, ProgramArray, RingBuf, SkStorage,
+        SockHash,
     },
     macros::btf_map,
 };
@@ -45,8 +46,12 @@ pub static RECORD_EVENTS: RingBuf<RecordEvent, { RECORD_EVENTS_BYTES as usize }>
 /// daemon (`--max-udp-flows`); a full map refuses new flows (counted) and
 /// never evicts a live one.
 #[btf_map]
-pub static UDP_FLOWS: HashMap<UdpFlowKey, UdpFlow, { DEFAULT_MAX_UDP_FLOWS as usize }, NO_PREALLOC> =
-    HashMap::new();
+pub static UDP_FLOWS: HashMap<
+    UdpFlowKey,
+    UdpFlow,
+    { DEFAULT_MAX_UDP_FLOWS as usize },
+    NO_PREALLOC,
+> = HashMap::new();
 
 /// Per unconnected UDP socket: the flow of the datagram it last delivered,
 /// and to which thread. Written by the recvmsg hooks; read by the UOA

@@ -180,7 +180,14 @@ pub fn key_of_socket(sk: *mut bpf_sock) -> Option<TcKey> {
         };
         let ports = u32::from(local_port) | (u32::from(peer_port) << 16);
         let words = KeyWords([
-            local[0], local[1], local[2], local[3], peer[0], peer[1], peer[2], peer[3],
+            local[0],
+            local[1],
+            local[2],
+            local[3],
+            peer[0],
+            peer[1],
+            peer[2],
+            peer[3],
             u32::from_le(ports),
         ]);
         // SAFETY: same size, alignment at least TcKey's; every bit pattern

@@ -11,7 +11,9 @@
 use core::ptr::{read_volatile, write_volatile};
 
 use aya_ebpf::{
-    bindings::{__sk_buff, BPF_EXIST, BPF_F_RECOMPUTE_CSUM, BPF_NOEXIST, TC_ACT_SHOT, TC_ACT_UNSPEC},
+    bindings::{
+        __sk_buff, BPF_EXIST, BPF_F_RECOMPUTE_CSUM, BPF_NOEXIST, TC_ACT_SHOT, TC_ACT_UNSPEC,
+    },
     helpers::bpf_ktime_get_ns,
     macros::classifier,
     programs::TcContext,
@@ -279,8 +281,8 @@ fn parse(data: usize, end: usize) -> Option<()> {
         IPPROTO_OPP => {
             let fixed: [u8; OPP_FIXED_LEN] = header(data + l4, end)?;
             let Ok((version, len)) = opp_fixed(fixed) else {
-                let trusted = is_trusted(&parsed.src)
-                    || CONFIG.get(0).is_some_and(|c| c.trust_any != 0);
+                let trusted =
+                    is_trusted(&parsed.src) || CONFIG.get(0).is_some_and(|c| c.trust_any != 0);
                 bump(if trusted {
                     Counter::UdpMalformed
                 } else {

@@ -153,7 +153,9 @@ fn lookup(sk: *mut bpf_sock, config: &Config) -> Option<UoaParamMap> {
     // SAFETY: helper without preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
     let bound = socket.local_addr != [0; 16] && socket.local_addr != v4_mapped([0; 4]);
-    if !flow.answers() || flow.expired(now, idle_ns(config.udp_idle_secs)) || (bound && flow.local_addr != socket.local_addr)
+    if !flow.answers()
+        || flow.expired(now, idle_ns(config.udp_idle_secs))
+        || (bound && flow.local_addr != socket.local_addr)
     {
         return None;
     }

@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::{Context as _, Result};
 use aya::maps::{HashMap, Map, MapData, MapError, PerCpuArray, PerCpuValues};
 use log::{info, warn};
+use ttm_client::UdpFlowReply;
 use ttm_common::udp::{idle_ns, UdpFlow, UdpFlowKey};
 use ttm_common::{maps, Counter};
 
@@ -48,6 +49,60 @@ pub fn key(lb: SocketAddr, local_port: u16) -> UdpFlowKey {
     }
 }
 
+/// The pinned UDP flow table.
+pub type Flows = HashMap<MapData, UdpFlowKey, UdpFlow>;
+
+/// Opens the `UDP_FLOWS` pinned under `pins`.
+pub fn open(pins: &PinDir) -> Result<Flows, crate::records::RecordsError> {
+    let path = pins.map(maps::UDP_FLOWS);
+    let data =
+        MapData::from_pin(&path).map_err(|source| crate::records::RecordsError::NotPinned {
+            path: path.display().to_string(),
+            source,
+        })?;
+    Ok(HashMap::try_from(Map::HashMap(data))?)
+}
+
+/// The `udp` lookup's answer: the flow from `lb` to the socket at `local`
+/// (its address matched unless a wildcard), if it answers.
+pub fn reply(
+    flows: &Flows,
+    local: SocketAddr,
+    lb: SocketAddr,
+    idle: Duration,
+) -> Option<UdpFlowReply> {
+    let flow = find(flows, lb, local.port(), idle)?;
+    let flow_local = crate::records::to_ip(&flow.local_addr);
+    let wildcard = local.ip().is_unspecified();
+    let same = |a: std::net::IpAddr, b: std::net::IpAddr| a.to_canonical() == b.to_canonical();
+    if !wildcard && !same(local.ip(), flow_local) {
+        return None;
+    }
+    let client_ip = crate::records::to_ip(&flow.client_addr);
+    let client_v6 = flow.client_is_v6();
+    let client = match (client_ip, client_v6) {
+        // A 20-byte marking holding ::ffff:a.b.c.d stays IPv6.
+        (std::net::IpAddr::V4(v4), true) => {
+            SocketAddr::new(v4.to_ipv6_mapped().into(), flow.client_port)
+        }
+        (ip, _) => SocketAddr::new(ip, flow.client_port),
+    };
+    let path_v6 = lb.ip().to_canonical().is_ipv6();
+    let family = format!(
+        "{}to{}",
+        if client_v6 { 6 } else { 4 },
+        if path_v6 { 6 } else { 4 }
+    );
+    let idle_for = Duration::from_nanos(monotonic_ns().saturating_sub(flow.seen_ns));
+    Some(UdpFlowReply {
+        client,
+        family,
+        lb,
+        local: SocketAddr::new(flow_local, local.port()),
+        idle: idle_for,
+    })
+}
+
 /// The pinned maps the expiry works on.
 pub struct FlowExpiry {
     flows: HashMap<MapData, UdpFlowKey, UdpFlow>,
@@ -70,8 +125,7 @@ impl FlowExpiry {
     /// One pass; returns how many flows expired.
     pub fn sweep(&mut self) -> Result<usize> {
         let now = monotonic_ns();
-        let flows: Vec<(UdpFlowKey, UdpFlow)> =
-            self.flows.iter().filter_map(Result::ok).collect();
+        let flows: Vec<(UdpFlowKey, UdpFlow)> = self.flows.iter().filter_map(Result::ok).collect();
         let mut removed = 0;
         for key in expired(flows, now, self.idle) {
             // Read again right before the removal: a datagram may have
@@ -165,7 +219,10 @@ mod tests {
     fn the_expiry_runs_a_few_times_per_idle_time_within_bounds() {
         assert_eq!(interval(Duration::from_secs(360)), Duration::from_secs(10));
         assert_eq!(interval(Duration::from_secs(2)), Duration::from_millis(500));
-        assert_eq!(interval(Duration::from_millis(100)), Duration::from_millis(200));
+        assert_eq!(
+            interval(Duration::from_millis(100)),
+            Duration::from_millis(200)
+        );
     }
 
     #[test]

@@ -46,9 +46,7 @@ pub(super) fn per_call(lab: &Lab, sizes: &Sizes) -> Result<Section> {
         for setup in order {
             let _empty = match setup {
                 EmptyProgram => Some(Foreign::on_cgroup("empty_getpeername4", &lab.rs_cgroup())?),
-                LookupProgram => {
-                    Some(Foreign::on_cgroup("lookup_getpeername4", &lab.rs_cgroup())?)
-                }
+                LookupProgram => Some(Foreign::on_cgroup("lookup_getpeername4", &lab.rs_cgroup())?),
                 _ => None,
             };
             let _daemon = match setup {

@@ -357,7 +357,10 @@ fn the_lookup_answer_is_laid_out_as_uoa_ko_writes_it() {
         lb_port: 40_001,
         local_port: 6000,
     };
-    let flow = flow_of(Ipv4Addr::new(10, 0, 2, 2), "192.0.2.7:5353".parse().unwrap());
+    let flow = flow_of(
+        Ipv4Addr::new(10, 0, 2, 2),
+        "192.0.2.7:5353".parse().unwrap(),
+    );
     let answer = UoaParamMap::answer(false, &key, &flow);
     // SAFETY: a packed plain struct read as its bytes.
     let bytes: [u8; UOA_PARAM_MAP_LEN] = unsafe { core::mem::transmute(answer) };
@@ -390,7 +393,10 @@ fn an_ipv6_client_and_an_ipv6_socket_are_answered_with_sixteen_bytes() {
         "an IPv6 socket saw the LB v4-mapped"
     );
     assert_eq!({ answer.real_af }, AF_INET6);
-    assert_eq!({ answer.real_saddr }, "2001:db8::7".parse::<Ipv6Addr>().unwrap().octets());
+    assert_eq!(
+        { answer.real_saddr },
+        "2001:db8::7".parse::<Ipv6Addr>().unwrap().octets()
+    );
     let port = answer.real_sport;
     assert_eq!(u16::from_be(port), 443);
 }

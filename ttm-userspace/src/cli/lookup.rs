@@ -21,6 +21,11 @@ pub struct LookupArgs {
     /// The peer address as the app sees it (the load balancer, or the client when ttm rewrote it), IP:PORT.
     #[arg(long, requires = "local")]
     peer: Option<SocketAddr>,
+    /// A UDP flow (`--udp-interface`): --local is the receiving socket's
+    /// address (a wildcard address matches any), --peer the datagrams'
+    /// source, the load balancer.
+    #[arg(long, requires_all = ["local", "peer"])]
+    udp: bool,
     /// Print JSON.
     #[arg(long)]
     json: bool,
@@ -39,10 +44,14 @@ pub fn run(args: LookupArgs) -> Result<ExitCode> {
         cookie,
         local,
         peer,
+        udp,
         json,
         socket,
         pin_dir,
     } = args;
+    if let (true, Some(local), Some(lb)) = (udp, local, peer) {
+        return lookup_udp(local, lb, json, &socket, pin_dir);
+    }
     let found = match pin_dir {
         Some(dir) => {
             let store = RecordStore::open(&PinDir::new(dir))?;
@@ -75,6 +84,47 @@ pub fn run(args: LookupArgs) -> Result<ExitCode> {
             Ok(ExitCode::from(1))
         }
     }
+}
+
+/// A UDP flow's client; exit 0 with one, 1 without.
+fn lookup_udp(
+    local: SocketAddr,
+    lb: SocketAddr,
+    json: bool,
+    socket: &std::path::Path,
+    pin_dir: Option<PathBuf>,
+) -> Result<ExitCode> {
+    let found = match pin_dir {
+        // What the map holds: the daemon's expiry removes idle flows.
+        Some(dir) => ttm::udp_flows::reply(
+            &ttm::udp_flows::open(&PinDir::new(dir))?,
+            local,
+            lb,
+            std::time::Duration::from_secs(u64::from(u32::MAX)),
+        ),
+        None => Client::connect(socket)?.lookup_udp(local, lb)?,
+    };
+    match &found {
+        Some(flow) if json => println!("{}", serde_json::to_string(&flow)?),
+        Some(flow) => println!(
+            "client {} ({}) via load balancer {} to {}, UDP, idle {:.0}s",
+            flow.client,
+            flow.family,
+            flow.lb,
+            flow.local,
+            flow.idle.as_secs_f64()
+        ),
+        None if json => println!("{}", serde_json::json!({"error": "not_found"})),
+        None => eprintln!(
+            "no UDP flow: none marked by a trusted LB from {lb} to {local}, it expired, or ttm \
+             runs without --udp-interface"
+        ),
+    }
+    Ok(if found.is_some() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }
 
 fn print_info(info: &Connection, json: bool) -> Result<()> {

@@ -141,10 +141,10 @@ pub(super) fn planned_attachments(
         }
         // The UOA lookup of unconnected sockets needs each datagram's flow.
         if !config.udp_interfaces.is_empty() && config.getsockopt {
-            for (program, attach_type) in crate::UDP_RECVMSG_PROGRAMS
-                .into_iter()
-                .zip([links::attach_type::UDP4_RECVMSG, links::attach_type::UDP6_RECVMSG])
-            {
+            for (program, attach_type) in crate::UDP_RECVMSG_PROGRAMS.into_iter().zip([
+                links::attach_type::UDP4_RECVMSG,
+                links::attach_type::UDP6_RECVMSG,
+            ]) {
                 out.push(Attachment {
                     program,
                     attach_type,
@@ -383,7 +383,11 @@ pub(super) fn write_config(
             } else {
                 maps::proxy_flags::TC_NO_OPTIONS
             },
-            udp_idle_secs: if udp { config.udp_idle.as_secs() as u32 } else { 0 },
+            udp_idle_secs: if udp {
+                config.udp_idle.as_secs() as u32
+            } else {
+                0
+            },
             uoa_getsockopt_name: if udp {
                 ttm_common::uoa::UOA_SO_GET_LOOKUP as u32
             } else {

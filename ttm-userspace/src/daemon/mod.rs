@@ -228,7 +228,11 @@ fn remove_obsolete_pins(config: &DaemonConfig) {
     // Counters and settings of another build's layout: the load would
     // reuse a map whose slots or value this build reads differently.
     for (name, value_size, entries) in [
-        (maps::STATS, size_of::<u64>(), Some(ttm_common::Counter::COUNT)),
+        (
+            maps::STATS,
+            size_of::<u64>(),
+            Some(ttm_common::Counter::COUNT),
+        ),
         (maps::CONFIG, size_of::<ttm_common::Config>(), None),
     ] {
         let pin = config.pins.map(name);
@@ -553,8 +557,13 @@ impl Daemon {
                 "took over {adopted} pinned attachment(s) with an atomic program swap: no connection went unrecorded"
             );
         }
-        let directory = PinnedDirectory::open(&daemon.pins, daemon.plan.tc)
+        let mut directory = PinnedDirectory::open(&daemon.pins, daemon.plan.tc)
             .context("opening the pinned maps")?;
+        if !config.udp_interfaces.is_empty() {
+            directory = directory
+                .with_udp(&daemon.pins, config.udp_idle)
+                .context("opening the pinned UDP flow table")?;
+        }
         record_events::spawn(&daemon.pins, directory.index())
             .context("following the record events")?;
         if !config.udp_interfaces.is_empty() {

@@ -89,7 +89,10 @@ impl RecordIndex {
         {
             replay.push(*event);
         }
-        apply_to(&mut self.maps.write().unwrap_or_else(|e| e.into_inner()), event);
+        apply_to(
+            &mut self.maps.write().unwrap_or_else(|e| e.into_inner()),
+            event,
+        );
     }
 
     /// Makes `ring` this index's event source.

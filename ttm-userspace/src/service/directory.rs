@@ -28,12 +28,23 @@ pub trait Directory: Send + Sync + 'static {
     ) -> Result<Option<Connection>, RecordsError>;
     /// Kernel counters by name, and the number of live records.
     fn kernel_stats(&self) -> Result<(BTreeMap<String, u64>, u64), RecordsError>;
+    /// The UDP flow from `lb` to the socket at `local` (none where UDP is off).
+    fn udp_flow(
+        &self,
+        local: SocketAddr,
+        lb: SocketAddr,
+    ) -> Result<Option<ttm_client::UdpFlowReply>, RecordsError> {
+        let _ = (local, lb);
+        Ok(None)
+    }
 }
 
 /// The daemon's pinned maps.
 pub struct PinnedDirectory {
     records: RecordStore,
     stats: PerCpuArray<MapData, u64>,
+    /// `UDP_FLOWS` and `--udp-idle`, with `--udp-interface`.
+    udp: Option<(crate::udp_flows::Flows, std::time::Duration)>,
 }
 
 impl PinnedDirectory {
@@ -45,7 +56,19 @@ impl PinnedDirectory {
         Ok(PinnedDirectory {
             records,
             stats: crate::stats::open(pins)?,
+            udp: None,
         })
+    }
+
+    /// Answers `udp` lookups from the pinned `UDP_FLOWS`, flows idle past
+    /// `idle` counting as gone.
+    pub fn with_udp(
+        mut self,
+        pins: &PinDir,
+        idle: std::time::Duration,
+    ) -> Result<Self, RecordsError> {
+        self.udp = Some((crate::udp_flows::open(pins)?, idle));
+        Ok(self)
     }
 }
 
@@ -71,6 +94,17 @@ impl Directory for PinnedDirectory {
         peer: SocketAddr,
     ) -> Result<Option<Connection>, RecordsError> {
         self.records.by_tuple(local, peer)
+    }
+
+    fn udp_flow(
+        &self,
+        local: SocketAddr,
+        lb: SocketAddr,
+    ) -> Result<Option<ttm_client::UdpFlowReply>, RecordsError> {
+        Ok(self
+            .udp
+            .as_ref()
+            .and_then(|(flows, idle)| crate::udp_flows::reply(flows, local, lb, *idle)))
     }
 
     fn kernel_stats(&self) -> Result<(BTreeMap<String, u64>, u64), RecordsError> {

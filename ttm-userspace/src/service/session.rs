@@ -26,6 +26,7 @@ use crate::records::RecordsError;
 /// A successful answer.
 enum Answer {
     Found(Connection),
+    Udp(ttm_client::UdpFlowReply),
     Stats(StatsReply),
     Version(VersionReply),
 }
@@ -273,6 +274,11 @@ impl Session {
             },
             Request::Cookie { cookie } => self.lookup(|d| d.by_cookie(cookie)),
             Request::Tuple { local, peer } => self.lookup(|d| d.by_tuple(local, peer)),
+            Request::Udp { local, lb } => match self.shared.directory.udp_flow(local, lb) {
+                Ok(Some(flow)) => Ok(Answer::Udp(flow)),
+                Ok(None) => Err(ErrorReply::new(ErrorCode::NotFound)),
+                Err(e) => Err(ErrorReply::because(ErrorCode::Internal, e.to_string())),
+            },
             Request::Stats => self.stats(),
             Request::Version => Ok(Answer::Version(VersionReply {
                 version: env!("CARGO_PKG_VERSION").to_string(),
@@ -285,6 +291,7 @@ impl Session {
                 self.shared.counters.bump(C::RequestsAnswered);
                 match answer {
                     Answer::Found(c) => encode_line(&c, out),
+                    Answer::Udp(f) => encode_line(&f, out),
                     Answer::Stats(s) => encode_line(&s, out),
                     Answer::Version(v) => encode_line(&v, out),
                 }
