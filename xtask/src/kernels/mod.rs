@@ -68,7 +68,7 @@ pub struct Run {
 /// What each kernel must pass: one test file per capability the README's
 /// table reports, in sockops mode, the TC path's own tests, and the PROXY
 /// suite with headers cut at the interface (`cut`).
-const MATRIX_TESTS: [(&str, &str); 12] = [
+const MATRIX_TESTS: [(&str, &str); 13] = [
     ("sockops", "decode_4to4"),
     ("sockops", "formats_6to4"),
     ("sockops", "compat_shim"),
@@ -81,6 +81,7 @@ const MATRIX_TESTS: [(&str, &str); 12] = [
     ("sockops", "proxy_protocol"),
     ("cut", "proxy_protocol"),
     ("sockops", "udp_uoa"),
+    ("sockops", "udp_differential"),
 ];
 
 fn root() -> Result<PathBuf> {

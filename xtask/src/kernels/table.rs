@@ -34,7 +34,7 @@ const CAPABILITIES: [(&str, &[&str]); 9] = [
     ),
     (
         "UDP: DPVS's UOA marking, uoa.ko's getsockopt (--udp-interface)",
-        &["sockops/udp_uoa"],
+        &["sockops/udp_uoa", "sockops/udp_differential"],
     ),
     ("kernel", &[]),
 ];
