@@ -37,8 +37,8 @@ fn test_run(prog: std::os::fd::BorrowedFd<'_>, frame: &[u8]) -> (u32, Vec<u8>) {
     attr[2] = frame.as_ptr() as u64;
     attr[3] = out.as_mut_ptr() as u64;
     attr[4] = 1; // repeat
-    // SAFETY: bpf(BPF_PROG_TEST_RUN) with data_in at `frame` and data_out
-    // at `out`, whose length is passed.
+                 // SAFETY: bpf(BPF_PROG_TEST_RUN) with data_in at `frame` and data_out
+                 // at `out`, whose length is passed.
     let rc = unsafe {
         libc::syscall(
             libc::SYS_bpf,
@@ -132,7 +132,11 @@ fn datagram(rng: &mut Rng, n: u16) -> Datagram {
     let trusted = rng.below(5) != 0;
     let opp = v6 || rng.below(2) == 0;
     let area = option_area(rng);
-    let payload_len = if rng.below(4) == 0 { 0 } else { 1 + rng.below(40) as usize };
+    let payload_len = if rng.below(4) == 0 {
+        0
+    } else {
+        1 + rng.below(40) as usize
+    };
     let sport = 10_000 + n;
     let mut udp = Vec::new();
     udp.extend_from_slice(&sport.to_be_bytes());
@@ -162,7 +166,11 @@ fn datagram(rng: &mut Rng, n: u16) -> Datagram {
     let (opp_at, ip_options);
     if v6 {
         f.extend_from_slice(&[0x86, 0xdd]);
-        src = if trusted { TRUSTED6 } else { [0xfd, 0, 0, 9, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 9] };
+        src = if trusted {
+            TRUSTED6
+        } else {
+            [0xfd, 0, 0, 9, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 9]
+        };
         f.extend_from_slice(&[0x60, 0, 0, 0]);
         f.extend_from_slice(&(inner.len() as u16).to_be_bytes());
         f.extend_from_slice(&[if opp { IPPROTO_OPP } else { 17 }, 64]);
@@ -273,7 +281,9 @@ fn loaded() -> (aya::Ebpf, std::os::fd::OwnedFd) {
         .expect("udp program")
         .try_into()
         .expect("classifier");
-    program.load().expect("the verifier accepts the UDP program");
+    program
+        .load()
+        .expect("the verifier accepts the UDP program");
     let prog = program
         .fd()
         .expect("fd")
@@ -306,20 +316,33 @@ fn the_udp_program_decides_like_the_host_parser() {
                 );
                 filed += 1;
             }
-            None => assert!(flow.is_none(), "datagram {n}: a flow the host parser does not see"),
+            None => assert!(
+                flow.is_none(),
+                "datagram {n}: a flow the host parser does not see"
+            ),
         }
         if client.is_some() && d.payload_len == 0 {
-            assert_eq!(verdict, TC_ACT_SHOT, "datagram {n}: a marker goes no further");
+            assert_eq!(
+                verdict, TC_ACT_SHOT,
+                "datagram {n}: a marker goes no further"
+            );
             dropped += 1;
             continue;
         }
-        assert_eq!(verdict, TC_ACT_UNSPEC, "datagram {n}: only markers are dropped");
+        assert_eq!(
+            verdict, TC_ACT_UNSPEC,
+            "datagram {n}: only markers are dropped"
+        );
         if unwraps && (d.v6 || d.bytes[14] == 0x45) {
             // The checksum is checked for being right, not for its spelling
             // (an incremental update may write 0xffff where a fresh sum 0).
             let (mut got, mut want) = (out.clone(), unwrapped(&d));
             if !d.v6 {
-                assert_eq!(ipv4_checksum(&got[14..34]), 0, "datagram {n}: IPv4 checksum");
+                assert_eq!(
+                    ipv4_checksum(&got[14..34]),
+                    0,
+                    "datagram {n}: IPv4 checksum"
+                );
                 got[24..26].fill(0);
                 want[24..26].fill(0);
             }
