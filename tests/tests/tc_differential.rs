@@ -4,7 +4,11 @@
 //! BPF_PROG_TEST_RUN, and the program's decisions compared with
 //! `ttm_common::find_client` on the same bytes.
 
-use std::os::fd::{AsFd, AsRawFd};
+mod common;
+
+use std::os::fd::AsFd;
+
+use common::prog_test_run::{test_run, Rng};
 
 use aya::maps::{Array, HashMap, MapData};
 use aya::programs::SchedClassifier;
@@ -14,50 +18,8 @@ use ttm_common::format::FormatTable;
 use ttm_common::maps::{self, TcKey};
 use ttm_common::{find_client, Config, PeerRecord, Scan};
 
-const BPF_PROG_TEST_RUN: libc::c_long = 10;
 const TC_ACT_UNSPEC: u32 = u32::MAX;
 const LOCAL: [u8; 4] = [10, 0, 2, 2];
-
-/// Runs `prog` on `frame`; returns its return value.
-fn test_run(prog: std::os::fd::BorrowedFd<'_>, frame: &[u8]) -> u32 {
-    let mut attr = [0u64; 10];
-    attr[0] = u64::from(prog.as_raw_fd() as u32);
-    attr[1] = frame.len() as u64;
-    attr[2] = frame.as_ptr() as u64;
-    attr[4] = 1; // repeat
-                 // SAFETY: bpf(BPF_PROG_TEST_RUN) with data_in pointing at `frame`, no data_out.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_PROG_TEST_RUN,
-            attr.as_mut_ptr(),
-            std::mem::size_of_val(&attr),
-        )
-    };
-    assert_eq!(
-        rc,
-        0,
-        "test run of {} bytes: {}",
-        frame.len(),
-        std::io::Error::last_os_error()
-    );
-    (attr[0] >> 32) as u32
-}
-
-/// xorshift64*, deterministic.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
 
 /// An option area of whole words (≤ 40 bytes) from plausible pieces.
 fn option_area(rng: &mut Rng) -> Vec<u8> {
@@ -344,7 +306,7 @@ fn the_tc_program_decides_like_the_host_parser() {
         };
         test_run(prog.as_fd(), &syn);
         assert_eq!(
-            test_run(prog.as_fd(), &f.bytes),
+            test_run(prog.as_fd(), &f.bytes).0,
             TC_ACT_UNSPEC,
             "always continue"
         );
@@ -405,7 +367,7 @@ fn only_the_segment_completing_the_handshake_counts() {
     let (ebpf, prog) = loaded();
     let run = |src: [u8; 4], port: u16, flags: u8, area: &[u8]| {
         assert_eq!(
-            test_run(prog.as_fd(), &tcp_frame(src, port, flags, area)),
+            test_run(prog.as_fd(), &tcp_frame(src, port, flags, area)).0,
             TC_ACT_UNSPEC
         );
     };

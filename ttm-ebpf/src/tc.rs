@@ -85,7 +85,7 @@ fn options(ctx: &TcContext) {
 /// `N` bytes at `at` if they are inside the packet: one bounds check, then
 /// reads at constant offsets, which is what the verifier can follow.
 #[inline(always)]
-fn header<const N: usize>(at: usize, end: usize) -> Option<[u8; N]> {
+pub(crate) fn header<const N: usize>(at: usize, end: usize) -> Option<[u8; N]> {
     if at + N > end {
         return None;
     }
@@ -159,19 +159,25 @@ fn ipv6(at: usize, end: usize) -> Option<L3> {
     }
 }
 
+/// The offset of the network header and its EtherType: Ethernet, with at
+/// most one VLAN tag.
 #[inline(always)]
-fn decode(data: usize, end: usize) -> Option<()> {
-    // Ethernet, with at most one VLAN tag.
+pub(crate) fn network_header(data: usize, end: usize) -> Option<(usize, u16)> {
     let eth: [u8; 18] = header(data, end).or_else(|| {
         let short: [u8; 14] = header(data, end)?;
         let mut padded = [0u8; 18];
         padded[..14].copy_from_slice(&short);
         Some(padded)
     })?;
-    let (l3, proto) = match u16::from_be_bytes([eth[12], eth[13]]) {
+    Some(match u16::from_be_bytes([eth[12], eth[13]]) {
         ETH_P_8021Q => (ETH_HLEN + 4, u16::from_be_bytes([eth[16], eth[17]])),
         p => (ETH_HLEN, p),
-    };
+    })
+}
+
+#[inline(always)]
+fn decode(data: usize, end: usize) -> Option<()> {
+    let (l3, proto) = network_header(data, end)?;
     let parsed = TC_PARSED.get_ptr_mut(0)?;
     // SAFETY: the per-CPU slot is ours until the program returns.
     let parsed = unsafe { &mut *parsed };

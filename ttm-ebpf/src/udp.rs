@@ -32,7 +32,7 @@ use crate::{
     maps::{CONFIG, UDP_FLOWS, UDP_PARSED},
     packet::TcpOptions,
     sockops::is_trusted,
-    tc::{ETH_HLEN, ETH_P_8021Q, ETH_P_IP, ETH_P_IPV6},
+    tc::{header, network_header, ETH_P_IP, ETH_P_IPV6},
     walk::walk_options,
 };
 
@@ -98,16 +98,6 @@ pub fn ttm_udp_ingress(ctx: TcContext) -> i32 {
 enum Verdict {
     Pass,
     Drop,
-}
-
-/// `N` bytes at `at` if they are inside the packet.
-#[inline(always)]
-fn header<const N: usize>(at: usize, end: usize) -> Option<[u8; N]> {
-    if at + N > end {
-        return None;
-    }
-    // SAFETY: [at, at + N) is inside the packet, checked just above.
-    Some(unsafe { core::ptr::read_unaligned(at as *const [u8; N]) })
 }
 
 #[inline(never)]
@@ -214,16 +204,7 @@ fn inbound(ctx: &TcContext) -> Option<Verdict> {
 /// that is not a UDP datagram (or an opp-wrapped one) with its UDP header.
 #[inline(always)]
 fn parse(data: usize, end: usize) -> Option<()> {
-    let eth: [u8; 18] = header(data, end).or_else(|| {
-        let short: [u8; 14] = header(data, end)?;
-        let mut padded = [0u8; 18];
-        padded[..14].copy_from_slice(&short);
-        Some(padded)
-    })?;
-    let (l3, proto) = match u16::from_be_bytes([eth[12], eth[13]]) {
-        ETH_P_8021Q => (ETH_HLEN + 4, u16::from_be_bytes([eth[16], eth[17]])),
-        p => (ETH_HLEN, p),
-    };
+    let (l3, proto) = network_header(data, end)?;
     let parsed = UDP_PARSED.get_ptr_mut(0)?;
     // SAFETY: the per-CPU slot is ours until the program returns.
     let parsed = unsafe { &mut *parsed };
@@ -237,10 +218,13 @@ fn parse(data: usize, end: usize) -> Option<()> {
             if ip[0] >> 4 != 4 {
                 return None;
             }
-            // Later fragments carry no UDP header.
-            if u16::from_be_bytes([ip[6], ip[7]]) & 0x1fff != 0 {
+            // Later fragments carry no UDP header; a first one keeps its
+            // opp header (its fragments would no longer reassemble).
+            let frag = u16::from_be_bytes([ip[6], ip[7]]);
+            if frag & 0x1fff != 0 {
                 return None;
             }
+            let more_fragments = frag & 0x2000 != 0;
             let ihl = usize::from(ip[0] & 0x0f) * 4;
             if ihl < 20 {
                 return None;
@@ -250,7 +234,7 @@ fn parse(data: usize, end: usize) -> Option<()> {
             parsed.v6 = 0;
             parsed.area = (l3 + 20) as u32;
             parsed.area_len = (ihl - 20) as u32;
-            parsed.removable = u8::from(ihl == 20);
+            parsed.removable = u8::from(ihl == 20 && !more_fragments);
             (ip[9], l3 + ihl)
         }
         ETH_P_IPV6 => {
@@ -358,7 +342,8 @@ fn file(key: &UdpFlowKey, local: &Addr16, client: &ClientAddr, now: u64) {
 
 /// Removes the opp header of a trusted datagram and makes its IP header
 /// say UDP again. Where it cannot (IPv4 options before the opp header, a
-/// kernel refusal), the datagram goes up as it came, counted as malformed.
+/// first fragment, a kernel refusal), the datagram goes up as it came,
+/// counted as malformed.
 #[inline(always)]
 fn unwrap_opp(ctx: &TcContext, parsed: &UdpParsed) {
     let len = parsed.opp_len & 0x3f;

@@ -32,6 +32,7 @@ use crate::{
 };
 
 const AF_INET6: u16 = 10;
+const IPPROTO_UDP: u32 = 17;
 
 /// The socket storage of `sk` in `UDP_DELIVERIES`, made if `create`.
 #[inline(always)]
@@ -137,8 +138,17 @@ pub fn answer(so: *mut bpf_sockopt, config: &Config) {
 #[inline(always)]
 fn lookup(sk: *mut bpf_sock, config: &Config) -> Option<UoaParamMap> {
     let socket = records::key_of_socket(sk)?;
-    // SAFETY: a non-null socket (key_of_socket checked), a constant offset.
-    let family = unsafe { core::ptr::read_volatile(&(*sk).family) } as u16;
+    // SAFETY: a non-null socket (key_of_socket checked), constant offsets.
+    let (family, protocol) = unsafe {
+        (
+            core::ptr::read_volatile(&(*sk).family) as u16,
+            core::ptr::read_volatile(&(*sk).protocol),
+        )
+    };
+    // A TCP socket's tuple may match a UDP flow's numbers: never its client.
+    if protocol != IPPROTO_UDP {
+        return None;
+    }
     let key = if socket.peer_port != 0 {
         UdpFlowKey {
             lb_addr: socket.peer_addr,

@@ -51,6 +51,24 @@ pub fn read(map: &PerCpuArray<MapData, u64>) -> Result<Stats, RecordsError> {
     Ok(Stats { counters })
 }
 
+/// Adds `n` to `counter` (a slot only user space writes: the sweeps'),
+/// on the first CPU's value.
+pub fn add(
+    map: &mut PerCpuArray<MapData, u64>,
+    counter: Counter,
+    n: u64,
+) -> Result<(), RecordsError> {
+    let index = counter as u32;
+    let mut values: Vec<u64> = map.get(&index, 0)?.iter().copied().collect();
+    if let Some(first) = values.first_mut() {
+        *first += n;
+    }
+    let values = aya::maps::PerCpuValues::try_from(values)
+        .map_err(|e| RecordsError::Read(aya::maps::MapError::IoError(std::io::Error::other(e))))?;
+    map.set(index, values, 0)?;
+    Ok(())
+}
+
 /// Opens the pinned `STATS` map under `pins`.
 pub fn open(pins: &PinDir) -> Result<PerCpuArray<MapData, u64>, RecordsError> {
     let path = pins.map(maps::STATS);

@@ -8,7 +8,7 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use anyhow::{Context as _, Result};
-use aya::maps::{HashMap, Map, MapData, MapError, PerCpuArray, PerCpuValues};
+use aya::maps::{HashMap, Map, MapData, MapError, PerCpuArray};
 use log::info;
 use ttm_common::{maps, maps::TcKey, Counter, PeerRecord};
 
@@ -117,15 +117,7 @@ impl Sweeper {
 
     /// Adds `n` to the `tc_expired` counter (only user space writes that slot).
     fn count(&mut self, n: u64) -> Result<()> {
-        let index = Counter::TcExpired as u32;
-        let mut values: Vec<u64> = self.stats.get(&index, 0)?.iter().copied().collect();
-        if let Some(first) = values.first_mut() {
-            *first += n;
-        }
-        self.stats
-            .set(index, PerCpuValues::try_from(values)?, 0)
-            .context("updating tc_expired")?;
-        Ok(())
+        crate::stats::add(&mut self.stats, Counter::TcExpired, n).context("updating tc_expired")
     }
 }
 

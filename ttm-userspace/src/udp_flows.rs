@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::{Context as _, Result};
-use aya::maps::{HashMap, Map, MapData, MapError, PerCpuArray, PerCpuValues};
+use aya::maps::{HashMap, Map, MapData, MapError, PerCpuArray};
 use log::{info, warn};
 use ttm_client::UdpFlowReply;
 use ttm_common::udp::{idle_ns, UdpFlow, UdpFlowKey};
@@ -151,15 +151,7 @@ impl FlowExpiry {
 
     /// Adds `n` to `udp_expired` (only user space writes that slot).
     fn count(&mut self, n: u64) -> Result<()> {
-        let index = Counter::UdpExpired as u32;
-        let mut values: Vec<u64> = self.stats.get(&index, 0)?.iter().copied().collect();
-        if let Some(first) = values.first_mut() {
-            *first += n;
-        }
-        self.stats
-            .set(index, PerCpuValues::try_from(values)?, 0)
-            .context("updating udp_expired")?;
-        Ok(())
+        crate::stats::add(&mut self.stats, Counter::UdpExpired, n).context("updating udp_expired")
     }
 }
 

@@ -276,10 +276,7 @@ fn mark_events_lost(pins: &PinDir) -> Result<()> {
     let mut stats: aya::maps::PerCpuArray<MapData, u64> = aya::maps::PerCpuArray::try_from(
         Map::from_map_data(MapData::from_pin(pins.map(maps::STATS))?)?,
     )?;
-    let slot = ttm_common::Counter::EventsLost as u32;
-    let mut values = stats.get(&slot, 0)?.iter().copied().collect::<Vec<_>>();
-    values[0] += 1;
-    stats.set(slot, aya::maps::PerCpuValues::try_from(values)?, 0)?;
+    ttm::stats::add(&mut stats, ttm_common::Counter::EventsLost, 1)?;
     Ok(())
 }
 

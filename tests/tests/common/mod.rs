@@ -1,6 +1,7 @@
 //! The world each lab test builds: lab, ttm daemon, server and clients.
 #![allow(dead_code)]
 
+pub mod prog_test_run;
 pub mod receivers;
 
 use std::net::SocketAddr;
