@@ -105,6 +105,16 @@ enum Cmd {
         #[arg(long)]
         wait_ms: Option<u64>,
     },
+    /// Test-only: COUNT marking-only datagrams from the LB addresses, one
+    /// flow each (run in the LB's namespace).
+    UoaFlood {
+        #[arg(long, value_delimiter = ',')]
+        lb: Vec<std::net::Ipv4Addr>,
+        #[arg(long)]
+        to: SocketAddr,
+        #[arg(long)]
+        count: u32,
+    },
     /// The end-to-end demo: lab up, ttm daemon, connections, what ttm recovered, lab down.
     Demo {
         #[arg(long, default_value_t = 5)]
@@ -159,6 +169,11 @@ fn run(cli: Cli) -> Result<()> {
         } => hold::hold_server(listen, count, &lookup),
         Cmd::HoldClient { to, count } => hold::hold_client(to, count),
         Cmd::Demo { connections } => demo(connections),
+        Cmd::UoaFlood { lb, to, count } => {
+            ttm_lab::uoa_marker::flood(&lb, to, count)?;
+            println!("sent {count}");
+            Ok(())
+        }
         Cmd::UoaSend {
             from,
             to,

@@ -260,6 +260,63 @@ pub fn send(send: &Send) -> Result<Vec<String>> {
     Ok(answers)
 }
 
+/// The `i`-th flow of a flood: its LB address and port, and its client.
+pub fn flood_flow(lb_addrs: &[std::net::Ipv4Addr], i: u32) -> (SocketAddr, SocketAddr) {
+    const PORTS: u32 = 60_000;
+    let lb = lb_addrs[(i / PORTS) as usize % lb_addrs.len()];
+    let port = 1_024 + (i % PORTS) as u16;
+    let client = std::net::Ipv4Addr::new(198, 18 + (i >> 16) as u8, (i >> 8) as u8, i as u8);
+    (
+        SocketAddr::new(lb.into(), port),
+        SocketAddr::new(client.into(), (40_000 + i % 20_000) as u16),
+    )
+}
+
+/// Sends `count` marking-only datagrams in opp headers from one raw socket
+/// per LB address, one per flow (`flood_flow`), to `to`: a hundred thousand
+/// flows without a socket each. Paced a little, so the receiving backlog
+/// keeps up.
+pub fn flood(lb_addrs: &[std::net::Ipv4Addr], to: SocketAddr, count: u32) -> Result<()> {
+    let mut raws = Vec::new();
+    for lb in lb_addrs {
+        let raw = raw_socket(false)?;
+        let (bind, len) = sockaddr_of(SocketAddr::new((*lb).into(), 0));
+        // SAFETY: a valid socket and address.
+        if unsafe { libc::bind(raw.as_raw_fd(), (&raw const bind).cast(), len) } != 0 {
+            return Err(std::io::Error::last_os_error()).context("binding the raw socket");
+        }
+        raws.push(raw);
+    }
+    let (dest, dest_len) = sockaddr_of(to);
+    for i in 0..count {
+        let (lb, client) = flood_flow(lb_addrs, i);
+        let mut packet = opp_header(&marking(client));
+        packet.extend(udp_datagram(lb, to, &[]));
+        let raw = &raws[lb_addrs
+            .iter()
+            .position(|a| IpAddr::V4(*a) == lb.ip())
+            .unwrap_or(0)];
+        // SAFETY: a valid socket, buffer and address.
+        let rc = unsafe {
+            libc::sendto(
+                raw.as_raw_fd(),
+                packet.as_ptr().cast(),
+                packet.len(),
+                0,
+                (&raw const dest).cast(),
+                dest_len,
+            )
+        };
+        if rc < 0 {
+            return Err(std::io::Error::last_os_error()).context("sending a marker");
+        }
+        if i % 256 == 255 {
+            std::thread::sleep(Duration::from_micros(500));
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

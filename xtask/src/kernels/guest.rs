@@ -17,8 +17,9 @@ pub(super) const RUN_LIMIT_SECS: u64 = 20 * 60;
 /// no capability the functional tests of the same file do not, and would
 /// take most of a run's time limit. One that builds Go and installs the
 /// Python package, which the guest's read-only root filesystem cannot.
-const HOST_ONLY_TESTS: [&str; 3] = [
+const HOST_ONLY_TESTS: [&str; 4] = [
     "ten_thousand_concurrent_connections_each_get_their_own_client",
+    "a_hundred_thousand_udp_flows_are_each_found_none_evicted_and_all_expire",
     "a_gibibyte_through_haproxy_arrives_unchanged",
     "unmodified_receivers_behind_haproxy_see_the_client",
 ];
