@@ -395,3 +395,41 @@ pub fn fd_memlock(fd: std::os::fd::RawFd) -> Result<u64> {
         .and_then(|v| v.trim().parse().ok())
         .context("memlock missing from fdinfo")
 }
+
+/// Counts UDP datagrams on `listen` until stdin closes; prints the count.
+pub fn udp_sink(listen: SocketAddr) -> Result<()> {
+    let socket = std::net::UdpSocket::bind(listen)?;
+    socket.set_read_timeout(Some(std::time::Duration::from_millis(100)))?;
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop = done.clone();
+    std::thread::spawn(move || {
+        let _ = std::io::copy(&mut std::io::stdin(), &mut std::io::sink());
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    });
+    println!("listening");
+    let (mut count, mut buf) = (0u64, [0u8; 2048]);
+    while !done.load(std::sync::atomic::Ordering::Relaxed) {
+        if socket.recv(&mut buf).is_ok() {
+            count += 1;
+        }
+    }
+    println!("{count}");
+    Ok(())
+}
+
+/// Sends 64-byte datagrams to `to` for `millis`; prints how many.
+pub fn udp_blast(to: SocketAddr, millis: u64) -> Result<()> {
+    let socket = std::net::UdpSocket::bind("0.0.0.0:0")?;
+    socket.connect(to)?;
+    let until = std::time::Instant::now() + std::time::Duration::from_millis(millis);
+    let (mut sent, payload) = (0u64, [0x55u8; 64]);
+    while std::time::Instant::now() < until {
+        for _ in 0..64 {
+            if socket.send(&payload).is_ok() {
+                sent += 1;
+            }
+        }
+    }
+    println!("{sent}");
+    Ok(())
+}

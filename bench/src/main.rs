@@ -33,7 +33,7 @@ enum Cmd {
         #[arg(long, default_value = "BENCHMARKS.md")]
         out: PathBuf,
         /// Run only these sections (repeatable): connection-rate, per-call,
-        /// lookups, floor, scale, real-connections, cold-start, proxy-protocol.
+        /// lookups, floor, scale, real-connections, cold-start, proxy-protocol, udp.
         #[arg(long)]
         only: Vec<String>,
     },
@@ -120,6 +120,22 @@ enum Cmd {
         #[arg(long)]
         socket: PathBuf,
     },
+    /// Helper: counts the UDP datagrams it receives until stdin closes,
+    /// then prints the count.
+    #[command(hide = true)]
+    UdpSink {
+        #[arg(long)]
+        listen: SocketAddr,
+    },
+    /// Helper: sends 64-byte UDP datagrams to `to` as fast as it can for
+    /// `millis`, then prints how many.
+    #[command(hide = true)]
+    UdpBlast {
+        #[arg(long)]
+        to: SocketAddr,
+        #[arg(long)]
+        millis: u64,
+    },
     /// Helper: lookup load on one accepted connection.
     #[command(hide = true)]
     LookupLoad {
@@ -138,6 +154,8 @@ fn main() -> ExitCode {
     let result = match Cli::parse().command {
         Cmd::Run { quick, out, only } => sections::run(quick, &out, &only),
         Cmd::EchoServer { listen, getsockopt } => helpers::echo_server(listen, getsockopt),
+        Cmd::UdpSink { listen } => helpers::udp_sink(listen),
+        Cmd::UdpBlast { to, millis } => helpers::udp_blast(to, millis),
         Cmd::ConnRate {
             to,
             count,

@@ -9,6 +9,7 @@ mod per_call;
 mod proxy_protocol;
 mod real_connections;
 mod scale;
+mod udp;
 
 use cold_start::cold_start;
 use connection_rate::connection_rate;
@@ -18,6 +19,7 @@ use per_call::per_call;
 use proxy_protocol::proxy_protocol;
 use real_connections::real_connections;
 use scale::scale;
+use udp::udp;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -53,6 +55,12 @@ struct Sizes {
     scale_levels: &'static [u64],
     scale_lookups: usize,
     real_connections: u64,
+    /// How long each round of the UDP throughput comparison sends.
+    udp_blast_ms: u64,
+    /// Flows the marker files for the UDP kernel-bytes measure.
+    udp_flows: u32,
+    /// Flow-table sizes the UDP lookups are measured at.
+    udp_levels: &'static [u64],
 }
 
 const FULL: Sizes = Sizes {
@@ -66,6 +74,9 @@ const FULL: Sizes = Sizes {
     scale_levels: &[1_000, 100_000, 1_000_000],
     scale_lookups: 5_000,
     real_connections: 100_000,
+    udp_blast_ms: 1_000,
+    udp_flows: 100_000,
+    udp_levels: &[1_000, 100_000, 1_000_000],
 };
 
 const QUICK: Sizes = Sizes {
@@ -79,11 +90,15 @@ const QUICK: Sizes = Sizes {
     scale_levels: &[1_000, 10_000],
     scale_lookups: 200,
     real_connections: 2_000,
+    udp_blast_ms: 200,
+    udp_flows: 2_000,
+    udp_levels: &[1_000, 10_000],
 };
 
 /// Runs every section and writes the report to `out`.
 /// `only` names the sections to run (all when empty): connection-rate,
-/// per-call, lookups, floor, scale, real-connections, cold-start.
+/// per-call, lookups, floor, scale, real-connections, cold-start,
+/// proxy-protocol, udp.
 pub fn run(quick: bool, out: &Path, only: &[String]) -> Result<()> {
     let sizes = if quick { &QUICK } else { &FULL };
     let lab = Lab::up().context("bringing the lab up")?;
@@ -112,6 +127,7 @@ pub fn run(quick: bool, out: &Path, only: &[String]) -> Result<()> {
     section("real-connections", &mut || real_connections(&lab, sizes))?;
     section("cold-start", &mut || cold_start(&lab, sizes))?;
     section("proxy-protocol", &mut || proxy_protocol(&lab, sizes))?;
+    section("udp", &mut || udp(&lab, sizes))?;
     drop(lab);
     report::write(out, quick, &sections, &chart)?;
     eprintln!("bench: wrote {}", out.display());
