@@ -314,6 +314,14 @@ pub fn lookup_getpeername4(ctx: aya_ebpf::programs::SockAddrContext) -> i32 {
     1
 }
 
+/// Bench-only: a TC classifier that returns "continue" at once. What any
+/// program on an interface's ingress costs each packet before it does
+/// anything (`cargo xtask bench`, the UDP section's floor).
+#[aya_ebpf::macros::classifier]
+pub fn empty_tc(_ctx: aya_ebpf::programs::TcContext) -> i32 {
+    -1
+}
+
 /// Test-only harmless program for `ttm verify`: a sock_create hook that
 /// allows every socket (it could count them); it cannot touch peers.
 #[aya_ebpf::macros::cgroup_sock(sock_create)]

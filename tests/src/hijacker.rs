@@ -61,6 +61,36 @@ pub struct Foreign {
 }
 
 impl Foreign {
+    /// The bench's TC floor: `empty_tc` on the ingress of `iface` in
+    /// network namespace `netns`, as a tcx link (Linux 6.6+) this value
+    /// holds; detached on drop, wherever it is dropped.
+    pub fn tc_floor(netns: &str, iface: &str) -> Result<(Foreign, std::os::fd::OwnedFd)> {
+        use std::os::fd::AsFd;
+        let mut ebpf = Ebpf::load(OBJECT).context("loading the lab object")?;
+        let program: &mut aya::programs::SchedClassifier = ebpf
+            .program_mut("empty_tc")
+            .context("empty_tc missing")?
+            .try_into()?;
+        program.load().context("loading empty_tc")?;
+        let prog = program.fd()?.as_fd().try_clone_to_owned()?;
+        let (netns, iface) = (netns.to_string(), iface.to_string());
+        // The interface index and the link belong to the namespace of the
+        // thread that makes them: a thread of their own, in `netns`.
+        let link = std::thread::spawn(move || -> Result<std::os::fd::OwnedFd> {
+            let ns = File::open(format!("/run/netns/{netns}"))?;
+            // SAFETY: a namespace descriptor; changes only this thread.
+            if unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&ns), libc::CLONE_NEWNET) } != 0
+            {
+                return Err(std::io::Error::last_os_error()).context("entering the namespace");
+            }
+            let index = ttm::tc::ifindex(&iface)?;
+            Ok(ttm::links::create_tcx(prog.as_fd(), index, false)?)
+        })
+        .join()
+        .map_err(|_| anyhow::anyhow!("attaching the TC floor panicked"))??;
+        Ok((Foreign { _ebpf: ebpf }, link))
+    }
+
     /// Attaches sock_addr program `name` (e.g. `rewrite_bind4`) to `cgroup`.
     pub fn on_cgroup(name: &str, cgroup: &Path) -> Result<Foreign> {
         let mut ebpf = Ebpf::load(OBJECT).context("loading the lab object")?;
