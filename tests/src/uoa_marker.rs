@@ -317,6 +317,56 @@ pub fn flood(lb_addrs: &[std::net::Ipv4Addr], to: SocketAddr, count: u32) -> Res
     Ok(())
 }
 
+/// The second LB address a flood of more flows than one address has ports
+/// sends from.
+pub const SECOND_LB: &str = "10.0.2.3";
+
+/// Gives the lab's LB [`SECOND_LB`] beside its own address, and floods
+/// `count` flows to `to` from both (`ttm-lab uoa-flood`, from the LB's
+/// namespace) until `filed()` says every one was filed — the veth backlog
+/// may drop a marker under the burst, and a flow marked twice is the same
+/// flow — at most four times. Returns the LB addresses and `filed()`.
+pub fn flood_until_filed(
+    lab: &crate::Lab,
+    lab_bin: &std::path::Path,
+    to: SocketAddr,
+    count: u32,
+    filed: impl Fn() -> Result<u64>,
+) -> Result<(Vec<std::net::Ipv4Addr>, u64)> {
+    use crate::lab;
+    lab::in_ns(
+        lab::LB_NS,
+        &[
+            "ip",
+            "addr",
+            "add",
+            &format!("{SECOND_LB}/24"),
+            "dev",
+            "ttm-l1",
+        ],
+    )
+    .context("a second LB address")?;
+    let lbs: Vec<std::net::Ipv4Addr> = vec![lab::LB_IP.parse()?, SECOND_LB.parse()?];
+    let (lb_list, to, n) = (
+        format!("{},{SECOND_LB}", lab::LB_IP),
+        to.to_string(),
+        count.to_string(),
+    );
+    for _ in 0..4 {
+        let flood = crate::process::spawn_in(
+            lab_bin,
+            &lab.plain_cgroup(),
+            lab::LB_NS,
+            &["uoa-flood", "--lb", &lb_list, "--to", &to, "--count", &n],
+        )?;
+        flood.wait_for(Duration::from_secs(300), |l| l.starts_with("sent"))?;
+        if filed()? >= u64::from(count) {
+            break;
+        }
+    }
+    Ok((lbs, filed()?))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -5,9 +5,8 @@
 use super::*;
 
 use ttm_common::udp::{UdpFlow, UdpFlowKey};
+use ttm_lab::uoa_marker::{flood_until_filed, SECOND_LB};
 
-/// A second LB address, for more flows than one address has ports.
-const SECOND_LB: &str = "10.0.2.3";
 const UDP_PORT: u16 = 53;
 
 pub(super) fn udp(lab: &Lab, sizes: &Sizes) -> Result<Section> {
@@ -147,37 +146,17 @@ fn flows(lab: &Lab, sizes: &Sizes) -> Result<Vec<Figure>> {
         ],
     )?;
     let pins = PinDir::new(PIN_DIR);
-    lab::in_ns(
-        lab::LB_NS,
-        &[
-            "ip",
-            "addr",
-            "add",
-            &format!("{SECOND_LB}/24"),
-            "dev",
-            "ttm-l1",
-        ],
-    )?;
     let empty = pinned_memlock(&pins, maps::UDP_FLOWS)?;
     let slab_before = super::proxy_protocol::slab_unreclaimable()?;
-    let lbs = format!("{},{SECOND_LB}", lab::LB_IP);
-    let to = format!("{}:{UDP_PORT}", lab::RS_IP);
-    let count = sizes.udp_flows.to_string();
-    let lab_bin = me()?.with_file_name("ttm-lab");
     let stats =
         || -> Result<ttm::stats::Stats> { Ok(ttm::stats::read(&ttm::stats::open(&pins)?)?) };
-    for _ in 0..4 {
-        let flood = spawn_in(
-            &lab_bin,
-            &lab.plain_cgroup(),
-            lab::LB_NS,
-            &["uoa-flood", "--lb", &lbs, "--to", &to, "--count", &count],
-        )?;
-        flood.wait_for(Duration::from_secs(300), |l| l.starts_with("sent"))?;
-        if stats()?.get(ttm_common::Counter::UdpDecoded) >= u64::from(sizes.udp_flows) {
-            break;
-        }
-    }
+    flood_until_filed(
+        lab,
+        &me()?.with_file_name("ttm-lab"),
+        format!("{}:{UDP_PORT}", lab::RS_IP).parse()?,
+        sizes.udp_flows,
+        || Ok(stats()?.get(ttm_common::Counter::UdpDecoded)),
+    )?;
     let filed = stats()?.get(ttm_common::Counter::UdpDecoded);
     if filed != u64::from(sizes.udp_flows) {
         bail!("{filed} of {} flows filed", sizes.udp_flows);
