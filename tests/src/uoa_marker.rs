@@ -127,15 +127,54 @@ pub struct Send {
     pub answer_wait: Option<Duration>,
 }
 
-fn raw_socket(v6: bool) -> Result<OwnedFd> {
-    let family = if v6 { libc::AF_INET6 } else { libc::AF_INET };
+/// A raw socket of protocol 248 (opp) sending from `from`'s address.
+fn raw_socket(from: IpAddr) -> Result<OwnedFd> {
+    let family = if from.is_ipv6() {
+        libc::AF_INET6
+    } else {
+        libc::AF_INET
+    };
     // SAFETY: plain socket(2).
     let fd = unsafe { libc::socket(family, libc::SOCK_RAW, i32::from(IPPROTO_OPP)) };
     if fd < 0 {
         return Err(std::io::Error::last_os_error()).context("a raw socket for opp (needs root)");
     }
     // SAFETY: a descriptor this call made.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    let raw = unsafe { OwnedFd::from_raw_fd(fd) };
+    let (bind, len) = sockaddr_of(SocketAddr::new(from, 0));
+    // SAFETY: a valid socket and address.
+    if unsafe { libc::bind(raw.as_raw_fd(), (&raw const bind).cast(), len) } != 0 {
+        return Err(std::io::Error::last_os_error()).context("binding the raw socket");
+    }
+    Ok(raw)
+}
+
+/// An opp datagram from `from` to `to`: the header around `option`, then
+/// UDP with `payload`.
+fn opp_datagram(option: &[u8], from: SocketAddr, to: SocketAddr, payload: &[u8]) -> Vec<u8> {
+    let mut packet = opp_header(option);
+    packet.extend(udp_datagram(from, to, payload));
+    packet
+}
+
+/// Sends `packet` (what follows the IP header) on raw socket `raw` to `to`.
+fn send_raw(raw: &OwnedFd, packet: &[u8], to: SocketAddr) -> Result<()> {
+    let (dest, len) = sockaddr_of(to);
+    // SAFETY: a valid socket, buffer and address.
+    let rc = unsafe {
+        libc::sendto(
+            raw.as_raw_fd(),
+            packet.as_ptr().cast(),
+            packet.len(),
+            0,
+            (&raw const dest).cast(),
+            len,
+        )
+    };
+    if rc < 0 {
+        return Err(std::io::Error::last_os_error()).context("sending an opp datagram");
+    }
+    Ok(())
 }
 
 fn sockaddr_of(addr: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
@@ -189,13 +228,7 @@ pub fn send(send: &Send) -> Result<Vec<String>> {
     let answer_wait = send.answer_wait.filter(|d| !d.is_zero());
     socket.set_read_timeout(answer_wait.or(Some(Duration::from_millis(1))))?;
     let opp_raw = if send.carrier == Carrier::Opp {
-        let raw = raw_socket(send.from.is_ipv6())?;
-        let (bind, len) = sockaddr_of(send.from);
-        // SAFETY: a valid socket and address.
-        if unsafe { libc::bind(raw.as_raw_fd(), (&raw const bind).cast(), len) } != 0 {
-            return Err(std::io::Error::last_os_error()).context("binding the raw socket");
-        }
-        Some(raw)
+        Some(raw_socket(send.from.ip())?)
     } else {
         None
     };
@@ -213,25 +246,9 @@ pub fn send(send: &Send) -> Result<Vec<String>> {
                 set_ip_options(&socket, &[])?;
             }
             Carrier::Opp => {
-                let mut packet = opp_header(&send.option);
-                packet.extend(udp_datagram(send.from, send.to, payload));
                 let raw = opp_raw.as_ref().context("raw socket")?;
-                let (to, len) = sockaddr_of(send.to);
-                // SAFETY: a valid socket, buffer and address.
-                let rc = unsafe {
-                    libc::sendto(
-                        raw.as_raw_fd(),
-                        packet.as_ptr().cast(),
-                        packet.len(),
-                        0,
-                        (&raw const to).cast(),
-                        len,
-                    )
-                };
-                if rc < 0 {
-                    return Err(std::io::Error::last_os_error())
-                        .context("sending the opp datagram");
-                }
+                let packet = opp_datagram(&send.option, send.from, send.to, payload);
+                send_raw(raw, &packet, send.to)?;
             }
         }
         Ok(())
@@ -277,39 +294,17 @@ pub fn flood_flow(lb_addrs: &[std::net::Ipv4Addr], i: u32) -> (SocketAddr, Socke
 /// flows without a socket each. Paced a little, so the receiving backlog
 /// keeps up.
 pub fn flood(lb_addrs: &[std::net::Ipv4Addr], to: SocketAddr, count: u32) -> Result<()> {
-    let mut raws = Vec::new();
-    for lb in lb_addrs {
-        let raw = raw_socket(false)?;
-        let (bind, len) = sockaddr_of(SocketAddr::new((*lb).into(), 0));
-        // SAFETY: a valid socket and address.
-        if unsafe { libc::bind(raw.as_raw_fd(), (&raw const bind).cast(), len) } != 0 {
-            return Err(std::io::Error::last_os_error()).context("binding the raw socket");
-        }
-        raws.push(raw);
-    }
-    let (dest, dest_len) = sockaddr_of(to);
+    let raws = lb_addrs
+        .iter()
+        .map(|lb| raw_socket(IpAddr::V4(*lb)))
+        .collect::<Result<Vec<_>>>()?;
     for i in 0..count {
         let (lb, client) = flood_flow(lb_addrs, i);
-        let mut packet = opp_header(&marking(client));
-        packet.extend(udp_datagram(lb, to, &[]));
         let raw = &raws[lb_addrs
             .iter()
             .position(|a| IpAddr::V4(*a) == lb.ip())
             .unwrap_or(0)];
-        // SAFETY: a valid socket, buffer and address.
-        let rc = unsafe {
-            libc::sendto(
-                raw.as_raw_fd(),
-                packet.as_ptr().cast(),
-                packet.len(),
-                0,
-                (&raw const dest).cast(),
-                dest_len,
-            )
-        };
-        if rc < 0 {
-            return Err(std::io::Error::last_os_error()).context("sending a marker");
-        }
+        send_raw(raw, &opp_datagram(&marking(client), lb, to, &[]), to)?;
         if i % 256 == 255 {
             std::thread::sleep(Duration::from_micros(500));
         }

@@ -8,10 +8,9 @@ mod common;
 
 use std::os::fd::AsFd;
 
-use common::prog_test_run::{test_run, Rng};
+use common::prog_test_run::{load_classifier, test_run, Rng};
 
 use aya::maps::{Array, HashMap, MapData};
-use aya::programs::SchedClassifier;
 use aya::EbpfLoader;
 use ttm_common::addr::v4_mapped;
 use ttm_common::format::FormatTable;
@@ -274,18 +273,7 @@ fn loaded() -> (aya::Ebpf, std::os::fd::OwnedFd) {
             0,
         )
         .expect("config");
-    let program: &mut SchedClassifier = ebpf
-        .program_mut("ttm_tc_ingress")
-        .expect("tc program")
-        .try_into()
-        .expect("classifier");
-    program.load().expect("the verifier accepts the TC program");
-    let prog = program
-        .fd()
-        .expect("fd")
-        .as_fd()
-        .try_clone_to_owned()
-        .expect("fd");
+    let prog = load_classifier(&mut ebpf, "ttm_tc_ingress");
     (ebpf, prog)
 }
 

@@ -12,10 +12,9 @@ mod common;
 
 use std::os::fd::AsFd;
 
-use common::prog_test_run::{test_run, Rng};
+use common::prog_test_run::{load_classifier, test_run, Rng};
 
 use aya::maps::{Array, HashMap, LpmTrie, MapData};
-use aya::programs::SchedClassifier;
 use aya::EbpfLoader;
 use ttm_common::addr::v4_mapped;
 use ttm_common::udp::{UdpFlow, UdpFlowKey};
@@ -246,20 +245,7 @@ fn loaded() -> (aya::Ebpf, std::os::fd::OwnedFd) {
         trie.insert(&aya::maps::lpm_trie::Key::new(128, addr), 1, 0)
             .expect("trust");
     }
-    let program: &mut SchedClassifier = ebpf
-        .program_mut("ttm_udp_ingress")
-        .expect("udp program")
-        .try_into()
-        .expect("classifier");
-    program
-        .load()
-        .expect("the verifier accepts the UDP program");
-    let prog = program
-        .fd()
-        .expect("fd")
-        .as_fd()
-        .try_clone_to_owned()
-        .expect("fd");
+    let prog = load_classifier(&mut ebpf, "ttm_udp_ingress");
     (ebpf, prog)
 }
 

@@ -1,7 +1,7 @@
 //! Running a TC program on a frame with BPF_PROG_TEST_RUN, and the
 //! deterministic generator the differential tests draw frames from.
 
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 
 const BPF_PROG_TEST_RUN: libc::c_long = 10;
 
@@ -42,4 +42,23 @@ impl Rng {
     pub fn below(&mut self, n: u64) -> u64 {
         self.next() % n
     }
+}
+
+/// Loads classifier `name` of `ebpf` (the verifier must accept it) and
+/// returns a descriptor of it for [`test_run`].
+pub fn load_classifier(ebpf: &mut aya::Ebpf, name: &str) -> OwnedFd {
+    let program: &mut aya::programs::SchedClassifier = ebpf
+        .program_mut(name)
+        .unwrap_or_else(|| panic!("{name} missing"))
+        .try_into()
+        .expect("a classifier");
+    program
+        .load()
+        .unwrap_or_else(|e| panic!("the verifier refuses {name}: {e}"));
+    program
+        .fd()
+        .expect("fd")
+        .as_fd()
+        .try_clone_to_owned()
+        .expect("fd")
 }
